@@ -1,0 +1,3 @@
+//! prepuller: pre-pulls a declared list of images through the node's container runtime (CRI).
+
+pub mod reference;

@@ -1,0 +1,1 @@
+//! Image references, parsed and normalized as the kubelet and containerd do.
