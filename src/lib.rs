@@ -1,3 +1,9 @@
-//! prepuller: pre-pulls a declared list of images through the node's container runtime (CRI).
+//! prepuller: pre-pulls a declared list of images through the node's container runtime (CRI),
+//! so that pods with `imagePullPolicy: IfNotPresent` start at once.
 
+pub mod config;
+pub mod progress;
+pub mod pull;
+pub mod puller;
 pub mod reference;
+pub mod runtime;

@@ -1,1 +1,276 @@
-fn main() {}
+//! The `prepuller` command line: parses arguments and wires the library together.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use prepuller::config::{Config, duration};
+use prepuller::progress::{LogProgress, Progress, TerminalProgress};
+use prepuller::pull::{self, exit};
+use prepuller::puller::PullSettings;
+use prepuller::runtime::{self, CriRuntime};
+
+#[derive(Parser)]
+#[command(
+    name = "prepuller",
+    version,
+    about = "Pre-pulls a declared list of images through the node's container runtime (CRI)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Pull every declared image that is missing, then exit (for bootstrap scripts).
+    ///
+    /// Exit codes: 0 every required image is present; 1 some required image failed;
+    /// 2 bad usage or invalid config; 3 container runtime unreachable.
+    Pull {
+        /// The image list (YAML).
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+        /// At most this many pulls at once (overrides `parallelism` in the config).
+        #[arg(long)]
+        parallelism: Option<usize>,
+        /// Give up after this long in all (e.g. 30m); what was left is named.
+        #[arg(long, value_parser = duration::parse, default_value = "30m")]
+        timeout: Duration,
+        /// Output format of the summary.
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Validate a config and print every entry's normalized reference and policy.
+    ///
+    /// Exit code 0 when valid, 1 otherwise.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: Output,
+    },
+}
+
+#[derive(clap::Args)]
+struct RuntimeArgs {
+    /// CRI socket, unix:///path. Default: the first of /run/containerd/containerd.sock,
+    /// /run/crio/crio.sock, /var/run/cri-dockerd.sock that exists.
+    #[arg(long, env = "PREPULLER_RUNTIME_ENDPOINT")]
+    runtime_endpoint: Option<String>,
+    /// How long to wait for the runtime to answer at start (it may still be starting).
+    #[arg(long, value_parser = duration::parse, default_value = "1m")]
+    runtime_wait: Duration,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
+        }
+    };
+    init_logging();
+    let result = match cli.command {
+        Command::Check { config, output } => check(&config, output),
+        Command::Pull {
+            config,
+            runtime,
+            parallelism,
+            timeout,
+            output,
+        } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")
+            .and_then(|rt| {
+                rt.block_on(pull_command(config, runtime, parallelism, timeout, output))
+            }),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit::USAGE)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PREPULLER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn check(path: &std::path::Path, output: Output) -> anyhow::Result<u8> {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {}", e.render());
+            return Ok(1);
+        }
+    };
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&prepuller::config::CheckReport::from(&config))?
+        ),
+        Output::Table => print!("{}", prepuller::config::CheckReport::from(&config).table()),
+    }
+    Ok(0)
+}
+
+async fn pull_command(
+    config_path: PathBuf,
+    args: RuntimeArgs,
+    parallelism: Option<usize>,
+    timeout: Duration,
+    output: Output,
+) -> anyhow::Result<u8> {
+    let config = match Config::load(&config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: invalid config: {}", e.render());
+            return Ok(exit::USAGE);
+        }
+    };
+    for note in &config.merged {
+        tracing::info!("{note}");
+    }
+    let mut settings = PullSettings::from(&config);
+    if let Some(p) = parallelism {
+        if p == 0 {
+            eprintln!("error: --parallelism must be at least 1");
+            return Ok(exit::USAGE);
+        }
+        settings.parallelism = p;
+    }
+
+    let cancel = CancellationToken::new();
+    spawn_signal_handler(cancel.clone());
+
+    let endpoint = match args.runtime_endpoint {
+        Some(e) => e,
+        None => match runtime::discover_endpoint() {
+            Ok(e) => {
+                tracing::info!(endpoint = %e, "using the first runtime socket found");
+                e
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(exit::RUNTIME_UNREACHABLE);
+            }
+        },
+    };
+    let cri = match CriRuntime::new(&endpoint) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(exit::USAGE);
+        }
+    };
+    let version =
+        match pull::wait_for_runtime(cri.as_ref(), args.runtime_wait, &cancel, |e, delay| {
+            tracing::warn!(endpoint = %endpoint, retry_in = ?delay, "runtime not ready: {e}");
+        })
+        .await
+        {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!(
+                    "error: container runtime unreachable at {endpoint} (waited {}): {e}",
+                    humantime::format_duration(args.runtime_wait)
+                );
+                return Ok(exit::RUNTIME_UNREACHABLE);
+            }
+        };
+    tracing::info!(endpoint = %endpoint, runtime = %version, images = config.images.len(), "connected");
+
+    let progress: Box<dyn Progress> = if std::io::stderr().is_terminal() {
+        Box::new(TerminalProgress::new(&config.images))
+    } else {
+        Box::new(LogProgress)
+    };
+    let options = pull::RunOptions {
+        endpoint: &endpoint,
+        version,
+        settings,
+        timeout: Some(timeout),
+    };
+    let summary = match pull::run(cri, &config, options, progress.as_ref(), &cancel).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(e.exit_code());
+        }
+    };
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&summary)?),
+        Output::Table => print!("{}", summary.table()),
+    }
+    let unfinished = summary.unfinished();
+    if summary.timed_out {
+        eprintln!(
+            "error: timed out after {}; not finished: {}",
+            humantime::format_duration(timeout),
+            unfinished.join(", ")
+        );
+    } else if cancel.is_cancelled() {
+        eprintln!(
+            "error: interrupted; not finished: {}",
+            unfinished.join(", ")
+        );
+    }
+    Ok(summary.exit_code())
+}
+
+/// SIGINT/SIGTERM cancel the run (in-flight pulls are abandoned cleanly); a second one exits at once.
+fn spawn_signal_handler(cancel: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("cannot listen for SIGTERM: {e}");
+                    return;
+                }
+            };
+        for n in 0..2 {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            if n == 0 {
+                tracing::warn!(
+                    "stopping: cancelling in-flight pulls (signal again to exit at once)"
+                );
+                cancel.cancel();
+            } else {
+                std::process::exit(130);
+            }
+        }
+    });
+}

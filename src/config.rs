@@ -1,0 +1,734 @@
+//! The declared image list: a YAML file of images and pull settings.
+//!
+//! Every error names the file, line, column and field, so that an operator can fix a
+//! ConfigMap without guessing. Entries are validated while they are read, so a bad
+//! reference is reported at its own line.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_saphyr::{SnippetMode, Spanned};
+
+use crate::reference::ImageRef;
+
+pub const DEFAULT_PARALLELISM: usize = 3;
+pub const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// The kubelet's own image back-off runs from 10s to 300s; operators know these numbers.
+pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// When the runtime is asked to pull an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum PullPolicy {
+    /// Only check that the image is present; never pull.
+    Never,
+    /// Pull when the image is not present (the kubelet's default for pinned tags).
+    IfNotPresent,
+    /// Pull even when present (the kubelet's default for `:latest`).
+    Always,
+}
+
+impl fmt::Display for PullPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PullPolicy::Never => "Never",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Always => "Always",
+        })
+    }
+}
+
+/// One image to keep present, after normalization and defaulting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageSpec {
+    /// As written in the config (a reference, or coordinates joined into one).
+    pub declared: String,
+    pub reference: ImageRef,
+    /// Readiness waits for required images only.
+    pub required: bool,
+    pub policy: PullPolicy,
+    /// Line of the entry in its file, for messages about it.
+    pub line: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackoffSettings {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Default for BackoffSettings {
+    fn default() -> Self {
+        BackoffSettings {
+            initial: DEFAULT_BACKOFF_INITIAL,
+            max: DEFAULT_BACKOFF_MAX,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Where the config was read from, for messages.
+    pub source: PathBuf,
+    pub parallelism: usize,
+    pub per_registry_parallelism: usize,
+    pub pull_timeout: Duration,
+    pub backoff: BackoffSettings,
+    /// Deduplicated by normalized reference, in declaration order.
+    pub images: Vec<ImageSpec>,
+    /// Entries that were merged into an earlier one, as human-readable notes.
+    pub merged: Vec<String>,
+}
+
+/// A config that could not be read or is invalid. Boxed: it travels through every `?`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", self.headline())]
+pub struct ConfigError(Box<ConfigErrorDetails>);
+
+#[derive(Debug, Clone)]
+pub struct ConfigErrorDetails {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    /// Path of the offending field, e.g. `images[2].tag`.
+    pub field: Option<String>,
+    pub message: String,
+    /// The offending lines with a marker, for people.
+    pub snippet: Option<String>,
+}
+
+impl std::ops::Deref for ConfigError {
+    type Target = ConfigErrorDetails;
+    fn deref(&self) -> &ConfigErrorDetails {
+        &self.0
+    }
+}
+
+impl From<ConfigErrorDetails> for ConfigError {
+    fn from(d: ConfigErrorDetails) -> Self {
+        ConfigError(Box::new(d))
+    }
+}
+
+impl ConfigError {
+    fn whole_file(file: &Path, message: String) -> Self {
+        ConfigErrorDetails {
+            file: file.to_path_buf(),
+            line: None,
+            column: None,
+            field: None,
+            message,
+            snippet: None,
+        }
+        .into()
+    }
+
+    /// One line: `file:line:column: field `x`: message`.
+    pub fn headline(&self) -> String {
+        let mut s = self.file.display().to_string();
+        if let Some(line) = self.line {
+            s.push_str(&format!(":{line}"));
+            if let Some(col) = self.column {
+                s.push_str(&format!(":{col}"));
+            }
+        }
+        s.push_str(": ");
+        if let Some(field) = &self.field {
+            s.push_str(&format!("field `{field}`: "));
+        }
+        s.push_str(&self.message);
+        s
+    }
+
+    /// The headline followed by the snippet, for a terminal.
+    pub fn render(&self) -> String {
+        match &self.snippet {
+            Some(snippet) => format!("{}\n{snippet}", self.headline()),
+            None => self.headline(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::whole_file(path, format!("cannot read the config file: {e}"))
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses config text; `source` names it in errors.
+    pub fn parse(text: &str, source: &Path) -> Result<Config, ConfigError> {
+        let mut field = None;
+        let raw: RawConfig = serde_saphyr::with_deserializer_from_str(text, |de| {
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                // `Spanned` entries show up as a `.value` field; users wrote no such key.
+                let path = e.path().to_string().replace("].value", "]");
+                if path != "." {
+                    field = Some(path);
+                }
+                e.into_inner()
+            })
+        })
+        .map_err(|e| yaml_error(e, field, source))?;
+        raw.validate(source)
+    }
+
+    pub fn required_count(&self) -> usize {
+        self.images.iter().filter(|i| i.required).count()
+    }
+}
+
+fn yaml_error(e: serde_saphyr::Error, field: Option<String>, source: &Path) -> ConfigError {
+    let location = e.location();
+    let name = source.display().to_string();
+    let plain = e
+        .without_snippet()
+        .render_with_options(serde_saphyr::render_options! { snippets: SnippetMode::Off });
+    let snippet = e.render_with_options(serde_saphyr::render_options! { source_name: Some(&name) });
+    ConfigErrorDetails {
+        file: source.to_path_buf(),
+        line: location.map(|l| l.line() as usize),
+        column: location.map(|l| l.column() as usize),
+        field,
+        message: strip_location(&plain),
+        snippet: (snippet != plain).then_some(snippet),
+    }
+    .into()
+}
+
+/// serde-saphyr puts "line L column C: " (or " at line L column C") into its plain messages;
+/// we print the location ourselves, in the `file:line:col` form editors understand.
+fn strip_location(message: &str) -> String {
+    let mut m = message.trim().trim_start_matches("error: ").to_string();
+    if let Some(rest) = m.strip_prefix("line ")
+        && let Some(idx) = rest.find(": ")
+    {
+        m = rest[idx + 2..].to_string();
+    }
+    if let Some(idx) = m.rfind(" at line ") {
+        m.truncate(idx);
+    }
+    m
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawConfig {
+    parallelism: Option<usize>,
+    per_registry_parallelism: Option<usize>,
+    #[serde(default, deserialize_with = "duration::option")]
+    pull_timeout: Option<Duration>,
+    backoff: Option<RawBackoff>,
+    images: Vec<Spanned<ImageEntry>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackoff {
+    #[serde(default, deserialize_with = "duration::option")]
+    initial: Option<Duration>,
+    #[serde(default, deserialize_with = "duration::option")]
+    max: Option<Duration>,
+}
+
+impl RawConfig {
+    fn validate(self, source: &Path) -> Result<Config, ConfigError> {
+        let invalid = |field: &str, message: String| -> ConfigError {
+            ConfigErrorDetails {
+                file: source.to_path_buf(),
+                line: None,
+                column: None,
+                field: Some(field.to_string()),
+                message,
+                snippet: None,
+            }
+            .into()
+        };
+        let parallelism = self.parallelism.unwrap_or(DEFAULT_PARALLELISM);
+        if parallelism == 0 {
+            return Err(invalid("parallelism", "must be at least 1".into()));
+        }
+        let per_registry_parallelism = self.per_registry_parallelism.unwrap_or(parallelism);
+        if per_registry_parallelism == 0 {
+            return Err(invalid(
+                "perRegistryParallelism",
+                "must be at least 1".into(),
+            ));
+        }
+        let pull_timeout = self.pull_timeout.unwrap_or(DEFAULT_PULL_TIMEOUT);
+        if pull_timeout.is_zero() {
+            return Err(invalid("pullTimeout", "must be longer than 0s".into()));
+        }
+        let defaults = BackoffSettings::default();
+        let backoff = BackoffSettings {
+            initial: self
+                .backoff
+                .as_ref()
+                .and_then(|b| b.initial)
+                .unwrap_or(defaults.initial),
+            max: self
+                .backoff
+                .as_ref()
+                .and_then(|b| b.max)
+                .unwrap_or(defaults.max),
+        };
+        if backoff.initial.is_zero() {
+            return Err(invalid("backoff.initial", "must be longer than 0s".into()));
+        }
+        if backoff.max < backoff.initial {
+            return Err(invalid(
+                "backoff.max",
+                format!(
+                    "{} is shorter than backoff.initial ({})",
+                    humantime::format_duration(backoff.max),
+                    humantime::format_duration(backoff.initial)
+                ),
+            ));
+        }
+
+        let mut images: Vec<ImageSpec> = Vec::with_capacity(self.images.len());
+        let mut merged = Vec::new();
+        for entry in self.images {
+            let line = entry.referenced.line() as usize;
+            let spec = entry.value.into_spec(line);
+            match images.iter_mut().find(|i| i.reference == spec.reference) {
+                Some(first) => {
+                    merged.push(format!(
+                        "{} (line {}) is the same image as line {}: pulled once",
+                        spec.declared, spec.line, first.line
+                    ));
+                    merge_into(first, &spec);
+                }
+                None => images.push(spec),
+            }
+        }
+        Ok(Config {
+            source: source.to_path_buf(),
+            parallelism,
+            per_registry_parallelism,
+            pull_timeout,
+            backoff,
+            images,
+            merged,
+        })
+    }
+}
+
+/// Two declarations of one image: the stricter one wins, so neither author is surprised.
+pub fn merge_into(first: &mut ImageSpec, other: &ImageSpec) {
+    first.required |= other.required;
+    first.policy = first.policy.max(other.policy);
+}
+
+/// One entry of `images:`, either a plain reference or a map.
+struct ImageEntry {
+    declared: String,
+    reference: ImageRef,
+    required: Option<bool>,
+    policy: Option<PullPolicy>,
+}
+
+impl ImageEntry {
+    fn into_spec(self, line: usize) -> ImageSpec {
+        // The kubelet defaults `:latest` (and no tag) to Always, anything else to IfNotPresent.
+        let default_policy = if self.reference.is_latest() {
+            PullPolicy::Always
+        } else {
+            PullPolicy::IfNotPresent
+        };
+        ImageSpec {
+            declared: self.declared,
+            reference: self.reference,
+            required: self.required.unwrap_or(true),
+            policy: self.policy.unwrap_or(default_policy),
+            line,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawImageEntry {
+    image: Option<String>,
+    registry: Option<String>,
+    repository: Option<String>,
+    tag: Option<String>,
+    digest: Option<String>,
+    required: Option<bool>,
+    pull_policy: Option<PullPolicy>,
+}
+
+impl RawImageEntry {
+    fn into_entry(self) -> Result<ImageEntry, String> {
+        let (declared, reference) = match (self.image, self.repository) {
+            (Some(_), Some(_)) => {
+                return Err(
+                    "use either `image` or `registry`/`repository`/`tag`/`digest`, not both".into(),
+                );
+            }
+            (None, None) => {
+                return Err("an entry needs `image` (a reference) or `repository`".into());
+            }
+            (Some(image), None) => {
+                if self.registry.is_some() || self.tag.is_some() || self.digest.is_some() {
+                    return Err(
+                        "`registry`, `tag` and `digest` go with `repository`; with `image`, write them into the reference".into(),
+                    );
+                }
+                let reference = ImageRef::parse(&image).map_err(|e| e.to_string())?;
+                (image, reference)
+            }
+            (None, Some(repository)) => {
+                let reference = ImageRef::from_parts(
+                    self.registry.as_deref(),
+                    &repository,
+                    self.tag.as_deref(),
+                    self.digest.as_deref(),
+                )
+                .map_err(|e| e.to_string())?;
+                (
+                    declared_from_parts(&self.registry, &repository, &self.tag, &self.digest),
+                    reference,
+                )
+            }
+        };
+        Ok(ImageEntry {
+            declared,
+            reference,
+            required: self.required,
+            policy: self.pull_policy,
+        })
+    }
+}
+
+fn declared_from_parts(
+    registry: &Option<String>,
+    repository: &str,
+    tag: &Option<String>,
+    digest: &Option<String>,
+) -> String {
+    let mut s = String::new();
+    if let Some(r) = registry {
+        s.push_str(r);
+        s.push('/');
+    }
+    s.push_str(repository);
+    if let Some(t) = tag {
+        s.push(':');
+        s.push_str(t);
+    }
+    if let Some(d) = digest {
+        s.push('@');
+        s.push_str(d);
+    }
+    s
+}
+
+impl<'de> Deserialize<'de> for ImageEntry {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Hand-written rather than `untagged`, which would hide the real error of a bad map.
+        struct EntryVisitor;
+        impl<'de> Visitor<'de> for EntryVisitor {
+            type Value = ImageEntry;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an image reference or a map with `image` or `repository`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ImageEntry, E> {
+                let reference = ImageRef::parse(v).map_err(E::custom)?;
+                Ok(ImageEntry {
+                    declared: v.to_string(),
+                    reference,
+                    required: None,
+                    policy: None,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ImageEntry, A::Error> {
+                let raw = RawImageEntry::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                raw.into_entry().map_err(de::Error::custom)
+            }
+        }
+        deserializer.deserialize_any(EntryVisitor)
+    }
+}
+
+pub mod duration {
+    //! Durations written as `30s`, `10m`, `1h30m`.
+    use super::*;
+
+    pub fn parse(s: &str) -> Result<Duration, String> {
+        humantime::parse_duration(s.trim())
+            .map_err(|e| format!("invalid duration {s:?} ({e}); write e.g. 30s, 10m or 1h"))
+    }
+
+    pub fn option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s = String::deserialize(d)?;
+        parse(&s).map(Some).map_err(de::Error::custom)
+    }
+}
+
+/// What `prepuller check` prints: every entry as it will be pulled.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckReport {
+    pub source: PathBuf,
+    pub parallelism: usize,
+    pub per_registry_parallelism: usize,
+    pub pull_timeout_seconds: u64,
+    pub images: Vec<CheckedImage>,
+    pub merged: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckedImage {
+    pub line: usize,
+    pub image: String,
+    pub normalized: String,
+    pub required: bool,
+    pub policy: PullPolicy,
+}
+
+impl From<&Config> for CheckReport {
+    fn from(c: &Config) -> Self {
+        CheckReport {
+            source: c.source.clone(),
+            parallelism: c.parallelism,
+            per_registry_parallelism: c.per_registry_parallelism,
+            pull_timeout_seconds: c.pull_timeout.as_secs(),
+            images: c
+                .images
+                .iter()
+                .map(|i| CheckedImage {
+                    line: i.line,
+                    image: i.declared.clone(),
+                    normalized: i.reference.to_string(),
+                    required: i.required,
+                    policy: i.policy,
+                })
+                .collect(),
+            merged: c.merged.clone(),
+        }
+    }
+}
+
+impl CheckReport {
+    pub fn table(&self) -> String {
+        let mut t = comfy_table::Table::new();
+        t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+        t.set_header(["LINE", "NORMALIZED", "POLICY", "REQUIRED"]);
+        for i in &self.images {
+            t.add_row([
+                i.line.to_string(),
+                i.normalized.clone(),
+                i.policy.to_string(),
+                if i.required { "yes" } else { "no" }.to_string(),
+            ]);
+        }
+        let mut s = format!("{}\n", t);
+        for m in &self.merged {
+            s.push_str(&format!("note: {m}\n"));
+        }
+        s.push_str(&format!(
+            "{}: valid, {} images ({} required), parallelism {} ({} per registry)\n",
+            self.source.display(),
+            self.images.len(),
+            self.images.iter().filter(|i| i.required).count(),
+            self.parallelism,
+            self.per_registry_parallelism
+        ));
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("images.yaml"))
+    }
+
+    #[test]
+    fn full_example_from_the_docs() {
+        let c = parse(
+            r#"
+parallelism: 4
+perRegistryParallelism: 2
+pullTimeout: 10m
+backoff: {initial: 10s, max: 5m}
+images:
+  - redislabs/redis:7.2.4-64
+  - image: registry.example.com/redislabs/operator:7.2.4-7
+    required: false
+  - registry: myregistry.example.com
+    repository: myrepo/cass-management-api
+    tag: 3.11.10-v0.1.26
+    pullPolicy: Always
+  - busybox
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.parallelism, 4);
+        assert_eq!(c.per_registry_parallelism, 2);
+        assert_eq!(c.pull_timeout, Duration::from_secs(600));
+        assert_eq!(c.backoff.max, Duration::from_secs(300));
+        let got: Vec<_> = c
+            .images
+            .iter()
+            .map(|i| (i.reference.to_string(), i.required, i.policy, i.line))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "docker.io/redislabs/redis:7.2.4-64".to_string(),
+                    true,
+                    PullPolicy::IfNotPresent,
+                    7
+                ),
+                (
+                    "registry.example.com/redislabs/operator:7.2.4-7".to_string(),
+                    false,
+                    PullPolicy::IfNotPresent,
+                    8
+                ),
+                (
+                    "myregistry.example.com/myrepo/cass-management-api:3.11.10-v0.1.26".to_string(),
+                    true,
+                    PullPolicy::Always,
+                    10
+                ),
+                (
+                    "docker.io/library/busybox:latest".to_string(),
+                    true,
+                    PullPolicy::Always,
+                    14
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn defaults_follow_the_kubelet() {
+        let c = parse("images: [nginx:1.25]").unwrap();
+        assert_eq!(c.parallelism, 3);
+        assert_eq!(c.per_registry_parallelism, 3);
+        assert_eq!(c.backoff, BackoffSettings::default());
+        assert_eq!(c.images[0].policy, PullPolicy::IfNotPresent);
+        assert!(c.images[0].required);
+    }
+
+    #[test]
+    fn duplicates_are_merged_with_the_strictest_settings() {
+        let c = parse(
+            "images:\n  - image: nginx:1.25\n    required: false\n  - docker.io/library/nginx:1.25\n  - image: index.docker.io/library/nginx:1.25\n    pullPolicy: Always\n",
+        )
+        .unwrap();
+        assert_eq!(c.images.len(), 1);
+        assert!(c.images[0].required);
+        assert_eq!(c.images[0].policy, PullPolicy::Always);
+        assert_eq!(c.merged.len(), 2);
+        assert!(c.merged[0].contains("line 4"), "{:?}", c.merged);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_field() {
+        let e = parse("images:\n  - image: nginx:1.25\n    requird: true\n").unwrap_err();
+        assert_eq!((e.line, e.column), (Some(3), Some(5)));
+        assert_eq!(e.field.as_deref(), Some("images[0].requird"));
+        assert!(
+            e.message.contains("unknown field `requird`"),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.headline()
+                .starts_with("images.yaml:3:5: field `images[0].requird`: "),
+            "{}",
+            e.headline()
+        );
+    }
+
+    #[test]
+    fn bad_reference_is_reported_at_its_line() {
+        let e = parse("images:\n  - nginx:1.25\n  - Nginx:1.25\n").unwrap_err();
+        assert_eq!(e.line, Some(3));
+        assert_eq!(e.field.as_deref(), Some("images[1]"));
+        assert!(e.message.contains("must be lowercase"), "{}", e.message);
+    }
+
+    #[test]
+    fn bad_duration_names_the_field() {
+        let e = parse("pullTimeout: ten minutes\nimages: []\n").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("pullTimeout"));
+        assert_eq!(e.line, Some(1));
+        assert!(e.message.contains("invalid duration"), "{}", e.message);
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        for (text, field, needle) in [
+            ("parallelism: 0\nimages: []", "parallelism", "at least 1"),
+            ("parallelism: -2\nimages: []", "parallelism", ""),
+            (
+                "backoff: {initial: 1m, max: 10s}\nimages: []",
+                "backoff.max",
+                "shorter than",
+            ),
+            (
+                "images:\n  - image: a:1\n    pullPolicy: Sometimes\n",
+                "images[0].pullPolicy",
+                "Sometimes",
+            ),
+            (
+                "images:\n  - image: a:1\n    repository: b\n",
+                "images[0]",
+                "either",
+            ),
+            (
+                "images:\n  - required: true\n",
+                "images[0]",
+                "needs `image`",
+            ),
+            (
+                "images:\n  - image: a:1\n    tag: \"2\"\n",
+                "images[0]",
+                "go with `repository`",
+            ),
+            (
+                "images:\n  - repository: Myrepo\n",
+                "images[0]",
+                "lowercase",
+            ),
+            ("images:\n  - 42\n", "images[0]", "image reference"),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some(field), "{text}: {}", e.render());
+            assert!(e.message.contains(needle), "{text}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn missing_images_and_broken_yaml_are_errors() {
+        let e = parse("parallelism: 2\n").unwrap_err();
+        assert!(e.message.contains("images"), "{}", e.render());
+        let e = parse("images: [\n").unwrap_err();
+        assert!(e.line.is_some(), "{}", e.render());
+    }
+
+    #[test]
+    fn missing_file_names_it() {
+        let e = Config::load(Path::new("/nonexistent/prepuller.yaml")).unwrap_err();
+        assert!(
+            e.headline()
+                .starts_with("/nonexistent/prepuller.yaml: cannot read"),
+            "{}",
+            e.headline()
+        );
+    }
+}

@@ -1,0 +1,233 @@
+//! Live progress of a pull run: bars on a terminal, one log line per event otherwise.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::config::ImageSpec;
+use crate::puller::PullEvent;
+
+/// Shows the events of one run.
+pub trait Progress: Send + Sync {
+    fn event(&self, images: &[ImageSpec], event: &PullEvent);
+    /// Clears anything drawn, before the summary is printed.
+    fn finish(&self) {}
+}
+
+pub fn human_bytes(bytes: u64) -> String {
+    indicatif::DecimalBytes(bytes).to_string()
+}
+
+pub fn human_duration(d: Duration) -> String {
+    if d < Duration::from_secs(60) {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+    }
+}
+
+/// One `tracing` line per event, for logs and CI.
+pub struct LogProgress;
+
+impl Progress for LogProgress {
+    fn event(&self, images: &[ImageSpec], event: &PullEvent) {
+        let image = |index: usize| images[index].reference.to_string();
+        match event {
+            PullEvent::Present { index, size_bytes } => {
+                tracing::info!(image = %image(*index), size = %human_bytes(*size_bytes), "already present")
+            }
+            PullEvent::Queued { index } => {
+                tracing::info!(image = %image(*index), "waiting for a pull slot")
+            }
+            PullEvent::Started { index, attempt } => {
+                tracing::info!(image = %image(*index), attempt, "pulling")
+            }
+            PullEvent::AttemptFailed {
+                index,
+                attempt,
+                error,
+                retry_in,
+            } => tracing::warn!(
+                image = %image(*index),
+                attempt,
+                class = error.kind.class(),
+                reason = error.kind.reason(),
+                retry_in = %human_duration(*retry_in),
+                "pull failed, retrying: {error}"
+            ),
+            PullEvent::Pulled {
+                index,
+                size_bytes,
+                elapsed,
+                attempts,
+            } => tracing::info!(
+                image = %image(*index),
+                size = %human_bytes(*size_bytes),
+                took = %human_duration(*elapsed),
+                attempts,
+                "pulled"
+            ),
+            PullEvent::Failed { index, error, .. } => {
+                let required = images[*index].required;
+                if required {
+                    tracing::error!(image = %image(*index), class = error.kind.class(), reason = error.kind.reason(), "failed: {error}")
+                } else {
+                    tracing::warn!(image = %image(*index), class = error.kind.class(), reason = error.kind.reason(), "optional image failed: {error}")
+                }
+            }
+        }
+    }
+}
+
+/// A line per image with a spinner and elapsed time, and an overall N/M bar.
+pub struct TerminalProgress {
+    multi: MultiProgress,
+    overall: ProgressBar,
+    bars: Vec<ProgressBar>,
+    done: Mutex<Vec<bool>>,
+}
+
+impl TerminalProgress {
+    pub fn new(images: &[ImageSpec]) -> Self {
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+        let width = images
+            .iter()
+            .map(|i| i.reference.to_string().len())
+            .max()
+            .unwrap_or(10)
+            .min(70);
+        let overall = multi.add(
+            ProgressBar::new(images.len() as u64).with_style(
+                ProgressStyle::with_template(
+                    "{prefix:.bold} [{bar:30}] {pos}/{len} images ready  {elapsed}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            ),
+        );
+        overall.set_prefix("prepuller");
+        let bars = images
+            .iter()
+            .map(|spec| {
+                let bar = multi.add(ProgressBar::new_spinner().with_style(waiting_style(width)));
+                bar.set_prefix(spec.reference.to_string());
+                bar.set_message("checking");
+                bar
+            })
+            .collect();
+        overall.enable_steady_tick(Duration::from_millis(200));
+        TerminalProgress {
+            multi,
+            overall,
+            bars,
+            done: Mutex::new(vec![false; images.len()]),
+        }
+    }
+
+    fn finish_bar(&self, index: usize, style: ProgressStyle, message: String) {
+        let bar = &self.bars[index];
+        bar.set_style(style);
+        bar.finish_with_message(message);
+        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        if !std::mem::replace(&mut done[index], true) {
+            self.overall.inc(1);
+        }
+    }
+}
+
+fn waiting_style(width: usize) -> ProgressStyle {
+    ProgressStyle::with_template(&format!("  {{spinner}} {{prefix:{width}}}  {{msg}}"))
+        .expect("valid template")
+}
+
+fn active_style(width: usize) -> ProgressStyle {
+    ProgressStyle::with_template(&format!(
+        "  {{spinner:.cyan}} {{prefix:{width}}}  {{msg}} {{elapsed}}"
+    ))
+    .expect("valid template")
+}
+
+fn done_style(width: usize, mark: &str) -> ProgressStyle {
+    ProgressStyle::with_template(&format!("  {mark} {{prefix:{width}}}  {{msg}}"))
+        .expect("valid template")
+}
+
+impl Progress for TerminalProgress {
+    fn event(&self, images: &[ImageSpec], event: &PullEvent) {
+        let width = images
+            .iter()
+            .map(|i| i.reference.to_string().len())
+            .max()
+            .unwrap_or(10)
+            .min(70);
+        match event {
+            PullEvent::Present { index, size_bytes } => self.finish_bar(
+                *index,
+                done_style(width, "✔"),
+                format!("present ({})", human_bytes(*size_bytes)),
+            ),
+            PullEvent::Queued { index } => {
+                let bar = &self.bars[*index];
+                bar.set_message("waiting");
+                bar.enable_steady_tick(Duration::from_millis(120));
+            }
+            PullEvent::Started { index, attempt } => {
+                let bar = &self.bars[*index];
+                bar.set_style(active_style(width));
+                bar.reset_elapsed();
+                bar.set_message(if *attempt > 1 {
+                    format!("pulling (attempt {attempt})")
+                } else {
+                    "pulling".to_string()
+                });
+            }
+            PullEvent::AttemptFailed {
+                index,
+                error,
+                retry_in,
+                ..
+            } => {
+                let bar = &self.bars[*index];
+                bar.set_style(waiting_style(width));
+                bar.set_message(format!(
+                    "{} — retry in {}",
+                    error.kind.summary(),
+                    human_duration(*retry_in)
+                ));
+            }
+            PullEvent::Pulled {
+                index,
+                size_bytes,
+                elapsed,
+                ..
+            } => self.finish_bar(
+                *index,
+                done_style(width, "✔"),
+                format!(
+                    "pulled {} in {}",
+                    human_bytes(*size_bytes),
+                    human_duration(*elapsed)
+                ),
+            ),
+            PullEvent::Failed { index, error, .. } => {
+                let mark = if images[*index].required { "✘" } else { "!" };
+                self.finish_bar(
+                    *index,
+                    done_style(width, mark),
+                    format!("failed: {}", error.kind.summary()),
+                );
+            }
+        }
+    }
+
+    fn finish(&self) {
+        self.overall.finish();
+        for bar in &self.bars {
+            if !bar.is_finished() {
+                bar.abandon();
+            }
+        }
+        let _ = self.multi.clear();
+    }
+}

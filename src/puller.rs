@@ -1,0 +1,702 @@
+//! Pulling a list of images: policies, bounded parallelism, and back-off.
+//!
+//! A pull attempt holds a slot of its registry and a global slot; a task that waits in
+//! back-off holds neither. Permanent failures end an image's run at once; transient ones are
+//! retried with full-jitter exponential back-off. A 429 also pauses new attempts to that
+//! registry, because every parallel pull would otherwise hit the same limit.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use serde::Serialize;
+use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{BackoffSettings, Config, ImageSpec, PullPolicy};
+use crate::runtime::{ErrorKind, ImageInfo, Runtime, RuntimeError};
+
+/// containerd already retries a 429 about six times without pausing, so when one reaches us
+/// the back-off jumps ahead this many doublings.
+const RATE_LIMIT_EXTRA_STEPS: usize = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PullSettings {
+    pub parallelism: usize,
+    pub per_registry_parallelism: usize,
+    pub pull_timeout: Duration,
+    pub backoff: BackoffSettings,
+}
+
+impl From<&Config> for PullSettings {
+    fn from(c: &Config) -> Self {
+        PullSettings {
+            parallelism: c.parallelism,
+            per_registry_parallelism: c.per_registry_parallelism,
+            pull_timeout: c.pull_timeout,
+            backoff: c.backoff,
+        }
+    }
+}
+
+/// Why an image is not present, in words a user can act on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{image}: {}: {detail} ({})", kind.summary(), kind.hint())]
+pub struct PullError {
+    /// The reference that was pulled.
+    pub image: String,
+    pub kind: ErrorKind,
+    /// The runtime's own message.
+    pub detail: String,
+}
+
+impl PullError {
+    fn from_runtime(image: &str, e: RuntimeError) -> Self {
+        PullError {
+            image: image.to_string(),
+            kind: e.kind(),
+            detail: e.message,
+        }
+    }
+}
+
+/// Where an image was when the run was cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Stage {
+    Waiting,
+    Pulling,
+    BackingOff,
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stage::Waiting => "waiting for a pull slot",
+            Stage::Pulling => "pulling",
+            Stage::BackingOff => "backing off",
+        })
+    }
+}
+
+/// What happened to one image, as it happens. `index` is the image's position in the list
+/// given to [`Puller::run`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum PullEvent {
+    /// Already on the node; nothing to do.
+    Present {
+        index: usize,
+        size_bytes: u64,
+    },
+    /// Needs a pull and waits for a slot.
+    Queued {
+        index: usize,
+    },
+    Started {
+        index: usize,
+        attempt: u32,
+    },
+    AttemptFailed {
+        index: usize,
+        attempt: u32,
+        error: PullError,
+        retry_in: Duration,
+    },
+    Pulled {
+        index: usize,
+        size_bytes: u64,
+        elapsed: Duration,
+        attempts: u32,
+    },
+    Failed {
+        index: usize,
+        error: PullError,
+        attempts: u32,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PullResult {
+    AlreadyPresent,
+    Pulled,
+    Failed(PullError),
+    Cancelled(Stage),
+}
+
+/// The end state of one image after a run.
+#[derive(Debug, Clone)]
+pub struct ImageOutcome {
+    pub result: PullResult,
+    /// The image as the runtime reports it, when present.
+    pub image: Option<ImageInfo>,
+    pub attempts: u32,
+    /// Time spent on this image, waiting included.
+    pub elapsed: Duration,
+    /// The last failed attempt, also when a later one succeeded or the run was cancelled.
+    pub last_error: Option<PullError>,
+}
+
+impl ImageOutcome {
+    pub fn is_present(&self) -> bool {
+        matches!(self.result, PullResult::AlreadyPresent | PullResult::Pulled)
+    }
+}
+
+struct RegistryGate {
+    slots: Semaphore,
+    /// No new attempt to this registry starts before this instant (set by a 429).
+    hold_until: Mutex<Option<Instant>>,
+}
+
+impl RegistryGate {
+    fn held_until(&self) -> Option<Instant> {
+        let hold = *self.hold_until.lock().unwrap_or_else(|e| e.into_inner());
+        hold.filter(|h| *h > Instant::now())
+    }
+
+    fn hold(&self, until: Instant) {
+        let mut hold = self.hold_until.lock().unwrap_or_else(|e| e.into_inner());
+        if hold.is_none_or(|h| h < until) {
+            *hold = Some(until);
+        }
+    }
+}
+
+/// Pulls images through a runtime. Keep one per process: its slots and registry holds are
+/// shared by every run.
+pub struct Puller<R> {
+    runtime: Arc<R>,
+    settings: PullSettings,
+    global: Semaphore,
+    registries: Mutex<HashMap<String, Arc<RegistryGate>>>,
+}
+
+type Permits<'a> = (SemaphorePermit<'a>, SemaphorePermit<'a>);
+
+impl<R: Runtime> Puller<R> {
+    pub fn new(runtime: Arc<R>, settings: PullSettings) -> Self {
+        Puller {
+            runtime,
+            global: Semaphore::new(settings.parallelism),
+            settings,
+            registries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn settings(&self) -> &PullSettings {
+        &self.settings
+    }
+
+    pub fn runtime(&self) -> &Arc<R> {
+        &self.runtime
+    }
+
+    /// Brings every image of `images` to its policy. `present` is one ListImages answer taken
+    /// just before. Returns one outcome per image, in order; events go to `on_event` as they
+    /// happen. Cancelling stops waits and in-flight pulls at once.
+    pub async fn run(
+        &self,
+        images: &[ImageSpec],
+        present: &[ImageInfo],
+        on_event: &(dyn Fn(PullEvent) + Send + Sync),
+        cancel: &CancellationToken,
+    ) -> Vec<ImageOutcome> {
+        let tasks = images.iter().enumerate().map(|(index, spec)| {
+            let found = present.iter().find(|i| i.matches(&spec.reference));
+            self.ensure(index, spec, found, on_event, cancel)
+        });
+        futures::future::join_all(tasks).await
+    }
+
+    /// Brings one image to its policy.
+    pub async fn ensure(
+        &self,
+        index: usize,
+        spec: &ImageSpec,
+        present: Option<&ImageInfo>,
+        on_event: &(dyn Fn(PullEvent) + Send + Sync),
+        cancel: &CancellationToken,
+    ) -> ImageOutcome {
+        let started = Instant::now();
+        let mut outcome = ImageOutcome {
+            result: PullResult::AlreadyPresent,
+            image: present.cloned(),
+            attempts: 0,
+            elapsed: Duration::ZERO,
+            last_error: None,
+        };
+        match (spec.policy, present) {
+            (PullPolicy::Never | PullPolicy::IfNotPresent, Some(info)) => {
+                on_event(PullEvent::Present {
+                    index,
+                    size_bytes: info.size_bytes,
+                });
+                return outcome;
+            }
+            (PullPolicy::Never, None) => {
+                let error = PullError {
+                    image: spec.reference.pull_ref(),
+                    kind: ErrorKind::NotPresent,
+                    detail: "not in the runtime's image list".into(),
+                };
+                on_event(PullEvent::Failed {
+                    index,
+                    error: error.clone(),
+                    attempts: 0,
+                });
+                outcome.result = PullResult::Failed(error.clone());
+                outcome.last_error = Some(error);
+                return outcome;
+            }
+            _ => {}
+        }
+
+        on_event(PullEvent::Queued { index });
+        let gate = self.gate(spec.reference.domain());
+        let mut backoff = ExponentialBuilder::new()
+            .with_min_delay(self.settings.backoff.initial)
+            .with_max_delay(self.settings.backoff.max)
+            .without_max_times()
+            .build();
+        let mut rate_limit_hold = Duration::ZERO;
+        loop {
+            let Some(permits) = self.acquire(&gate, cancel).await else {
+                outcome.result = PullResult::Cancelled(Stage::Waiting);
+                break;
+            };
+            outcome.attempts += 1;
+            on_event(PullEvent::Started {
+                index,
+                attempt: outcome.attempts,
+            });
+            let attempt_result = tokio::select! {
+                r = self.attempt(spec) => r,
+                _ = cancel.cancelled() => {
+                    outcome.result = PullResult::Cancelled(Stage::Pulling);
+                    break;
+                }
+            };
+            if let Err(e) = &attempt_result
+                && e.kind == ErrorKind::RateLimited
+            {
+                for _ in 0..RATE_LIMIT_EXTRA_STEPS {
+                    backoff.next();
+                }
+                // Set while this attempt still holds its slot, so that no waiter slips in first.
+                rate_limit_hold = half_jitter(backoff.next().unwrap_or(self.settings.backoff.max));
+                gate.hold(Instant::now() + rate_limit_hold);
+            }
+            drop(permits);
+            match attempt_result {
+                Ok(info) => {
+                    outcome.result = PullResult::Pulled;
+                    outcome.elapsed = started.elapsed();
+                    on_event(PullEvent::Pulled {
+                        index,
+                        size_bytes: info.size_bytes,
+                        elapsed: outcome.elapsed,
+                        attempts: outcome.attempts,
+                    });
+                    outcome.image = Some(info);
+                    return outcome;
+                }
+                Err(error) if error.kind.is_permanent() => {
+                    on_event(PullEvent::Failed {
+                        index,
+                        error: error.clone(),
+                        attempts: outcome.attempts,
+                    });
+                    outcome.result = PullResult::Failed(error.clone());
+                    outcome.last_error = Some(error);
+                    break;
+                }
+                Err(error) => {
+                    let retry_in = if error.kind == ErrorKind::RateLimited {
+                        rate_limit_hold
+                    } else {
+                        full_jitter(backoff.next().unwrap_or(self.settings.backoff.max))
+                    };
+                    on_event(PullEvent::AttemptFailed {
+                        index,
+                        attempt: outcome.attempts,
+                        error: error.clone(),
+                        retry_in,
+                    });
+                    outcome.last_error = Some(error);
+                    tokio::select! {
+                        _ = tokio::time::sleep(retry_in) => {}
+                        _ = cancel.cancelled() => {
+                            outcome.result = PullResult::Cancelled(Stage::BackingOff);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        outcome.elapsed = started.elapsed();
+        outcome
+    }
+
+    /// One pull, then a look at what landed: its size, and that a pinned digest is really there.
+    async fn attempt(&self, spec: &ImageSpec) -> Result<ImageInfo, PullError> {
+        let pull_ref = spec.reference.pull_ref();
+        let err = |e| PullError::from_runtime(&pull_ref, e);
+        let image_id = self
+            .runtime
+            .pull_image(&pull_ref, self.settings.pull_timeout)
+            .await
+            .map_err(err)?;
+        let info = self
+            .runtime
+            .image_status(&image_id)
+            .await
+            .map_err(err)?
+            .ok_or_else(|| PullError {
+                image: pull_ref.clone(),
+                kind: ErrorKind::Unknown,
+                detail: format!("the runtime reported {image_id} pulled but does not list it"),
+            })?;
+        if let Some(digest) = spec.reference.digest()
+            && info.repo_digest_for(&spec.reference) != Some(digest)
+        {
+            return Err(PullError {
+                image: pull_ref.clone(),
+                kind: ErrorKind::DigestMismatch,
+                detail: format!(
+                    "expected {digest}, the runtime has {}",
+                    if info.repo_digests.is_empty() {
+                        "no repo digest".to_string()
+                    } else {
+                        info.repo_digests.join(", ")
+                    }
+                ),
+            });
+        }
+        Ok(info)
+    }
+
+    fn gate(&self, registry: &str) -> Arc<RegistryGate> {
+        let mut registries = self.registries.lock().unwrap_or_else(|e| e.into_inner());
+        registries
+            .entry(registry.to_string())
+            .or_insert_with(|| {
+                Arc::new(RegistryGate {
+                    slots: Semaphore::new(self.settings.per_registry_parallelism),
+                    hold_until: Mutex::new(None),
+                })
+            })
+            .clone()
+    }
+
+    /// A registry slot, then a global one: a task blocked on a busy registry must not hold a
+    /// global slot that another registry's image could use. `None` when cancelled.
+    async fn acquire<'a>(
+        &'a self,
+        gate: &'a RegistryGate,
+        cancel: &CancellationToken,
+    ) -> Option<Permits<'a>> {
+        loop {
+            if let Some(until) = gate.held_until() {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => {}
+                    _ = cancel.cancelled() => return None,
+                }
+            }
+            let registry = tokio::select! {
+                p = gate.slots.acquire() => p.ok()?,
+                _ = cancel.cancelled() => return None,
+            };
+            // A 429 may have arrived while this task waited for the slot.
+            if gate.held_until().is_some() {
+                continue;
+            }
+            let global = tokio::select! {
+                p = self.global.acquire() => p.ok()?,
+                _ = cancel.cancelled() => return None,
+            };
+            return Some((registry, global));
+        }
+    }
+}
+
+/// Full jitter: uniform in [0, d], so that nodes that failed together retry apart.
+fn full_jitter(d: Duration) -> Duration {
+    d.mul_f64(fastrand::f64())
+}
+
+/// Uniform in [d/2, d]: spread out, but never short, for registries that asked us to slow down.
+fn half_jitter(d: Duration) -> Duration {
+    d.mul_f64(0.5 + fastrand::f64() / 2.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::runtime::fake::FakeRuntime;
+    use std::path::Path;
+    use tonic::Code;
+
+    fn config(yaml: &str) -> Config {
+        Config::parse(yaml, Path::new("test.yaml")).unwrap()
+    }
+
+    struct Run {
+        outcomes: Vec<ImageOutcome>,
+        events: Vec<PullEvent>,
+    }
+
+    async fn run(rt: &Arc<FakeRuntime>, c: &Config) -> Run {
+        run_with(rt, c, &CancellationToken::new()).await
+    }
+
+    async fn run_with(rt: &Arc<FakeRuntime>, c: &Config, cancel: &CancellationToken) -> Run {
+        let puller = Puller::new(rt.clone(), PullSettings::from(c));
+        let present = rt.list_images().await.unwrap();
+        let events = Mutex::new(Vec::new());
+        let outcomes = puller
+            .run(
+                &c.images,
+                &present,
+                &|e| events.lock().unwrap().push(e),
+                cancel,
+            )
+            .await;
+        Run {
+            outcomes,
+            events: events.into_inner().unwrap(),
+        }
+    }
+
+    fn err(code: Code, msg: &str) -> Result<(), RuntimeError> {
+        Err(RuntimeError::new(code, msg))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pulls_missing_and_skips_present() {
+        let rt = Arc::new(FakeRuntime::new());
+        rt.add_image("r.example/a:1", 5);
+        let c = config("images: [r.example/a:1, r.example/b:1]");
+        let r = run(&rt, &c).await;
+        assert_eq!(r.outcomes[0].result, PullResult::AlreadyPresent);
+        assert_eq!(r.outcomes[1].result, PullResult::Pulled);
+        assert_eq!(rt.stats().pulls, vec!["r.example/b:1"]);
+        // A second run finds everything present.
+        let r = run(&rt, &c).await;
+        assert!(
+            r.outcomes
+                .iter()
+                .all(|o| o.result == PullResult::AlreadyPresent)
+        );
+        assert_eq!(rt.stats().pulls.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn policies() {
+        let rt = Arc::new(FakeRuntime::new());
+        rt.add_image("r.example/always:1", 5);
+        rt.add_image("r.example/never-here:1", 5);
+        let c = config(
+            "images:\n  - {image: r.example/always:1, pullPolicy: Always}\n  - {image: r.example/never-here:1, pullPolicy: Never}\n  - {image: r.example/never-absent:1, pullPolicy: Never}\n",
+        );
+        let r = run(&rt, &c).await;
+        assert_eq!(r.outcomes[0].result, PullResult::Pulled);
+        assert_eq!(r.outcomes[1].result, PullResult::AlreadyPresent);
+        match &r.outcomes[2].result {
+            PullResult::Failed(e) => assert_eq!(e.kind, ErrorKind::NotPresent),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(rt.stats().pulls, vec!["r.example/always:1"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn permanent_errors_are_not_retried() {
+        let rt = Arc::new(FakeRuntime::new());
+        rt.script_pulls("r.example/gone:1", [err(Code::NotFound, "failed to pull and unpack image \"r.example/gone:1\": failed to resolve reference \"r.example/gone:1\": r.example/gone:1: not found")]);
+        let c = config("images: [r.example/gone:1]");
+        let r = run(&rt, &c).await;
+        let PullResult::Failed(e) = &r.outcomes[0].result else {
+            panic!()
+        };
+        assert_eq!(e.kind, ErrorKind::NotFound);
+        assert!(
+            e.to_string()
+                .starts_with("r.example/gone:1: the image or tag does not exist"),
+            "{e}"
+        );
+        assert_eq!(r.outcomes[0].attempts, 1);
+        assert_eq!(rt.stats().pulls.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_errors_back_off_exponentially_within_bounds() {
+        let rt = Arc::new(FakeRuntime::new());
+        let refused =
+            "failed to pull and unpack image: dial tcp 127.0.0.1:1: connect: connection refused";
+        rt.script_pulls("r.example/a:1", (0..6).map(|_| err(Code::Unknown, refused)));
+        let c = config("backoff: {initial: 1s, max: 8s}\nimages: [r.example/a:1]");
+        let r = run(&rt, &c).await;
+        assert_eq!(r.outcomes[0].result, PullResult::Pulled);
+        assert_eq!(r.outcomes[0].attempts, 7);
+        assert_eq!(
+            r.outcomes[0].last_error.as_ref().unwrap().kind,
+            ErrorKind::Network
+        );
+        let delays: Vec<Duration> = r
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                PullEvent::AttemptFailed { retry_in, .. } => Some(*retry_in),
+                _ => None,
+            })
+            .collect();
+        // Full jitter: each delay is at most the exponential ceiling 1, 2, 4, 8, 8, 8 seconds.
+        let ceilings = [1, 2, 4, 8, 8, 8];
+        assert_eq!(delays.len(), ceilings.len());
+        for (d, c) in delays.iter().zip(ceilings) {
+            assert!(*d <= Duration::from_secs(c), "{delays:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limits_back_off_hard_and_pause_the_registry() {
+        let rt = Arc::new(FakeRuntime::new());
+        rt.script_pulls(
+            "r.example/a:1",
+            [err(
+                Code::Unknown,
+                "failed with status code [manifests 1]: 429 Too Many Requests",
+            )],
+        );
+        let c = config(
+            "parallelism: 1\nbackoff: {initial: 1s, max: 60s}\nimages: [r.example/a:1, r.example/b:1]",
+        );
+        let r = run(&rt, &c).await;
+        let retry_in = r
+            .events
+            .iter()
+            .find_map(|e| match e {
+                PullEvent::AttemptFailed {
+                    retry_in, error, ..
+                } => {
+                    assert_eq!(error.kind, ErrorKind::RateLimited);
+                    Some(*retry_in)
+                }
+                _ => None,
+            })
+            .unwrap();
+        // The first delay (1s) after three extra doublings: 8s, half-jittered to [4s, 8s].
+        assert!(
+            retry_in >= Duration::from_secs(4) && retry_in <= Duration::from_secs(8),
+            "{retry_in:?}"
+        );
+        // b waited for the hold instead of hitting the limited registry right away.
+        assert!(
+            r.outcomes[1].elapsed >= retry_in,
+            "{:?} < {retry_in:?}",
+            r.outcomes[1].elapsed
+        );
+        assert!(r.outcomes.iter().all(|o| o.result == PullResult::Pulled));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn parallelism_caps_are_never_exceeded() {
+        let rt = Arc::new(FakeRuntime::new());
+        rt.set_pull_delay(Duration::from_secs(3));
+        let mut yaml = String::from("parallelism: 4\nperRegistryParallelism: 2\nimages:\n");
+        for reg in ["a.example", "b.example", "c.example"] {
+            for i in 0..6 {
+                yaml.push_str(&format!("  - {reg}/img:{i}\n"));
+            }
+        }
+        let r = run(&rt, &config(&yaml)).await;
+        assert!(r.outcomes.iter().all(|o| o.result == PullResult::Pulled));
+        let s = rt.stats();
+        assert_eq!(s.max_in_flight, 4);
+        for reg in ["a.example", "b.example", "c.example"] {
+            assert_eq!(s.max_in_flight_per_registry[reg], 2, "{reg}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backing_off_holds_no_slot() {
+        let rt = Arc::new(FakeRuntime::new());
+        rt.set_pull_delay(Duration::from_secs(1));
+        rt.script_pulls(
+            "r.example/flaky:1",
+            (0..3).map(|_| err(Code::Unknown, "503 Service Unavailable")),
+        );
+        let c = config(
+            "parallelism: 1\nbackoff: {initial: 60s, max: 60s}\nimages: [r.example/flaky:1, r.example/b:1, r.example/c:1]",
+        );
+        let r = run(&rt, &c).await;
+        // b and c finished while flaky sat in a 60s back-off with the only slot free.
+        assert!(
+            r.outcomes[1].elapsed < Duration::from_secs(60),
+            "{:?}",
+            r.outcomes[1].elapsed
+        );
+        assert!(
+            r.outcomes[2].elapsed < Duration::from_secs(60),
+            "{:?}",
+            r.outcomes[2].elapsed
+        );
+        assert_eq!(r.outcomes[0].result, PullResult::Pulled);
+        assert_eq!(r.outcomes[0].attempts, 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn digest_pins_are_verified() {
+        let rt = Arc::new(FakeRuntime::new());
+        let good = format!("sha256:{}", "a".repeat(64));
+        let c = config(&format!(
+            "images: [r.example/pinned@{good}, r.example/tagged:1]"
+        ));
+        let r = run(&rt, &c).await;
+        assert_eq!(r.outcomes[0].result, PullResult::Pulled);
+        assert_eq!(rt.stats().pulls[0], format!("r.example/pinned@{good}"));
+        let image = r.outcomes[0].image.as_ref().unwrap();
+        assert_eq!(
+            image.repo_digest_for(&c.images[0].reference),
+            Some(good.as_str())
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancel_reports_where_each_image_was() {
+        let rt = Arc::new(FakeRuntime::new());
+        rt.set_pull_delay(Duration::from_secs(100));
+        let c = config("parallelism: 1\nimages: [r.example/a:1, r.example/b:1]");
+        let cancel = CancellationToken::new();
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            stop.cancel();
+        });
+        let r = run_with(&rt, &c, &cancel).await;
+        assert_eq!(r.outcomes[0].result, PullResult::Cancelled(Stage::Pulling));
+        assert_eq!(r.outcomes[1].result, PullResult::Cancelled(Stage::Waiting));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timeouts_are_transient() {
+        let rt = Arc::new(FakeRuntime::new());
+        rt.set_pull_delay(Duration::from_secs(100));
+        let c =
+            config("pullTimeout: 5s\nbackoff: {initial: 1s, max: 1s}\nimages: [r.example/slow:1]");
+        let cancel = CancellationToken::new();
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            stop.cancel();
+        });
+        let r = run_with(&rt, &c, &cancel).await;
+        assert!(r.outcomes[0].attempts >= 3, "{}", r.outcomes[0].attempts);
+        assert_eq!(
+            r.outcomes[0].last_error.as_ref().unwrap().kind,
+            ErrorKind::Timeout
+        );
+    }
+}

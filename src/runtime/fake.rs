@@ -1,0 +1,239 @@
+//! An in-memory runtime for fast tests and benchmarks: scripted pull results, pull delays
+//! (on tokio's clock, so paused-time tests run instantly), and counters of what was called and
+//! how many pulls overlapped.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tonic::Code;
+
+use super::{ImageInfo, Runtime, RuntimeError, RuntimeVersion};
+use crate::reference::ImageRef;
+
+#[derive(Debug, Default, Clone)]
+pub struct FakeStats {
+    pub version_calls: usize,
+    pub list_calls: usize,
+    pub status_calls: usize,
+    /// Every pull attempt, in the order it started.
+    pub pulls: Vec<String>,
+    pub max_in_flight: usize,
+    /// Highest number of overlapping pulls per registry host.
+    pub max_in_flight_per_registry: HashMap<String, usize>,
+}
+
+#[derive(Default)]
+struct State {
+    images: Vec<ImageInfo>,
+    scripts: HashMap<String, VecDeque<Result<(), RuntimeError>>>,
+    digests: HashMap<String, String>,
+    pull_delay: Duration,
+    unavailable: bool,
+    in_flight: usize,
+    in_flight_per_registry: HashMap<String, usize>,
+    stats: FakeStats,
+}
+
+#[derive(Default)]
+pub struct FakeRuntime {
+    state: Mutex<State>,
+}
+
+/// A stable fake digest for a name, so tests can predict it.
+pub fn fake_digest(name: &str) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut h);
+    format!("sha256:{:016x}{}", h.finish(), "0".repeat(48))
+}
+
+fn registry_of(image: &str) -> String {
+    ImageRef::parse(image)
+        .map(|r| r.domain().to_string())
+        .unwrap_or_default()
+}
+
+impl FakeRuntime {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes `reference` present, as if pulled earlier.
+    pub fn add_image(&self, reference: &str, size_bytes: u64) {
+        let r = ImageRef::parse(reference).expect("valid test reference");
+        let info = self.image_for(&r, size_bytes);
+        self.state().images.push(info);
+    }
+
+    /// Removes every image that `reference` matches (like `crictl rmi`).
+    pub fn remove_image(&self, reference: &str) {
+        let r = ImageRef::parse(reference).expect("valid test reference");
+        self.state().images.retain(|i| !i.matches(&r));
+    }
+
+    /// The next pulls of `reference` return these results in order; later ones succeed.
+    pub fn script_pulls(
+        &self,
+        reference: &str,
+        results: impl IntoIterator<Item = Result<(), RuntimeError>>,
+    ) {
+        let key = ImageRef::parse(reference).expect("valid").pull_ref();
+        self.state().scripts.entry(key).or_default().extend(results);
+    }
+
+    /// The repo digest a pull of this repository records (default: `fake_digest(name)`).
+    pub fn set_repo_digest(&self, name: &str, digest: &str) {
+        self.state()
+            .digests
+            .insert(name.to_string(), digest.to_string());
+    }
+
+    /// How long every pull takes.
+    pub fn set_pull_delay(&self, delay: Duration) {
+        self.state().pull_delay = delay;
+    }
+
+    /// While unavailable every call fails as a runtime that is down.
+    pub fn set_available(&self, available: bool) {
+        self.state().unavailable = !available;
+    }
+
+    pub fn stats(&self) -> FakeStats {
+        self.state().stats.clone()
+    }
+
+    pub fn image_count(&self) -> usize {
+        self.state().images.len()
+    }
+
+    fn image_for(&self, r: &ImageRef, size_bytes: u64) -> ImageInfo {
+        let name = r.name();
+        let digest = match r.digest() {
+            Some(d) => d.to_string(),
+            None => self
+                .state()
+                .digests
+                .get(&name)
+                .cloned()
+                .unwrap_or_else(|| fake_digest(&name)),
+        };
+        ImageInfo {
+            id: fake_digest(&r.pull_ref()),
+            repo_tags: if r.digest().is_none() {
+                vec![r.pull_ref()]
+            } else {
+                vec![]
+            },
+            repo_digests: vec![format!("{name}@{digest}")],
+            size_bytes,
+        }
+    }
+
+    fn check_available(&self) -> Result<(), RuntimeError> {
+        if self.state().unavailable {
+            Err(RuntimeError::new(
+                Code::Unavailable,
+                "cannot reach the runtime at unix:///fake.sock: connection refused",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Runtime for FakeRuntime {
+    async fn version(&self) -> Result<RuntimeVersion, RuntimeError> {
+        self.state().stats.version_calls += 1;
+        self.check_available()?;
+        Ok(RuntimeVersion {
+            runtime_name: "fake".into(),
+            runtime_version: "1.0".into(),
+            runtime_api_version: "v1".into(),
+        })
+    }
+
+    async fn list_images(&self) -> Result<Vec<ImageInfo>, RuntimeError> {
+        self.state().stats.list_calls += 1;
+        self.check_available()?;
+        Ok(self.state().images.clone())
+    }
+
+    async fn image_status(&self, image: &str) -> Result<Option<ImageInfo>, RuntimeError> {
+        self.state().stats.status_calls += 1;
+        self.check_available()?;
+        // Like containerd, accept an image id as well as a reference.
+        if let Some(i) = self.state().images.iter().find(|i| i.id == image) {
+            return Ok(Some(i.clone()));
+        }
+        let r = ImageRef::parse(image)
+            .map_err(|e| RuntimeError::new(Code::InvalidArgument, e.to_string()))?;
+        Ok(self.state().images.iter().find(|i| i.matches(&r)).cloned())
+    }
+
+    async fn pull_image(&self, image: &str, timeout: Duration) -> Result<String, RuntimeError> {
+        self.check_available()?;
+        let r = ImageRef::parse(image).map_err(|e| {
+            RuntimeError::new(
+                Code::Unknown,
+                format!("failed to parse image reference {image:?}: invalid reference format: {e}"),
+            )
+        })?;
+        let registry = registry_of(image);
+        let (delay, scripted) = {
+            let mut s = self.state();
+            s.stats.pulls.push(image.to_string());
+            s.in_flight += 1;
+            let global = s.in_flight;
+            s.stats.max_in_flight = s.stats.max_in_flight.max(global);
+            let per = s
+                .in_flight_per_registry
+                .entry(registry.clone())
+                .or_default();
+            *per += 1;
+            let per = *per;
+            let max = s
+                .stats
+                .max_in_flight_per_registry
+                .entry(registry.clone())
+                .or_default();
+            *max = (*max).max(per);
+            let scripted = s.scripts.get_mut(&r.pull_ref()).and_then(|q| q.pop_front());
+            (s.pull_delay, scripted)
+        };
+        // Decrements the in-flight counters even when the caller drops this future.
+        struct InFlight<'a>(&'a FakeRuntime, String);
+        impl Drop for InFlight<'_> {
+            fn drop(&mut self) {
+                let mut s = self.0.state();
+                s.in_flight -= 1;
+                if let Some(n) = s.in_flight_per_registry.get_mut(&self.1) {
+                    *n -= 1;
+                }
+            }
+        }
+        let _guard = InFlight(self, registry);
+
+        if delay > timeout {
+            tokio::time::sleep(timeout).await;
+            return Err(RuntimeError::new(
+                Code::DeadlineExceeded,
+                "Deadline Exceeded",
+            ));
+        }
+        tokio::time::sleep(delay).await;
+        if let Some(Err(e)) = scripted {
+            return Err(e);
+        }
+        let info = self.image_for(&r, 1_000_000);
+        let id = info.id.clone();
+        let mut s = self.state();
+        s.images.retain(|i| !i.matches(&r));
+        s.images.push(info);
+        Ok(id)
+    }
+}
