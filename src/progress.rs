@@ -19,6 +19,14 @@ pub fn human_bytes(bytes: u64) -> String {
     indicatif::DecimalBytes(bytes).to_string()
 }
 
+/// `name@sha256:0123456789ab…`: full digests are in the JSON; a line should fit a terminal.
+pub fn short_digest(reference: &str) -> String {
+    match reference.split_once('@') {
+        Some((name, digest)) if digest.len() > 19 => format!("{name}@{}…", &digest[..19]),
+        _ => reference.to_string(),
+    }
+}
+
 pub fn human_duration(d: Duration) -> String {
     if d < Duration::from_secs(60) {
         format!("{:.1}s", d.as_secs_f64())
@@ -38,7 +46,7 @@ impl Progress for LogProgress {
                 tracing::info!(image = %image(*index), size = %human_bytes(*size_bytes), "already present")
             }
             PullEvent::Queued { index } => {
-                tracing::info!(image = %image(*index), "waiting for a pull slot")
+                tracing::debug!(image = %image(*index), "waiting for a pull slot")
             }
             PullEvent::Started { index, attempt } => {
                 tracing::info!(image = %image(*index), attempt, "pulling")
@@ -93,7 +101,7 @@ impl TerminalProgress {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
         let width = images
             .iter()
-            .map(|i| i.reference.to_string().len())
+            .map(|i| short_digest(&i.reference.to_string()).chars().count())
             .max()
             .unwrap_or(10)
             .min(70);
@@ -111,7 +119,7 @@ impl TerminalProgress {
             .iter()
             .map(|spec| {
                 let bar = multi.add(ProgressBar::new_spinner().with_style(waiting_style(width)));
-                bar.set_prefix(spec.reference.to_string());
+                bar.set_prefix(short_digest(&spec.reference.to_string()));
                 bar.set_message("checking");
                 bar
             })
@@ -157,7 +165,7 @@ impl Progress for TerminalProgress {
     fn event(&self, images: &[ImageSpec], event: &PullEvent) {
         let width = images
             .iter()
-            .map(|i| i.reference.to_string().len())
+            .map(|i| short_digest(&i.reference.to_string()).chars().count())
             .max()
             .unwrap_or(10)
             .min(70);

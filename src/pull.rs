@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ImageSpec};
-use crate::progress::{Progress, human_bytes, human_duration};
+use crate::progress::{Progress, human_bytes, human_duration, short_digest};
 use crate::puller::{ImageOutcome, PullResult, PullSettings, Puller};
 use crate::runtime::{ErrorKind, Runtime, RuntimeError, RuntimeVersion};
 
@@ -116,7 +116,7 @@ impl Summary {
                 format!("{} (optional)", r.result)
             };
             t.add_row([
-                r.normalized.clone(),
+                short_digest(&r.normalized),
                 result,
                 r.size_bytes.map(human_bytes).unwrap_or_default(),
                 human_duration(Duration::from_secs_f64(r.seconds)),
