@@ -404,17 +404,20 @@ impl<R: Runtime> Puller<R> {
                     _ = cancel.cancelled() => return None,
                 }
             }
+            // Biased: a slot freed by a cancelled pull must not start a new one.
             let registry = tokio::select! {
-                p = gate.slots.acquire() => p.ok()?,
+                biased;
                 _ = cancel.cancelled() => return None,
+                p = gate.slots.acquire() => p.ok()?,
             };
             // A 429 may have arrived while this task waited for the slot.
             if gate.held_until().is_some() {
                 continue;
             }
             let global = tokio::select! {
-                p = self.global.acquire() => p.ok()?,
+                biased;
                 _ = cancel.cancelled() => return None,
+                p = self.global.acquire() => p.ok()?,
             };
             return Some((registry, global));
         }
