@@ -16,6 +16,8 @@ use crate::reference::ImageRef;
 
 pub const DEFAULT_PARALLELISM: usize = 3;
 pub const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+pub const DEFAULT_RESYNC_INTERVAL: Duration = Duration::from_secs(60);
+pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(60 * 60);
 /// The kubelet's own image back-off runs from 10s to 300s; operators know these numbers.
 pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -50,8 +52,11 @@ pub struct ImageSpec {
     /// Readiness waits for required images only.
     pub required: bool,
     pub policy: PullPolicy,
-    /// Line of the entry in its file, for messages about it.
+    /// File and line of the entry, for messages about it.
+    pub file: PathBuf,
     pub line: usize,
+    /// How often an `Always` image is pulled again by the agent.
+    pub refresh_interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +82,8 @@ pub struct Config {
     pub per_registry_parallelism: usize,
     pub pull_timeout: Duration,
     pub backoff: BackoffSettings,
+    /// How often the agent checks that every image is still present.
+    pub resync_interval: Duration,
     /// Deduplicated by normalized reference, in declaration order.
     pub images: Vec<ImageSpec>,
     /// Entries that were merged into an earlier one, as human-readable notes.
@@ -153,34 +160,132 @@ impl ConfigError {
 }
 
 impl Config {
-    /// Reads and validates a config file.
+    /// Reads and validates a config file, or every `*.yaml`/`*.yml` file of a directory (a
+    /// mounted ConfigMap: each key is an image set, and the sets are merged).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::whole_file(path, format!("cannot read the config file: {e}"))
-        })?;
-        Config::parse(&text, path)
+        if path.is_dir() {
+            let files = config_files(path)?;
+            let mut parts = Vec::with_capacity(files.len());
+            for file in files {
+                let text = read(&file)?;
+                parts.push(parse_file(&text, &file)?);
+            }
+            Config::combine(path, parts)
+        } else {
+            let text = read(path)?;
+            Config::parse(&text, path)
+        }
     }
 
-    /// Parses config text; `source` names it in errors.
+    /// Parses the text of one config file; `source` names it in errors.
     pub fn parse(text: &str, source: &Path) -> Result<Config, ConfigError> {
-        let mut field = None;
-        let raw: RawConfig = serde_saphyr::with_deserializer_from_str(text, |de| {
-            serde_path_to_error::deserialize(de).map_err(|e| {
-                // `Spanned` entries show up as a `.value` field; users wrote no such key.
-                let path = e.path().to_string().replace("].value", "]");
-                if path != "." {
-                    field = Some(path);
+        let parts = parse_file(text, source)?;
+        Config::combine(source, vec![parts])
+    }
+
+    /// Merges parsed files: images are unioned (the stricter settings win for an image in two
+    /// files); a setting may be given in several files only with the same value.
+    fn combine(source: &Path, files: Vec<FileParts>) -> Result<Config, ConfigError> {
+        let mut settings = RawSettings::default();
+        let mut setting_files: std::collections::HashMap<&'static str, PathBuf> = Default::default();
+        for file in &files {
+            settings.absorb(&file.settings, &file.path, &mut setting_files)?;
+        }
+        let mut images: Vec<ImageSpec> = Vec::new();
+        let mut merged = Vec::new();
+        for spec in files.into_iter().flat_map(|f| f.images) {
+            match images.iter_mut().find(|i| i.reference == spec.reference) {
+                Some(first) => {
+                    merged.push(format!(
+                        "{} ({}:{}) is the same image as {}:{}: pulled once",
+                        spec.declared,
+                        spec.file.display(),
+                        spec.line,
+                        first.file.display(),
+                        first.line
+                    ));
+                    merge_into(first, &spec);
                 }
-                e.into_inner()
-            })
-        })
-        .map_err(|e| yaml_error(e, field, source))?;
-        raw.validate(source)
+                None => images.push(spec),
+            }
+        }
+        settings.validate(source, &setting_files, images, merged)
     }
 
     pub fn required_count(&self) -> usize {
         self.images.iter().filter(|i| i.required).count()
     }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::whole_file(path, format!("cannot read the config file: {e}")))
+}
+
+/// The config files of a directory, sorted. Hidden entries are skipped: the kubelet keeps a
+/// ConfigMap's real files under `..data` and links each key at the top level.
+fn config_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        ConfigError::whole_file(dir, format!("cannot read the config directory: {e}"))
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            !name.starts_with('.')
+                && (name.ends_with(".yaml") || name.ends_with(".yml"))
+                && p.is_file()
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(ConfigError::whole_file(
+            dir,
+            "no *.yaml or *.yml files in the config directory".into(),
+        ));
+    }
+    Ok(files)
+}
+
+/// One file, parsed but not yet merged with the others.
+struct FileParts {
+    path: PathBuf,
+    settings: RawSettings,
+    images: Vec<ImageSpec>,
+}
+
+fn parse_file(text: &str, source: &Path) -> Result<FileParts, ConfigError> {
+    let mut field = None;
+    let raw: RawConfig = serde_saphyr::with_deserializer_from_str(text, |de| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            // `Spanned` entries show up as a `.value` field; users wrote no such key.
+            let path = e.path().to_string().replace("].value", "]");
+            if path != "." {
+                field = Some(path);
+            }
+            e.into_inner()
+        })
+    })
+    .map_err(|e| yaml_error(e, field, source))?;
+    Ok(FileParts {
+        path: source.to_path_buf(),
+        settings: RawSettings {
+            parallelism: raw.parallelism,
+            per_registry_parallelism: raw.per_registry_parallelism,
+            pull_timeout: raw.pull_timeout,
+            resync_interval: raw.resync_interval,
+            backoff: raw.backoff,
+        },
+        images: raw
+            .images
+            .into_iter()
+            .map(|entry| {
+                let line = entry.referenced.line() as usize;
+                entry.value.into_spec(source, line)
+            })
+            .collect(),
+    })
 }
 
 fn yaml_error(e: serde_saphyr::Error, field: Option<String>, source: &Path) -> ConfigError {
@@ -219,15 +324,28 @@ fn strip_location(message: &str) -> String {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawConfig {
+    // Not `#[serde(flatten)]`ed from RawSettings: flatten loses line numbers and field paths.
     parallelism: Option<usize>,
     per_registry_parallelism: Option<usize>,
     #[serde(default, deserialize_with = "duration::option")]
     pull_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration::option")]
+    resync_interval: Option<Duration>,
     backoff: Option<RawBackoff>,
     images: Vec<Spanned<ImageEntry>>,
 }
 
-#[derive(Deserialize)]
+/// The settings of one file, or of all files once merged.
+#[derive(Default, Clone, PartialEq)]
+struct RawSettings {
+    parallelism: Option<usize>,
+    per_registry_parallelism: Option<usize>,
+    pull_timeout: Option<Duration>,
+    resync_interval: Option<Duration>,
+    backoff: Option<RawBackoff>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq)]
 #[serde(deny_unknown_fields)]
 struct RawBackoff {
     #[serde(default, deserialize_with = "duration::option")]
@@ -236,14 +354,75 @@ struct RawBackoff {
     max: Option<Duration>,
 }
 
-impl RawConfig {
-    fn validate(self, source: &Path) -> Result<Config, ConfigError> {
-        let invalid = |field: &str, message: String| -> ConfigError {
+/// Takes `theirs` into `mine` unless both are set and differ.
+fn absorb_one<T: Clone + PartialEq>(
+    name: &'static str,
+    mine: &mut Option<T>,
+    theirs: &Option<T>,
+    file: &Path,
+    files: &mut std::collections::HashMap<&'static str, PathBuf>,
+) -> Result<(), ConfigError> {
+    let Some(value) = theirs else { return Ok(()) };
+    match mine {
+        Some(existing) if existing != value => Err(ConfigErrorDetails {
+            file: file.to_path_buf(),
+            line: None,
+            column: None,
+            field: Some(name.to_string()),
+            message: format!(
+                "also set, to a different value, in {}; set it in one file only",
+                files[name].display()
+            ),
+            snippet: None,
+        }
+        .into()),
+        _ => {
+            *mine = Some(value.clone());
+            files.entry(name).or_insert_with(|| file.to_path_buf());
+            Ok(())
+        }
+    }
+}
+
+impl RawSettings {
+    fn absorb(
+        &mut self,
+        other: &RawSettings,
+        file: &Path,
+        files: &mut std::collections::HashMap<&'static str, PathBuf>,
+    ) -> Result<(), ConfigError> {
+        absorb_one("parallelism", &mut self.parallelism, &other.parallelism, file, files)?;
+        absorb_one(
+            "perRegistryParallelism",
+            &mut self.per_registry_parallelism,
+            &other.per_registry_parallelism,
+            file,
+            files,
+        )?;
+        absorb_one("pullTimeout", &mut self.pull_timeout, &other.pull_timeout, file, files)?;
+        absorb_one(
+            "resyncInterval",
+            &mut self.resync_interval,
+            &other.resync_interval,
+            file,
+            files,
+        )?;
+        absorb_one("backoff", &mut self.backoff, &other.backoff, file, files)
+    }
+
+    fn validate(
+        self,
+        source: &Path,
+        files: &std::collections::HashMap<&'static str, PathBuf>,
+        images: Vec<ImageSpec>,
+        merged: Vec<String>,
+    ) -> Result<Config, ConfigError> {
+        let invalid = |field: &'static str, full: &str, message: String| -> ConfigError {
             ConfigErrorDetails {
-                file: source.to_path_buf(),
+                file: files.get(field).cloned().unwrap_or_else(|| source.to_path_buf()),
                 line: None,
                 column: None,
-                field: Some(field.to_string()),
+                field: Some(full.to_string()),
                 message,
                 snippet: None,
             }
@@ -251,37 +430,39 @@ impl RawConfig {
         };
         let parallelism = self.parallelism.unwrap_or(DEFAULT_PARALLELISM);
         if parallelism == 0 {
-            return Err(invalid("parallelism", "must be at least 1".into()));
+            return Err(invalid("parallelism", "parallelism", "must be at least 1".into()));
         }
         let per_registry_parallelism = self.per_registry_parallelism.unwrap_or(parallelism);
         if per_registry_parallelism == 0 {
             return Err(invalid(
+                "perRegistryParallelism",
                 "perRegistryParallelism",
                 "must be at least 1".into(),
             ));
         }
         let pull_timeout = self.pull_timeout.unwrap_or(DEFAULT_PULL_TIMEOUT);
         if pull_timeout.is_zero() {
-            return Err(invalid("pullTimeout", "must be longer than 0s".into()));
+            return Err(invalid("pullTimeout", "pullTimeout", "must be longer than 0s".into()));
+        }
+        let resync_interval = self.resync_interval.unwrap_or(DEFAULT_RESYNC_INTERVAL);
+        if resync_interval < Duration::from_secs(1) {
+            return Err(invalid(
+                "resyncInterval",
+                "resyncInterval",
+                "must be at least 1s".into(),
+            ));
         }
         let defaults = BackoffSettings::default();
         let backoff = BackoffSettings {
-            initial: self
-                .backoff
-                .as_ref()
-                .and_then(|b| b.initial)
-                .unwrap_or(defaults.initial),
-            max: self
-                .backoff
-                .as_ref()
-                .and_then(|b| b.max)
-                .unwrap_or(defaults.max),
+            initial: self.backoff.and_then(|b| b.initial).unwrap_or(defaults.initial),
+            max: self.backoff.and_then(|b| b.max).unwrap_or(defaults.max),
         };
         if backoff.initial.is_zero() {
-            return Err(invalid("backoff.initial", "must be longer than 0s".into()));
+            return Err(invalid("backoff", "backoff.initial", "must be longer than 0s".into()));
         }
         if backoff.max < backoff.initial {
             return Err(invalid(
+                "backoff",
                 "backoff.max",
                 format!(
                     "{} is shorter than backoff.initial ({})",
@@ -290,29 +471,13 @@ impl RawConfig {
                 ),
             ));
         }
-
-        let mut images: Vec<ImageSpec> = Vec::with_capacity(self.images.len());
-        let mut merged = Vec::new();
-        for entry in self.images {
-            let line = entry.referenced.line() as usize;
-            let spec = entry.value.into_spec(line);
-            match images.iter_mut().find(|i| i.reference == spec.reference) {
-                Some(first) => {
-                    merged.push(format!(
-                        "{} (line {}) is the same image as line {}: pulled once",
-                        spec.declared, spec.line, first.line
-                    ));
-                    merge_into(first, &spec);
-                }
-                None => images.push(spec),
-            }
-        }
         Ok(Config {
             source: source.to_path_buf(),
             parallelism,
             per_registry_parallelism,
             pull_timeout,
             backoff,
+            resync_interval,
             images,
             merged,
         })
@@ -323,6 +488,7 @@ impl RawConfig {
 pub fn merge_into(first: &mut ImageSpec, other: &ImageSpec) {
     first.required |= other.required;
     first.policy = first.policy.max(other.policy);
+    first.refresh_interval = first.refresh_interval.min(other.refresh_interval);
 }
 
 /// One entry of `images:`, either a plain reference or a map.
@@ -331,10 +497,11 @@ struct ImageEntry {
     reference: ImageRef,
     required: Option<bool>,
     policy: Option<PullPolicy>,
+    refresh_interval: Option<Duration>,
 }
 
 impl ImageEntry {
-    fn into_spec(self, line: usize) -> ImageSpec {
+    fn into_spec(self, file: &Path, line: usize) -> ImageSpec {
         // The kubelet defaults `:latest` (and no tag) to Always, anything else to IfNotPresent.
         let default_policy = if self.reference.is_latest() {
             PullPolicy::Always
@@ -346,7 +513,9 @@ impl ImageEntry {
             reference: self.reference,
             required: self.required.unwrap_or(true),
             policy: self.policy.unwrap_or(default_policy),
+            file: file.to_path_buf(),
             line,
+            refresh_interval: self.refresh_interval.unwrap_or(DEFAULT_REFRESH_INTERVAL),
         }
     }
 }
@@ -361,6 +530,8 @@ struct RawImageEntry {
     digest: Option<String>,
     required: Option<bool>,
     pull_policy: Option<PullPolicy>,
+    #[serde(default, deserialize_with = "duration::option")]
+    refresh_interval: Option<Duration>,
 }
 
 impl RawImageEntry {
@@ -402,6 +573,7 @@ impl RawImageEntry {
             reference,
             required: self.required,
             policy: self.pull_policy,
+            refresh_interval: self.refresh_interval,
         })
     }
 }
@@ -445,6 +617,7 @@ impl<'de> Deserialize<'de> for ImageEntry {
                     reference,
                     required: None,
                     policy: None,
+                    refresh_interval: None,
                 })
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ImageEntry, A::Error> {
@@ -633,7 +806,7 @@ images:
         assert!(c.images[0].required);
         assert_eq!(c.images[0].policy, PullPolicy::Always);
         assert_eq!(c.merged.len(), 2);
-        assert!(c.merged[0].contains("line 4"), "{:?}", c.merged);
+        assert!(c.merged[0].contains("images.yaml:4"), "{:?}", c.merged);
     }
 
     #[test]
@@ -730,5 +903,81 @@ images:
             "{}",
             e.headline()
         );
+    }
+
+    /// The layout the kubelet gives a mounted ConfigMap: real files under a timestamped
+    /// directory, `..data` pointing at it, and one top-level link per key.
+    fn configmap_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("..2026_11_23_12_00_00.000000001");
+        std::fs::create_dir(&real).unwrap();
+        for (name, text) in files {
+            std::fs::write(real.join(name), text).unwrap();
+        }
+        std::os::unix::fs::symlink(real.file_name().unwrap(), dir.path().join("..data")).unwrap();
+        for (name, _) in files {
+            std::os::unix::fs::symlink(format!("..data/{name}"), dir.path().join(name)).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn a_configmap_directory_merges_its_image_sets() {
+        let dir = configmap_dir(&[
+            ("base.yaml", "parallelism: 2\nresyncInterval: 30s\nimages:\n  - nginx:1.25\n  - image: redis:7\n    required: false\n"),
+            ("team.yml", "images:\n  - image: docker.io/library/redis:7\n    pullPolicy: Always\n    refreshInterval: 10m\n  - busybox:1.36\n"),
+            ("notes.txt", "not a config"),
+        ]);
+        let c = Config::load(dir.path()).unwrap();
+        assert_eq!(c.parallelism, 2);
+        assert_eq!(c.resync_interval, Duration::from_secs(30));
+        let got: Vec<_> = c
+            .images
+            .iter()
+            .map(|i| (i.reference.to_string(), i.required, i.policy))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("docker.io/library/nginx:1.25".into(), true, PullPolicy::IfNotPresent),
+                ("docker.io/library/redis:7".into(), true, PullPolicy::Always),
+                ("docker.io/library/busybox:1.36".into(), true, PullPolicy::IfNotPresent),
+            ]
+        );
+        assert_eq!(c.images[1].refresh_interval, Duration::from_secs(600));
+        assert_eq!(c.images[0].refresh_interval, DEFAULT_REFRESH_INTERVAL);
+        assert_eq!(c.merged.len(), 1);
+    }
+
+    #[test]
+    fn a_setting_given_twice_differently_names_both_files() {
+        let dir = configmap_dir(&[
+            ("a.yaml", "parallelism: 2\nimages: [nginx:1.25]\n"),
+            ("b.yaml", "parallelism: 5\nimages: [redis:7]\n"),
+        ]);
+        let e = Config::load(dir.path()).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("parallelism"));
+        assert!(e.file.ends_with("b.yaml"), "{}", e.headline());
+        assert!(e.message.contains("a.yaml"), "{}", e.headline());
+        // The same value twice is fine.
+        let dir = configmap_dir(&[
+            ("a.yaml", "parallelism: 2\nimages: [nginx:1.25]\n"),
+            ("b.yaml", "parallelism: 2\nimages: [redis:7]\n"),
+        ]);
+        assert_eq!(Config::load(dir.path()).unwrap().images.len(), 2);
+    }
+
+    #[test]
+    fn an_error_in_one_file_of_a_directory_names_that_file() {
+        let dir = configmap_dir(&[
+            ("a.yaml", "images: [nginx:1.25]\n"),
+            ("b.yaml", "images:\n  - Redis:7\n"),
+        ]);
+        let e = Config::load(dir.path()).unwrap_err();
+        assert!(e.file.ends_with("b.yaml"), "{}", e.headline());
+        assert_eq!(e.line, Some(2));
+        let empty = tempfile::tempdir().unwrap();
+        let e = Config::load(empty.path()).unwrap_err();
+        assert!(e.message.contains("no *.yaml"), "{}", e.headline());
     }
 }
