@@ -187,7 +187,8 @@ impl Config {
     /// files); a setting may be given in several files only with the same value.
     fn combine(source: &Path, files: Vec<FileParts>) -> Result<Config, ConfigError> {
         let mut settings = RawSettings::default();
-        let mut setting_files: std::collections::HashMap<&'static str, PathBuf> = Default::default();
+        let mut setting_files: std::collections::HashMap<&'static str, PathBuf> =
+            Default::default();
         for file in &files {
             settings.absorb(&file.settings, &file.path, &mut setting_files)?;
         }
@@ -391,7 +392,13 @@ impl RawSettings {
         file: &Path,
         files: &mut std::collections::HashMap<&'static str, PathBuf>,
     ) -> Result<(), ConfigError> {
-        absorb_one("parallelism", &mut self.parallelism, &other.parallelism, file, files)?;
+        absorb_one(
+            "parallelism",
+            &mut self.parallelism,
+            &other.parallelism,
+            file,
+            files,
+        )?;
         absorb_one(
             "perRegistryParallelism",
             &mut self.per_registry_parallelism,
@@ -399,7 +406,13 @@ impl RawSettings {
             file,
             files,
         )?;
-        absorb_one("pullTimeout", &mut self.pull_timeout, &other.pull_timeout, file, files)?;
+        absorb_one(
+            "pullTimeout",
+            &mut self.pull_timeout,
+            &other.pull_timeout,
+            file,
+            files,
+        )?;
         absorb_one(
             "resyncInterval",
             &mut self.resync_interval,
@@ -419,7 +432,10 @@ impl RawSettings {
     ) -> Result<Config, ConfigError> {
         let invalid = |field: &'static str, full: &str, message: String| -> ConfigError {
             ConfigErrorDetails {
-                file: files.get(field).cloned().unwrap_or_else(|| source.to_path_buf()),
+                file: files
+                    .get(field)
+                    .cloned()
+                    .unwrap_or_else(|| source.to_path_buf()),
                 line: None,
                 column: None,
                 field: Some(full.to_string()),
@@ -430,7 +446,11 @@ impl RawSettings {
         };
         let parallelism = self.parallelism.unwrap_or(DEFAULT_PARALLELISM);
         if parallelism == 0 {
-            return Err(invalid("parallelism", "parallelism", "must be at least 1".into()));
+            return Err(invalid(
+                "parallelism",
+                "parallelism",
+                "must be at least 1".into(),
+            ));
         }
         let per_registry_parallelism = self.per_registry_parallelism.unwrap_or(parallelism);
         if per_registry_parallelism == 0 {
@@ -442,7 +462,11 @@ impl RawSettings {
         }
         let pull_timeout = self.pull_timeout.unwrap_or(DEFAULT_PULL_TIMEOUT);
         if pull_timeout.is_zero() {
-            return Err(invalid("pullTimeout", "pullTimeout", "must be longer than 0s".into()));
+            return Err(invalid(
+                "pullTimeout",
+                "pullTimeout",
+                "must be longer than 0s".into(),
+            ));
         }
         let resync_interval = self.resync_interval.unwrap_or(DEFAULT_RESYNC_INTERVAL);
         if resync_interval < Duration::from_secs(1) {
@@ -454,11 +478,18 @@ impl RawSettings {
         }
         let defaults = BackoffSettings::default();
         let backoff = BackoffSettings {
-            initial: self.backoff.and_then(|b| b.initial).unwrap_or(defaults.initial),
+            initial: self
+                .backoff
+                .and_then(|b| b.initial)
+                .unwrap_or(defaults.initial),
             max: self.backoff.and_then(|b| b.max).unwrap_or(defaults.max),
         };
         if backoff.initial.is_zero() {
-            return Err(invalid("backoff", "backoff.initial", "must be longer than 0s".into()));
+            return Err(invalid(
+                "backoff",
+                "backoff.initial",
+                "must be longer than 0s".into(),
+            ));
         }
         if backoff.max < backoff.initial {
             return Err(invalid(
@@ -924,8 +955,14 @@ images:
     #[test]
     fn a_configmap_directory_merges_its_image_sets() {
         let dir = configmap_dir(&[
-            ("base.yaml", "parallelism: 2\nresyncInterval: 30s\nimages:\n  - nginx:1.25\n  - image: redis:7\n    required: false\n"),
-            ("team.yml", "images:\n  - image: docker.io/library/redis:7\n    pullPolicy: Always\n    refreshInterval: 10m\n  - busybox:1.36\n"),
+            (
+                "base.yaml",
+                "parallelism: 2\nresyncInterval: 30s\nimages:\n  - nginx:1.25\n  - image: redis:7\n    required: false\n",
+            ),
+            (
+                "team.yml",
+                "images:\n  - image: docker.io/library/redis:7\n    pullPolicy: Always\n    refreshInterval: 10m\n  - busybox:1.36\n",
+            ),
             ("notes.txt", "not a config"),
         ]);
         let c = Config::load(dir.path()).unwrap();
@@ -939,9 +976,17 @@ images:
         assert_eq!(
             got,
             vec![
-                ("docker.io/library/nginx:1.25".into(), true, PullPolicy::IfNotPresent),
+                (
+                    "docker.io/library/nginx:1.25".into(),
+                    true,
+                    PullPolicy::IfNotPresent
+                ),
                 ("docker.io/library/redis:7".into(), true, PullPolicy::Always),
-                ("docker.io/library/busybox:1.36".into(), true, PullPolicy::IfNotPresent),
+                (
+                    "docker.io/library/busybox:1.36".into(),
+                    true,
+                    PullPolicy::IfNotPresent
+                ),
             ]
         );
         assert_eq!(c.images[1].refresh_interval, Duration::from_secs(600));

@@ -5,6 +5,6 @@ pub mod config;
 pub mod progress;
 pub mod pull;
 pub mod puller;
-pub mod report;
 pub mod reference;
+pub mod report;
 pub mod runtime;

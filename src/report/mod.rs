@@ -216,7 +216,10 @@ impl StatusHub {
     }
 
     pub fn snapshot(&self) -> AgentStatus {
-        self.status.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.status
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Changes the status; `ready` is recomputed afterwards, so writers never set it.
