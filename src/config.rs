@@ -163,18 +163,31 @@ impl Config {
     /// Reads and validates a config file, or every `*.yaml`/`*.yml` file of a directory (a
     /// mounted ConfigMap: each key is an image set, and the sets are merged).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::from_sources(path, &Config::read_sources(path)?)
+    }
+
+    /// The texts [`Config::load`] would parse, so a caller can skip parsing when nothing changed.
+    pub fn read_sources(path: &Path) -> Result<Vec<(PathBuf, String)>, ConfigError> {
         if path.is_dir() {
-            let files = config_files(path)?;
-            let mut parts = Vec::with_capacity(files.len());
-            for file in files {
-                let text = read(&file)?;
-                parts.push(parse_file(&text, &file)?);
-            }
-            Config::combine(path, parts)
+            config_files(path)?
+                .into_iter()
+                .map(|file| {
+                    let text = read(&file)?;
+                    Ok((file, text))
+                })
+                .collect()
         } else {
-            let text = read(path)?;
-            Config::parse(&text, path)
+            Ok(vec![(path.to_path_buf(), read(path)?)])
         }
+    }
+
+    /// Validates texts read by [`Config::read_sources`] from `path`.
+    pub fn from_sources(path: &Path, sources: &[(PathBuf, String)]) -> Result<Config, ConfigError> {
+        let parts = sources
+            .iter()
+            .map(|(file, text)| parse_file(text, file))
+            .collect::<Result<Vec<_>, _>>()?;
+        Config::combine(path, parts)
     }
 
     /// Parses the text of one config file; `source` names it in errors.
@@ -193,9 +206,10 @@ impl Config {
             settings.absorb(&file.settings, &file.path, &mut setting_files)?;
         }
         let mut images: Vec<ImageSpec> = Vec::new();
+        let mut position: std::collections::HashMap<ImageRef, usize> = Default::default();
         let mut merged = Vec::new();
         for spec in files.into_iter().flat_map(|f| f.images) {
-            match images.iter_mut().find(|i| i.reference == spec.reference) {
+            match position.get(&spec.reference).map(|&n| &mut images[n]) {
                 Some(first) => {
                     merged.push(format!(
                         "{} ({}:{}) is the same image as {}:{}: pulled once",
@@ -207,7 +221,10 @@ impl Config {
                     ));
                     merge_into(first, &spec);
                 }
-                None => images.push(spec),
+                None => {
+                    position.insert(spec.reference.clone(), images.len());
+                    images.push(spec);
+                }
             }
         }
         settings.validate(source, &setting_files, images, merged)
