@@ -5,6 +5,9 @@
 //! The agent writes through [`StatusHub`]; every outlet reads snapshots from it or
 //! subscribes to its events, so no outlet ever talks to the runtime itself.
 
+pub mod http;
+pub mod metrics;
+
 use std::sync::RwLock;
 use std::time::SystemTime;
 
@@ -228,6 +231,15 @@ impl StatusHub {
         let out = f(&mut s);
         s.recompute_ready();
         out
+    }
+
+    /// The runtime part only: cheaper than a whole snapshot with thousands of images.
+    pub fn snapshot_runtime(&self) -> RuntimeStatus {
+        self.status
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .runtime
+            .clone()
     }
 
     pub fn is_ready(&self) -> bool {
