@@ -8,3 +8,4 @@ pub mod puller;
 pub mod reference;
 pub mod report;
 pub mod runtime;
+pub mod status_cmd;

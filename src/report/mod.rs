@@ -5,6 +5,7 @@
 //! The agent writes through [`StatusHub`]; every outlet reads snapshots from it or
 //! subscribes to its events, so no outlet ever talks to the runtime itself.
 
+pub mod grpc;
 pub mod http;
 pub mod metrics;
 

@@ -1,0 +1,762 @@
+//! The node-local gRPC API (`proto/prepuller/v1/agent.proto`): `GetStatus` and `WatchEvents`
+//! on a unix socket, read from the [`StatusHub`] like every other outlet. `prepuller status`
+//! is its client.
+
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use serde::Serialize;
+use tokio::net::{UnixListener, UnixStream};
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response};
+
+use super::{
+    AgentEvent, AgentEventKind, AgentStatus, ConfigStatus, ImageState, ImageStatus, RuntimeStatus,
+    StatusHub, now_rfc3339,
+};
+
+/// The generated messages, server and client.
+pub mod pb {
+    tonic::include_proto!("prepuller.v1");
+}
+
+pub use pb::agent_client::AgentClient;
+pub use pb::agent_server::AgentServer;
+
+/// Where the agent listens unless told otherwise (`/run` is a tmpfs: no stale files at boot).
+pub const DEFAULT_SOCKET: &str = "/run/prepuller/agent.sock";
+
+/// How long a stopping agent waits for open calls (watchers) to finish before it leaves anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The `Agent` service; build it with [`service`].
+pub struct AgentService {
+    hub: Arc<StatusHub>,
+    /// Ends every `WatchEvents` stream: a graceful shutdown waits for open calls.
+    shutdown: CancellationToken,
+}
+
+/// The `Agent` service over `hub`, to mount on any tonic server. Its `WatchEvents` streams end
+/// only when their client goes away; [`serve_unix`] also ends them when it stops.
+pub fn service(hub: Arc<StatusHub>) -> AgentServer<AgentService> {
+    service_until(hub, CancellationToken::new())
+}
+
+fn service_until(hub: Arc<StatusHub>, shutdown: CancellationToken) -> AgentServer<AgentService> {
+    AgentServer::new(AgentService { hub, shutdown })
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::agent_server::Agent for AgentService {
+    async fn get_status(
+        &self,
+        _: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::Status>, tonic::Status> {
+        Ok(Response::new(self.hub.snapshot().into()))
+    }
+
+    type WatchEventsStream = EventStream;
+
+    async fn watch_events(
+        &self,
+        _: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<EventStream>, tonic::Status> {
+        // Subscribed before the response goes out: whatever happens after the client sees
+        // the response headers reaches it.
+        let events = BroadcastStream::new(self.hub.subscribe()).map(|r| {
+            Ok(match r {
+                Ok(e) => e.into(),
+                Err(BroadcastStreamRecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "a WatchEvents client fell behind and missed events");
+                    pb::Event {
+                        time: now_rfc3339(),
+                        kind: Some(pb::event::Kind::Lagged(pb::event::Lagged { missed })),
+                    }
+                }
+            })
+        });
+        let stream = events.take_until(self.shutdown.clone().cancelled_owned());
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GrpcServeError {
+    #[error("cannot create the socket directory {}: {source}", path.display())]
+    CreateDir { path: PathBuf, source: io::Error },
+    #[error("{} exists and is not a socket; refusing to replace it", path.display())]
+    NotASocket { path: PathBuf },
+    #[error("cannot remove the stale socket {}: {source}", path.display())]
+    RemoveStale { path: PathBuf, source: io::Error },
+    #[error("cannot listen on {}: {source}", path.display())]
+    Bind { path: PathBuf, source: io::Error },
+    #[error("cannot restrict {} to mode 0600: {source}", path.display())]
+    Chmod { path: PathBuf, source: io::Error },
+    #[error("gRPC server on {}: {source}", path.display())]
+    Serve {
+        path: PathBuf,
+        source: tonic::transport::Error,
+    },
+}
+
+/// Serves the API on a unix socket at `path` (creating the parent dir, removing a stale socket
+/// file first, chmod 0600 so only root on the node can talk to it) until `shutdown` is
+/// cancelled; removes the socket file on exit.
+pub async fn serve_unix(
+    path: &Path,
+    hub: Arc<StatusHub>,
+    shutdown: CancellationToken,
+) -> Result<(), GrpcServeError> {
+    let (listener, identity) = bind(path)?;
+    tracing::info!(socket = %path.display(), "gRPC API listening");
+    let incoming = futures::stream::unfold(listener, |listener| async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => return Some((Ok::<UnixStream, io::Error>(stream), listener)),
+                Err(e) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::warn!("gRPC API: accepting a connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    let server = tonic::transport::Server::builder()
+        .add_service(service_until(hub, shutdown.clone()))
+        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+    let result = tokio::select! {
+        r = server => r.map_err(|source| GrpcServeError::Serve { path: path.to_path_buf(), source }),
+        () = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!("gRPC API: clients still connected after {SHUTDOWN_GRACE:?}; closing anyway");
+            Ok(())
+        }
+    };
+    remove_if_ours(path, identity);
+    result
+}
+
+/// (device, inode) of the socket file this agent bound.
+type SocketIdentity = (u64, u64);
+
+fn bind(path: &Path) -> Result<(UnixListener, SocketIdentity), GrpcServeError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // 0700 when we create it: nobody else can reach the socket even before the chmod.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| GrpcServeError::CreateDir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            // Left by a crashed agent, or by the one this pod replaces (which then leaves ours
+            // alone: see `remove_if_ours`).
+            tracing::info!(socket = %path.display(), "replacing an existing socket file");
+            std::fs::remove_file(path).map_err(|source| GrpcServeError::RemoveStale {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
+        Ok(_) => {
+            return Err(GrpcServeError::NotASocket {
+                path: path.to_path_buf(),
+            });
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(GrpcServeError::RemoveStale {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    }
+    let listener = UnixListener::bind(path).map_err(|source| GrpcServeError::Bind {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let restrict = || -> io::Result<SocketIdentity> {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        let m = std::fs::symlink_metadata(path)?;
+        Ok((m.dev(), m.ino()))
+    };
+    match restrict() {
+        Ok(identity) => Ok((listener, identity)),
+        Err(source) => {
+            let _ = std::fs::remove_file(path);
+            Err(GrpcServeError::Chmod {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    }
+}
+
+/// Removes the socket file unless another agent has replaced it meanwhile (a rolling update
+/// may start the new pod before the old one has stopped).
+fn remove_if_ours(path: &Path, identity: SocketIdentity) {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if (m.dev(), m.ino()) == identity => {
+            if let Err(e) = std::fs::remove_file(path) {
+                tracing::warn!(socket = %path.display(), "cannot remove the socket file: {e}");
+            }
+        }
+        Ok(_) => tracing::info!(
+            socket = %path.display(),
+            "socket file replaced by another agent; leaving it"
+        ),
+        Err(_) => {}
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The status model → messages (server side)
+// ---------------------------------------------------------------------------------------------
+
+impl From<ImageState> for pb::ImageState {
+    fn from(s: ImageState) -> Self {
+        match s {
+            ImageState::Present => pb::ImageState::Present,
+            ImageState::Pulling => pb::ImageState::Pulling,
+            ImageState::Waiting => pb::ImageState::Waiting,
+            ImageState::BackingOff => pb::ImageState::BackingOff,
+            ImageState::Failed => pb::ImageState::Failed,
+        }
+    }
+}
+
+impl From<ImageStatus> for pb::ImageStatus {
+    fn from(i: ImageStatus) -> Self {
+        pb::ImageStatus {
+            image: i.image,
+            normalized: i.normalized,
+            required: i.required,
+            policy: i.policy,
+            state: pb::ImageState::from(i.state).into(),
+            image_id: i.image_id,
+            repo_digest: i.repo_digest,
+            size_bytes: i.size_bytes,
+            attempts: i.attempts,
+            last_error: i.last_error,
+            last_error_class: i.last_error_class,
+            next_retry_at: i.next_retry_at,
+            last_pull_seconds: i.last_pull_seconds,
+            present_since: i.present_since,
+            drift: i.drift,
+        }
+    }
+}
+
+impl From<ConfigStatus> for pb::ConfigStatus {
+    fn from(c: ConfigStatus) -> Self {
+        pb::ConfigStatus {
+            source: c.source,
+            generation: c.generation,
+            applied_at: c.applied_at,
+            last_error: c.last_error,
+        }
+    }
+}
+
+impl From<RuntimeStatus> for pb::RuntimeStatus {
+    fn from(r: RuntimeStatus) -> Self {
+        pb::RuntimeStatus {
+            endpoint: r.endpoint,
+            name: r.name,
+            version: r.version,
+            api_version: r.api_version,
+            reachable: r.reachable,
+            last_error: r.last_error,
+        }
+    }
+}
+
+impl From<AgentStatus> for pb::Status {
+    fn from(s: AgentStatus) -> Self {
+        pb::Status {
+            ready: s.ready,
+            node: s.node,
+            config: Some(s.config.into()),
+            runtime: Some(s.runtime.into()),
+            shutting_down: s.shutting_down,
+            images: s.images.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl From<AgentEventKind> for pb::event::Kind {
+    fn from(k: AgentEventKind) -> Self {
+        use pb::event::{self as e, Kind};
+        match k {
+            AgentEventKind::Queued { image } => Kind::Queued(e::Queued { image }),
+            AgentEventKind::PullStarted { image, attempt } => {
+                Kind::PullStarted(e::PullStarted { image, attempt })
+            }
+            AgentEventKind::AttemptFailed {
+                image,
+                attempt,
+                class,
+                reason,
+                error,
+                next_retry_at,
+            } => Kind::AttemptFailed(e::AttemptFailed {
+                image,
+                attempt,
+                class,
+                reason,
+                error,
+                next_retry_at,
+            }),
+            AgentEventKind::Present {
+                image,
+                size_bytes,
+                pull_seconds,
+            } => Kind::Present(e::Present {
+                image,
+                size_bytes,
+                pull_seconds,
+            }),
+            AgentEventKind::Drift { image, from, to } => Kind::Drift(e::Drift { image, from, to }),
+            AgentEventKind::ConfigReloaded { generation, source } => {
+                Kind::ConfigReloaded(e::ConfigReloaded { generation, source })
+            }
+            AgentEventKind::ConfigRejected { error } => {
+                Kind::ConfigRejected(e::ConfigRejected { error })
+            }
+        }
+    }
+}
+
+impl From<AgentEvent> for pb::Event {
+    fn from(e: AgentEvent) -> Self {
+        pb::Event {
+            time: e.time,
+            kind: Some(e.kind.into()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Messages → the status model (client side: `prepuller status`)
+// ---------------------------------------------------------------------------------------------
+
+/// A message this client cannot represent, typically from a newer agent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConversionError {
+    #[error("unknown image state {0} (is the agent newer than this client?)")]
+    UnknownImageState(i32),
+    #[error("event of an unknown kind (is the agent newer than this client?)")]
+    UnknownEvent,
+}
+
+impl TryFrom<pb::ImageState> for ImageState {
+    type Error = ConversionError;
+
+    fn try_from(s: pb::ImageState) -> Result<Self, ConversionError> {
+        Ok(match s {
+            pb::ImageState::Present => ImageState::Present,
+            pb::ImageState::Pulling => ImageState::Pulling,
+            pb::ImageState::Waiting => ImageState::Waiting,
+            pb::ImageState::BackingOff => ImageState::BackingOff,
+            pb::ImageState::Failed => ImageState::Failed,
+            pb::ImageState::Unspecified => return Err(ConversionError::UnknownImageState(0)),
+        })
+    }
+}
+
+impl TryFrom<pb::ImageStatus> for ImageStatus {
+    type Error = ConversionError;
+
+    fn try_from(i: pb::ImageStatus) -> Result<Self, ConversionError> {
+        let state = pb::ImageState::try_from(i.state)
+            .map_err(|_| ConversionError::UnknownImageState(i.state))?
+            .try_into()?;
+        Ok(ImageStatus {
+            image: i.image,
+            normalized: i.normalized,
+            required: i.required,
+            policy: i.policy,
+            state,
+            image_id: i.image_id,
+            repo_digest: i.repo_digest,
+            size_bytes: i.size_bytes,
+            attempts: i.attempts,
+            last_error: i.last_error,
+            last_error_class: i.last_error_class,
+            next_retry_at: i.next_retry_at,
+            last_pull_seconds: i.last_pull_seconds,
+            present_since: i.present_since,
+            drift: i.drift,
+        })
+    }
+}
+
+impl From<pb::ConfigStatus> for ConfigStatus {
+    fn from(c: pb::ConfigStatus) -> Self {
+        ConfigStatus {
+            source: c.source,
+            generation: c.generation,
+            applied_at: c.applied_at,
+            last_error: c.last_error,
+        }
+    }
+}
+
+impl From<pb::RuntimeStatus> for RuntimeStatus {
+    fn from(r: pb::RuntimeStatus) -> Self {
+        RuntimeStatus {
+            endpoint: r.endpoint,
+            name: r.name,
+            version: r.version,
+            api_version: r.api_version,
+            reachable: r.reachable,
+            last_error: r.last_error,
+        }
+    }
+}
+
+impl TryFrom<pb::Status> for AgentStatus {
+    type Error = ConversionError;
+
+    /// `ready` is taken as the agent computed it, not recomputed.
+    fn try_from(s: pb::Status) -> Result<Self, ConversionError> {
+        Ok(AgentStatus {
+            ready: s.ready,
+            node: s.node,
+            config: s.config.map(Into::into).unwrap_or_default(),
+            runtime: s.runtime.map(Into::into).unwrap_or_default(),
+            images: s
+                .images
+                .into_iter()
+                .map(TryInto::try_into)
+                .collect::<Result<_, _>>()?,
+            shutting_down: s.shutting_down,
+        })
+    }
+}
+
+/// An event as a `WatchEvents` client sees it: the agent's, or a gap in the stream. Serializes
+/// like [`AgentEvent`] (`{"time", "kind", …}`); a gap is `{"kind": "lagged", "missed": N}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum WatchedEvent {
+    Agent(AgentEvent),
+    Lagged(Lagged),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename = "lagged")]
+pub struct Lagged {
+    /// RFC 3339.
+    pub time: String,
+    /// Events this client never received.
+    pub missed: u64,
+}
+
+impl TryFrom<pb::Event> for WatchedEvent {
+    type Error = ConversionError;
+
+    fn try_from(e: pb::Event) -> Result<Self, ConversionError> {
+        use pb::event::Kind;
+        let time = e.time;
+        let kind = match e.kind.ok_or(ConversionError::UnknownEvent)? {
+            Kind::Lagged(l) => {
+                return Ok(WatchedEvent::Lagged(Lagged {
+                    time,
+                    missed: l.missed,
+                }));
+            }
+            Kind::Queued(q) => AgentEventKind::Queued { image: q.image },
+            Kind::PullStarted(p) => AgentEventKind::PullStarted {
+                image: p.image,
+                attempt: p.attempt,
+            },
+            Kind::AttemptFailed(f) => AgentEventKind::AttemptFailed {
+                image: f.image,
+                attempt: f.attempt,
+                class: f.class,
+                reason: f.reason,
+                error: f.error,
+                next_retry_at: f.next_retry_at,
+            },
+            Kind::Present(p) => AgentEventKind::Present {
+                image: p.image,
+                size_bytes: p.size_bytes,
+                pull_seconds: p.pull_seconds,
+            },
+            Kind::Drift(d) => AgentEventKind::Drift {
+                image: d.image,
+                from: d.from,
+                to: d.to,
+            },
+            Kind::ConfigReloaded(c) => AgentEventKind::ConfigReloaded {
+                generation: c.generation,
+                source: c.source,
+            },
+            Kind::ConfigRejected(c) => AgentEventKind::ConfigRejected { error: c.error },
+        };
+        Ok(WatchedEvent::Agent(AgentEvent { time, kind }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full_image(state: ImageState) -> ImageStatus {
+        ImageStatus {
+            image: "nginx:1.27".into(),
+            normalized: "docker.io/library/nginx:1.27".into(),
+            required: true,
+            policy: "IfNotPresent".into(),
+            state,
+            image_id: Some("sha256:aaa".into()),
+            repo_digest: Some("sha256:bbb".into()),
+            size_bytes: Some(67_000_000),
+            attempts: 2,
+            last_error: Some("registry said 503".into()),
+            last_error_class: Some("transient".into()),
+            next_retry_at: Some("2026-11-23T12:00:10Z".into()),
+            last_pull_seconds: Some(4.25),
+            present_since: Some("2026-11-23T12:00:00Z".into()),
+            drift: Some("tag drift: sha256:1 → sha256:2".into()),
+        }
+    }
+
+    fn bare_image(state: ImageState) -> ImageStatus {
+        ImageStatus {
+            image: "x".into(),
+            normalized: "docker.io/library/x:latest".into(),
+            required: false,
+            policy: "Always".into(),
+            state,
+            image_id: None,
+            repo_digest: None,
+            size_bytes: None,
+            attempts: 0,
+            last_error: None,
+            last_error_class: None,
+            next_retry_at: None,
+            last_pull_seconds: None,
+            present_since: None,
+            drift: None,
+        }
+    }
+
+    #[test]
+    fn status_survives_the_wire_unchanged() {
+        let status = AgentStatus {
+            ready: true,
+            node: Some("worker-1".into()),
+            config: ConfigStatus {
+                source: "/etc/prepuller/images.yaml".into(),
+                generation: 3,
+                applied_at: Some("2026-11-23T11:00:00Z".into()),
+                last_error: Some("images.yaml:4:3: image: empty".into()),
+            },
+            runtime: RuntimeStatus {
+                endpoint: "unix:///run/containerd/containerd.sock".into(),
+                name: Some("containerd".into()),
+                version: Some("v1.7.2".into()),
+                api_version: Some("v1".into()),
+                reachable: true,
+                last_error: None,
+            },
+            images: ImageState::ALL
+                .iter()
+                .map(|&s| full_image(s))
+                .chain(ImageState::ALL.iter().map(|&s| bare_image(s)))
+                .collect(),
+            shutting_down: true,
+        };
+        let wire = pb::Status::from(status.clone());
+        // Through the bytes too: `optional` keeps None apart from "" and 0.
+        let bytes = tonic_prost::prost::Message::encode_to_vec(&wire);
+        let decoded: pb::Status = tonic_prost::prost::Message::decode(bytes.as_slice()).unwrap();
+        assert_eq!(decoded, wire);
+        assert_eq!(AgentStatus::try_from(decoded).unwrap(), status);
+        // …so the CLI's JSON matches `/status` exactly.
+        assert_eq!(
+            serde_json::to_value(AgentStatus::try_from(wire).unwrap()).unwrap(),
+            serde_json::to_value(&status).unwrap()
+        );
+    }
+
+    #[test]
+    fn image_states_map_one_to_one() {
+        for s in ImageState::ALL {
+            let wire = pb::ImageState::from(s);
+            assert_ne!(wire, pb::ImageState::Unspecified);
+            assert_eq!(ImageState::try_from(wire).unwrap(), s);
+        }
+    }
+
+    #[test]
+    fn unknown_states_and_events_are_errors_not_guesses() {
+        let mut i = pb::ImageStatus::from(bare_image(ImageState::Present));
+        i.state = 42;
+        assert_eq!(
+            ImageStatus::try_from(i),
+            Err(ConversionError::UnknownImageState(42))
+        );
+        let mut i = pb::ImageStatus::from(bare_image(ImageState::Present));
+        i.state = 0;
+        assert_eq!(
+            ImageStatus::try_from(i),
+            Err(ConversionError::UnknownImageState(0))
+        );
+        let e = pb::Event {
+            time: "t".into(),
+            kind: None,
+        };
+        assert_eq!(
+            WatchedEvent::try_from(e),
+            Err(ConversionError::UnknownEvent)
+        );
+    }
+
+    #[test]
+    fn a_status_without_config_or_runtime_reads_as_defaults() {
+        let s = AgentStatus::try_from(pb::Status::default()).unwrap();
+        assert_eq!(s, AgentStatus::default());
+    }
+
+    #[test]
+    fn every_event_kind_round_trips_and_serializes_like_the_agent_event() {
+        let kinds = vec![
+            AgentEventKind::Queued { image: "a".into() },
+            AgentEventKind::PullStarted {
+                image: "a".into(),
+                attempt: 2,
+            },
+            AgentEventKind::AttemptFailed {
+                image: "a".into(),
+                attempt: 2,
+                class: "transient".into(),
+                reason: "rate_limited".into(),
+                error: "429".into(),
+                next_retry_at: Some("2026-11-23T12:00:10Z".into()),
+            },
+            AgentEventKind::AttemptFailed {
+                image: "a".into(),
+                attempt: 1,
+                class: "permanent".into(),
+                reason: "not_found".into(),
+                error: "404".into(),
+                next_retry_at: None,
+            },
+            AgentEventKind::Present {
+                image: "a".into(),
+                size_bytes: 12,
+                pull_seconds: Some(0.5),
+            },
+            AgentEventKind::Present {
+                image: "a".into(),
+                size_bytes: 12,
+                pull_seconds: None,
+            },
+            AgentEventKind::Drift {
+                image: "a".into(),
+                from: "sha256:1".into(),
+                to: "sha256:2".into(),
+            },
+            AgentEventKind::ConfigReloaded {
+                generation: 7,
+                source: "/etc/p".into(),
+            },
+            AgentEventKind::ConfigRejected {
+                error: "bad".into(),
+            },
+        ];
+        for kind in kinds {
+            let event = AgentEvent {
+                time: "2026-11-23T12:00:00Z".into(),
+                kind,
+            };
+            let back = WatchedEvent::try_from(pb::Event::from(event.clone())).unwrap();
+            assert_eq!(back, WatchedEvent::Agent(event.clone()));
+            assert_eq!(
+                serde_json::to_value(&back).unwrap(),
+                serde_json::to_value(&event).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn a_gap_is_a_lagged_event() {
+        let e = pb::Event {
+            time: "2026-11-23T12:00:00Z".into(),
+            kind: Some(pb::event::Kind::Lagged(pb::event::Lagged { missed: 5 })),
+        };
+        let w = WatchedEvent::try_from(e).unwrap();
+        assert_eq!(
+            serde_json::to_value(&w).unwrap(),
+            serde_json::json!({"kind": "lagged", "time": "2026-11-23T12:00:00Z", "missed": 5})
+        );
+    }
+
+    #[tokio::test]
+    async fn a_slow_watcher_is_told_how_many_events_it_missed() {
+        use pb::agent_server::Agent as _;
+        let hub = Arc::new(StatusHub::new(None, "c".into(), "e".into()));
+        let svc = AgentService {
+            hub: hub.clone(),
+            shutdown: CancellationToken::new(),
+        };
+        let mut stream = svc
+            .watch_events(Request::new(pb::WatchEventsRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        // More than the hub keeps for one subscriber.
+        for n in 0..(super::super::EVENT_BUFFER + 10) {
+            hub.emit(AgentEventKind::Queued {
+                image: n.to_string(),
+            });
+        }
+        let first = stream.next().await.unwrap().unwrap();
+        assert_eq!(
+            first.kind,
+            Some(pb::event::Kind::Lagged(pb::event::Lagged { missed: 10 }))
+        );
+        let next = stream.next().await.unwrap().unwrap();
+        assert_eq!(
+            next.kind,
+            Some(pb::event::Kind::Queued(pb::event::Queued {
+                image: "10".into()
+            }))
+        );
+    }
+
+    #[tokio::test]
+    async fn watch_streams_end_on_shutdown() {
+        use pb::agent_server::Agent as _;
+        let hub = Arc::new(StatusHub::new(None, "c".into(), "e".into()));
+        let shutdown = CancellationToken::new();
+        let svc = AgentService {
+            hub: hub.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let mut stream = svc
+            .watch_events(Request::new(pb::WatchEventsRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        shutdown.cancel();
+        assert!(stream.next().await.is_none());
+    }
+}
