@@ -1,6 +1,7 @@
 //! prepuller: pre-pulls a declared list of images through the node's container runtime (CRI),
 //! so that pods with `imagePullPolicy: IfNotPresent` start at once.
 
+pub mod agent;
 pub mod config;
 pub mod progress;
 pub mod pull;

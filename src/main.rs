@@ -10,10 +10,13 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
+use prepuller::agent::Agent;
 use prepuller::config::{Config, duration};
 use prepuller::progress::{LogProgress, Progress, TerminalProgress};
 use prepuller::pull::{self, exit};
 use prepuller::puller::PullSettings;
+use prepuller::report::StatusHub;
+use prepuller::report::metrics::Metrics;
 use prepuller::runtime::{self, CriRuntime};
 
 #[derive(Parser)]
@@ -45,6 +48,9 @@ enum Command {
         config: PathBuf,
         #[command(flatten)]
         runtime: RuntimeArgs,
+        /// How long to wait for the runtime to answer at start (it may still be starting).
+        #[arg(long, value_parser = duration::parse, default_value = "1m")]
+        runtime_wait: Duration,
         /// At most this many pulls at once (overrides `parallelism` in the config).
         #[arg(long)]
         parallelism: Option<usize>,
@@ -55,6 +61,31 @@ enum Command {
         #[arg(long, short, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Keep the declared images present on this node and report readiness, status and metrics
+    /// (what the DaemonSet runs).
+    ///
+    /// Exit code 2 when the config is invalid at start; later invalid configs are rejected
+    /// and the last good one keeps running.
+    Agent {
+        /// The image list: a YAML file, or a directory of *.yaml files (a mounted ConfigMap).
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+        /// Address of the HTTP listener: /livez, /readyz, /status, /metrics.
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        listen: std::net::SocketAddr,
+        /// Unix socket of the node-local gRPC API (`prepuller status`), mode 0600.
+        #[arg(long, default_value = "/run/prepuller/agent.sock")]
+        api_socket: PathBuf,
+        /// This node's name, shown in the status (the DaemonSet sets it from spec.nodeName).
+        #[arg(long, env = "NODE_NAME")]
+        node_name: Option<String>,
+    },
+    /// Show a running agent's status, or follow its events with --watch.
+    ///
+    /// Exit code 3 when the agent cannot be reached.
+    Status(prepuller::status_cmd::StatusArgs),
     /// Validate a config and print every entry's normalized reference and policy.
     ///
     /// Exit code 0 when valid, 1 otherwise.
@@ -72,9 +103,6 @@ struct RuntimeArgs {
     /// /run/crio/crio.sock, /var/run/cri-dockerd.sock that exists.
     #[arg(long, env = "PREPULLER_RUNTIME_ENDPOINT")]
     runtime_endpoint: Option<String>,
-    /// How long to wait for the runtime to answer at start (it may still be starting).
-    #[arg(long, value_parser = duration::parse, default_value = "1m")]
-    runtime_wait: Duration,
 }
 
 fn main() -> ExitCode {
@@ -95,16 +123,28 @@ fn main() -> ExitCode {
         Command::Pull {
             config,
             runtime,
+            runtime_wait,
             parallelism,
             timeout,
             output,
-        } => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("starting the async runtime")
-            .and_then(|rt| {
-                rt.block_on(pull_command(config, runtime, parallelism, timeout, output))
-            }),
+        } => block_on(pull_command(
+            config,
+            runtime,
+            runtime_wait,
+            parallelism,
+            timeout,
+            output,
+        )),
+        Command::Agent {
+            config,
+            runtime,
+            listen,
+            api_socket,
+            node_name,
+        } => block_on(agent_command(
+            config, runtime, listen, api_socket, node_name,
+        )),
+        Command::Status(args) => block_on(async { Ok(prepuller::status_cmd::run(args).await) }),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -113,6 +153,14 @@ fn main() -> ExitCode {
             ExitCode::from(exit::USAGE)
         }
     }
+}
+
+fn block_on(f: impl std::future::Future<Output = anyhow::Result<u8>>) -> anyhow::Result<u8> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(f)
 }
 
 fn init_logging() {
@@ -146,6 +194,7 @@ fn check(path: &std::path::Path, output: Output) -> anyhow::Result<u8> {
 async fn pull_command(
     config_path: PathBuf,
     args: RuntimeArgs,
+    runtime_wait: Duration,
     parallelism: Option<usize>,
     timeout: Duration,
     output: Output,
@@ -192,21 +241,20 @@ async fn pull_command(
             return Ok(exit::USAGE);
         }
     };
-    let version =
-        match pull::wait_for_runtime(cri.as_ref(), args.runtime_wait, &cancel, |e, delay| {
-            tracing::warn!(endpoint = %endpoint, retry_in = ?delay, "runtime not ready: {e}");
-        })
-        .await
-        {
-            Ok(v) => v,
-            Err(e) => {
-                eprintln!(
-                    "error: container runtime unreachable at {endpoint} (waited {}): {e}",
-                    humantime::format_duration(args.runtime_wait)
-                );
-                return Ok(exit::RUNTIME_UNREACHABLE);
-            }
-        };
+    let version = match pull::wait_for_runtime(cri.as_ref(), runtime_wait, &cancel, |e, delay| {
+        tracing::warn!(endpoint = %endpoint, retry_in = ?delay, "runtime not ready: {e}");
+    })
+    .await
+    {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!(
+                "error: container runtime unreachable at {endpoint} (waited {}): {e}",
+                humantime::format_duration(runtime_wait)
+            );
+            return Ok(exit::RUNTIME_UNREACHABLE);
+        }
+    };
     tracing::info!(endpoint = %endpoint, runtime = %version, images = config.images.len(), "connected");
 
     let progress: Box<dyn Progress> = if std::io::stderr().is_terminal() {
@@ -245,6 +293,80 @@ async fn pull_command(
         );
     }
     Ok(summary.exit_code())
+}
+
+async fn agent_command(
+    config_path: PathBuf,
+    args: RuntimeArgs,
+    listen: std::net::SocketAddr,
+    api_socket: PathBuf,
+    node_name: Option<String>,
+) -> anyhow::Result<u8> {
+    let config = match Config::load(&config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: invalid config: {}", e.render());
+            return Ok(exit::USAGE);
+        }
+    };
+    let endpoint = match args.runtime_endpoint {
+        Some(e) => e,
+        None => runtime::discover_endpoint().unwrap_or_else(|e| {
+            // The runtime may come up after us on a booting node: wait for the usual socket.
+            let first = runtime::DEFAULT_ENDPOINTS[0].to_string();
+            tracing::warn!("{e}; waiting for {first}");
+            first
+        }),
+    };
+    let cri = match CriRuntime::new(&endpoint) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(exit::USAGE);
+        }
+    };
+    let listener = match prepuller::report::http::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {listen}: {e}");
+            return Ok(exit::USAGE);
+        }
+    };
+    let hub = Arc::new(StatusHub::new(
+        node_name,
+        config_path.display().to_string(),
+        endpoint.clone(),
+    ));
+    let metrics = Arc::new(Metrics::new());
+    tracing::info!(listen = %listen, api_socket = %api_socket.display(), endpoint = %endpoint, "agent starting");
+
+    let cancel = CancellationToken::new();
+    spawn_signal_handler(cancel.clone());
+    // Servers outlive the agent loop by a moment, so /readyz can say "shutting down".
+    let servers = CancellationToken::new();
+    let http = tokio::spawn(prepuller::report::http::serve(
+        listener,
+        prepuller::report::http::router(hub.clone(), metrics.clone()),
+        servers.clone(),
+    ));
+    let grpc = {
+        let (hub, servers, path) = (hub.clone(), servers.clone(), api_socket.clone());
+        tokio::spawn(async move {
+            if let Err(e) = prepuller::report::grpc::serve_unix(&path, hub, servers).await {
+                tracing::error!(socket = %path.display(), "node-local API unavailable: {e}");
+            }
+        })
+    };
+    let agent = Agent::new(cri, hub, metrics, config_path, config);
+    agent.run(cancel).await;
+    servers.cancel();
+    // A client holding a connection must not delay the exit past the pod's grace period.
+    let _ = tokio::time::timeout(Duration::from_millis(300), async {
+        let _ = http.await;
+        let _ = grpc.await;
+    })
+    .await;
+    Ok(exit::OK)
 }
 
 /// SIGINT/SIGTERM cancel the run (in-flight pulls are abandoned cleanly); a second one exits at once.

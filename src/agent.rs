@@ -1,0 +1,907 @@
+//! The long-running agent: keeps every declared image present, reloads its config safely,
+//! and reports through the [`StatusHub`].
+//!
+//! Each pass lists the runtime's images once, then starts a task for every image that needs a
+//! pull and has none in flight. Tasks outlive passes, so an image in back-off keeps its
+//! back-off across resyncs. The agent never removes images.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError, ImageSpec, PullPolicy};
+use crate::puller::{ImageOutcome, PullEvent, PullResult, PullSettings, Puller};
+use crate::report::metrics::Metrics;
+use crate::report::{AgentEventKind, ImageState, ImageStatus, StatusHub, now_rfc3339, rfc3339};
+use crate::runtime::{ErrorKind, ImageInfo, Runtime};
+
+/// How often an unreachable runtime is tried again (instead of waiting a whole resync).
+const RUNTIME_RETRY: Duration = Duration::from_secs(5);
+/// Config files are often written in several steps; wait for the writes to settle.
+const RELOAD_DEBOUNCE: Duration = Duration::from_millis(300);
+/// In-flight pulls get this long to notice cancellation at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
+
+/// What the agent remembers about an image between passes.
+#[derive(Default)]
+struct Track {
+    /// When an `Always` image was last pulled by this agent.
+    last_refresh: Option<Instant>,
+    /// A permanent failure is not retried before this (unless the config changes).
+    retry_after: Option<Instant>,
+}
+
+/// The strings a pass compares for one declared image, made once per config.
+struct Names {
+    /// The normalized reference: the key of tracks, in-flight pulls and the status.
+    key: String,
+    /// The name the runtime lists the image under: `name@digest` when pinned, else `name:tag`.
+    lookup: String,
+    /// `name@`, to find the image's repo digest for this repository.
+    digest_prefix: String,
+}
+
+impl Names {
+    fn of(spec: &ImageSpec) -> Names {
+        let key = spec.reference.to_string();
+        let name = spec.reference.name();
+        let lookup = match spec.reference.digest() {
+            Some(d) => format!("{name}@{d}"),
+            None => key.clone(),
+        };
+        Names {
+            key,
+            lookup,
+            digest_prefix: format!("{name}@"),
+        }
+    }
+}
+
+struct TaskDone {
+    key: String,
+    spec: ImageSpec,
+    outcome: ImageOutcome,
+    /// The repo digest before an `Always` refresh, to detect tag drift.
+    previous_digest: Option<String>,
+    was_present: bool,
+}
+
+pub struct Agent<R: Runtime> {
+    runtime: Arc<R>,
+    hub: Arc<StatusHub>,
+    metrics: Arc<Metrics>,
+    config_path: PathBuf,
+    config: Config,
+    /// Parallel to `config.images`.
+    names: Vec<Names>,
+    puller: Arc<Puller<R>>,
+    tracks: HashMap<String, Track>,
+    inflight: HashMap<String, CancellationToken>,
+    tasks: JoinSet<TaskDone>,
+    /// The text of the last rejected config error, so a broken file is logged once, not every pass.
+    last_config_error: Option<String>,
+    /// The config texts last read; an unchanged read is not parsed again.
+    last_sources: Vec<(PathBuf, String)>,
+}
+
+impl<R: Runtime> Agent<R> {
+    /// An agent for a config that was already validated (an invalid one is refused at start).
+    pub fn new(
+        runtime: Arc<R>,
+        hub: Arc<StatusHub>,
+        metrics: Arc<Metrics>,
+        config_path: PathBuf,
+        config: Config,
+    ) -> Self {
+        let puller = Arc::new(Puller::new(runtime.clone(), PullSettings::from(&config)));
+        let config_path_for_sources = config_path.clone();
+        let mut agent = Agent {
+            runtime,
+            hub,
+            metrics,
+            config_path,
+            config: config.clone(),
+            names: Vec::new(),
+            puller,
+            tracks: HashMap::new(),
+            inflight: HashMap::new(),
+            tasks: JoinSet::new(),
+            last_config_error: None,
+            last_sources: Config::read_sources(&config_path_for_sources).unwrap_or_default(),
+        };
+        agent.apply(config);
+        agent
+    }
+
+    /// Runs until `cancel`, then stops every pull and returns within about two seconds.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let (reload_tx, mut reload_rx) = mpsc::channel::<()>(1);
+        let _watcher = match watch(&self.config_path, reload_tx) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(path = %self.config_path.display(), "cannot watch the config, re-reading it every resync instead: {e}");
+                None
+            }
+        };
+        let mut next_pass = Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                Some(done) = self.tasks.join_next() => {
+                    match done {
+                        Ok(done) => self.finish(done),
+                        Err(e) => tracing::error!("a pull task failed: {e}"),
+                    }
+                }
+                Some(()) = reload_rx.recv() => {
+                    tokio::time::sleep(RELOAD_DEBOUNCE).await;
+                    while reload_rx.try_recv().is_ok() {}
+                    if self.reload() {
+                        next_pass = Instant::now();
+                    }
+                }
+                _ = tokio::time::sleep_until(next_pass) => {
+                    let reachable = self.pass(&cancel).await;
+                    let wait = if reachable {
+                        self.config.resync_interval
+                    } else {
+                        RUNTIME_RETRY.min(self.config.resync_interval)
+                    };
+                    next_pass = Instant::now() + wait;
+                }
+            }
+        }
+        self.shutdown().await;
+    }
+
+    async fn shutdown(mut self) {
+        self.hub.begin_shutdown();
+        for token in self.inflight.values() {
+            token.cancel();
+        }
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            self.tasks.abort_all();
+        }
+        tracing::info!("agent stopped");
+    }
+
+    /// Re-reads the config; applies it when it is valid and different. Returns whether it was
+    /// applied. An invalid config is reported and the last good one keeps running.
+    fn reload(&mut self) -> bool {
+        let loaded = Config::read_sources(&self.config_path).and_then(|sources| {
+            if sources == self.last_sources && self.last_config_error.is_none() {
+                return Ok(None); // unchanged: skip parsing thousands of entries every pass
+            }
+            let config = Config::from_sources(&self.config_path, &sources)?;
+            self.last_sources = sources;
+            Ok(Some(config))
+        });
+        match loaded {
+            Ok(None) => false,
+            Ok(Some(config)) => {
+                self.last_config_error = None;
+                if config == self.config {
+                    self.hub.update(|s| s.config.last_error = None);
+                    return false;
+                }
+                self.apply(config);
+                self.metrics.observe_config_reload(true);
+                true
+            }
+            Err(e) => {
+                self.reject(&e);
+                false
+            }
+        }
+    }
+
+    fn reject(&mut self, e: &ConfigError) {
+        let text = e.headline();
+        if self.last_config_error.as_deref() == Some(text.as_str()) {
+            return;
+        }
+        tracing::error!(
+            "config rejected, keeping generation {}: {}",
+            self.hub.snapshot().config.generation,
+            e.render()
+        );
+        self.metrics.observe_config_reload(false);
+        self.hub
+            .update(|s| s.config.last_error = Some(text.clone()));
+        self.hub.emit(AgentEventKind::ConfigRejected {
+            error: text.clone(),
+        });
+        self.last_config_error = Some(text);
+    }
+
+    /// Makes `config` current: images no longer declared stop pulling, new ones appear as
+    /// Waiting, and permanent failures are retried (the config may have fixed them).
+    fn apply(&mut self, config: Config) {
+        if PullSettings::from(&config) != *self.puller.settings() {
+            // In-flight pulls finish with the old settings; new ones use the new slots.
+            self.puller = Arc::new(Puller::new(
+                self.runtime.clone(),
+                PullSettings::from(&config),
+            ));
+        }
+        let names: Vec<Names> = config.images.iter().map(Names::of).collect();
+        let keys: std::collections::HashSet<&str> = names.iter().map(|n| n.key.as_str()).collect();
+        self.inflight.retain(|key, token| {
+            let keep = keys.contains(key.as_str());
+            if !keep {
+                token.cancel();
+            }
+            keep
+        });
+        self.tracks.retain(|key, _| keys.contains(key.as_str()));
+        for track in self.tracks.values_mut() {
+            track.retry_after = None;
+        }
+        for note in &config.merged {
+            tracing::info!("{note}");
+        }
+        let source = config.source.display().to_string();
+        let generation = self.hub.update(|s| {
+            let mut old: HashMap<String, ImageStatus> = std::mem::take(&mut s.images)
+                .into_iter()
+                .map(|i| (i.normalized.clone(), i))
+                .collect();
+            s.images = config
+                .images
+                .iter()
+                .zip(&names)
+                .map(|(spec, names)| {
+                    let mut status = old.remove(&names.key).unwrap_or_else(|| new_status(spec));
+                    status.image = spec.declared.clone();
+                    status.required = spec.required;
+                    status.policy = spec.policy.to_string();
+                    status
+                })
+                .collect();
+            s.config.generation += 1;
+            s.config.source = source.clone();
+            s.config.applied_at = Some(now_rfc3339());
+            s.config.last_error = None;
+            s.config.generation
+        });
+        tracing::info!(generation, source = %source, images = config.images.len(), "config applied");
+        self.hub
+            .emit(AgentEventKind::ConfigReloaded { generation, source });
+        self.names = names;
+        self.config = config;
+    }
+
+    /// One periodic pass: re-read the config (a fallback for file systems where change events
+    /// do not arrive), then resync. Returns whether the runtime answered. Public for the
+    /// benchmark.
+    pub async fn pass(&mut self, cancel: &CancellationToken) -> bool {
+        self.reload();
+        self.resync(cancel).await
+    }
+
+    /// One resync: one ListImages, then a pull task for each image that needs one.
+    async fn resync(&mut self, cancel: &CancellationToken) -> bool {
+        let images = match self.runtime.list_images().await {
+            Ok(images) => images,
+            Err(e) => {
+                let first = self.hub.update(|s| {
+                    let first = s.runtime.reachable || s.runtime.last_error.is_none();
+                    s.runtime.reachable = false;
+                    s.runtime.last_error = Some(e.message.clone());
+                    first
+                });
+                if first {
+                    tracing::warn!(
+                        "container runtime unreachable, retrying every {}s: {e}",
+                        RUNTIME_RETRY.as_secs()
+                    );
+                }
+                return false;
+            }
+        };
+        if !self.hub.snapshot_runtime().reachable {
+            self.runtime_came_back().await;
+        }
+        // Index the runtime's images by the names CRI reports, so each lookup is O(1).
+        let mut by_name: HashMap<&str, &ImageInfo> = HashMap::with_capacity(images.len() * 2);
+        for info in &images {
+            for name in info.repo_tags.iter().chain(&info.repo_digests) {
+                by_name.insert(name.as_str(), info);
+            }
+        }
+        let now = Instant::now();
+        // Positions in the status, which lists the images in config order (see `apply`).
+        let mut marks: Vec<(usize, Mark)> = Vec::new();
+        let mut to_pull = Vec::new();
+        for (n, (spec, names)) in self.config.images.iter().zip(&self.names).enumerate() {
+            if self.inflight.contains_key(&names.key) {
+                continue;
+            }
+            let found = by_name.get(names.lookup.as_str()).copied();
+            if !self.tracks.contains_key(&names.key) {
+                self.tracks.insert(names.key.clone(), Track::default());
+            }
+            let track = &self.tracks[&names.key];
+            let needs_pull = match spec.policy {
+                PullPolicy::Never => false,
+                PullPolicy::IfNotPresent => found.is_none(),
+                PullPolicy::Always => {
+                    found.is_none()
+                        || track
+                            .last_refresh
+                            .is_none_or(|t| now.duration_since(t) >= spec.refresh_interval)
+                }
+            };
+            match found {
+                Some(info) => {
+                    let digest = info
+                        .repo_digests
+                        .iter()
+                        .find_map(|d| d.strip_prefix(names.digest_prefix.as_str()));
+                    marks.push((n, Mark::Present(info, digest)));
+                }
+                None if spec.policy == PullPolicy::Never => marks.push((n, Mark::NeverAbsent)),
+                None => {}
+            }
+            if needs_pull && track.retry_after.is_none_or(|t| now >= t) {
+                to_pull.push((spec.clone(), names.key.clone(), found.cloned()));
+            }
+        }
+        let names = &self.names;
+        self.hub.update(|s| {
+            for (n, mark) in marks {
+                // The status may have been rebuilt by a newer config; never touch another image.
+                if let Some(i) = s.images.get_mut(n).filter(|i| i.normalized == names[n].key) {
+                    mark.apply(i);
+                }
+            }
+        });
+        for (spec, key, found) in to_pull {
+            self.start_pull(spec, key, found, cancel);
+        }
+        true
+    }
+
+    async fn runtime_came_back(&self) {
+        let version = self.runtime.version().await.ok();
+        if let Some(v) = &version {
+            tracing::info!(runtime = %v, "container runtime reachable");
+        }
+        self.hub.update(|s| {
+            s.runtime.reachable = true;
+            s.runtime.last_error = None;
+            if let Some(v) = version {
+                s.runtime.name = Some(v.runtime_name);
+                s.runtime.version = Some(v.runtime_version);
+                s.runtime.api_version = Some(v.runtime_api_version);
+            }
+        });
+    }
+
+    fn mark_present(&self, key: &str, info: &ImageInfo, digest: Option<&str>) {
+        self.hub.update(|s| {
+            if let Some(i) = s.images.iter_mut().find(|i| i.normalized == key) {
+                Mark::Present(info, digest).apply(i);
+            }
+        });
+    }
+
+    fn start_pull(
+        &mut self,
+        spec: ImageSpec,
+        key: String,
+        found: Option<ImageInfo>,
+        cancel: &CancellationToken,
+    ) {
+        let token = cancel.child_token();
+        self.inflight.insert(key.clone(), token.clone());
+        let was_present = found.is_some();
+        let previous_digest = found
+            .as_ref()
+            .and_then(|i| i.repo_digest_for(&spec.reference))
+            .map(str::to_string);
+        if !was_present {
+            self.hub.update(|s| {
+                if let Some(i) = s.images.iter_mut().find(|i| i.normalized == key) {
+                    i.state = ImageState::Waiting;
+                    i.present_since = None;
+                }
+            });
+        }
+        let puller = self.puller.clone();
+        let hub = self.hub.clone();
+        let metrics = self.metrics.clone();
+        self.tasks.spawn(async move {
+            let on_event = |e: PullEvent| record_event(&hub, &metrics, &key, was_present, e);
+            // `None`: the pass already decided this image needs a pull.
+            let outcome = puller.ensure(0, &spec, None, &on_event, &token).await;
+            TaskDone {
+                key,
+                spec,
+                outcome,
+                previous_digest,
+                was_present,
+            }
+        });
+    }
+
+    /// A task ended: remember what the next passes need, and detect tag drift.
+    fn finish(&mut self, done: TaskDone) {
+        self.inflight.remove(&done.key);
+        let Some(track) = self.tracks.get_mut(&done.key) else {
+            return; // no longer declared
+        };
+        match &done.outcome.result {
+            PullResult::Pulled => {
+                track.last_refresh = Some(Instant::now());
+                track.retry_after = None;
+                let info = done.outcome.image.as_ref();
+                let digest = info
+                    .and_then(|i| i.repo_digest_for(&done.spec.reference))
+                    .map(str::to_string);
+                if let (Some(from), Some(to)) = (&done.previous_digest, &digest)
+                    && from != to
+                {
+                    let drift = format!("tag drift: {from} → {to}");
+                    tracing::warn!(image = %done.key, "{drift}");
+                    self.hub.emit(AgentEventKind::Drift {
+                        image: done.key.clone(),
+                        from: from.clone(),
+                        to: to.clone(),
+                    });
+                    self.hub.update(|s| {
+                        if let Some(i) = s.images.iter_mut().find(|i| i.normalized == done.key) {
+                            i.drift = Some(drift);
+                        }
+                    });
+                }
+                if let Some(info) = info {
+                    self.mark_present(&done.key, info, digest.as_deref());
+                }
+            }
+            PullResult::Failed(_) => {
+                // Permanent: the registry will answer the same until something changes.
+                track.retry_after = Some(Instant::now() + self.config.backoff.max);
+                if done.was_present {
+                    // A failed refresh leaves the image usable; keep it Present.
+                    self.hub.update(|s| {
+                        if let Some(i) = s.images.iter_mut().find(|i| i.normalized == done.key) {
+                            i.state = ImageState::Present;
+                        }
+                    });
+                }
+            }
+            PullResult::AlreadyPresent | PullResult::Cancelled(_) => {}
+        }
+    }
+}
+
+/// What a resync found for an image that has no pull in flight.
+enum Mark<'a> {
+    /// Present, with its repo digest for the declared repository.
+    Present(&'a ImageInfo, Option<&'a str>),
+    /// `Never` and absent.
+    NeverAbsent,
+}
+
+impl Mark<'_> {
+    /// Changes only what differs, so a steady pass allocates nothing per image.
+    fn apply(self, i: &mut ImageStatus) {
+        match self {
+            Mark::Present(info, digest) => {
+                if i.state != ImageState::Present {
+                    i.present_since = Some(now_rfc3339());
+                    i.attempts = 0;
+                    i.next_retry_at = None;
+                    i.state = ImageState::Present;
+                }
+                if i.image_id.as_deref() != Some(info.id.as_str()) {
+                    i.image_id = Some(info.id.clone());
+                }
+                i.size_bytes = Some(info.size_bytes);
+                if let Some(d) = digest
+                    && i.repo_digest.as_deref() != Some(d)
+                {
+                    i.repo_digest = Some(d.to_string());
+                }
+            }
+            Mark::NeverAbsent => {
+                if i.state == ImageState::Failed {
+                    return;
+                }
+                i.state = ImageState::Failed;
+                i.present_since = None;
+                i.last_error = Some(format!(
+                    "{}: {} ({})",
+                    i.normalized,
+                    ErrorKind::NotPresent.summary(),
+                    ErrorKind::NotPresent.hint()
+                ));
+                i.last_error_class = Some(ErrorKind::NotPresent.class().into());
+            }
+        }
+    }
+}
+
+fn new_status(spec: &ImageSpec) -> ImageStatus {
+    ImageStatus {
+        image: spec.declared.clone(),
+        normalized: spec.reference.to_string(),
+        required: spec.required,
+        policy: spec.policy.to_string(),
+        state: ImageState::Waiting,
+        image_id: None,
+        repo_digest: None,
+        size_bytes: None,
+        attempts: 0,
+        last_error: None,
+        last_error_class: None,
+        next_retry_at: None,
+        last_pull_seconds: None,
+        present_since: None,
+        drift: None,
+    }
+}
+
+/// Mirrors one puller event into the status, the metrics and the event stream. A refresh of
+/// an image that is present leaves its state Present, so readiness does not flap.
+fn record_event(
+    hub: &StatusHub,
+    metrics: &Metrics,
+    key: &str,
+    was_present: bool,
+    event: PullEvent,
+) {
+    let update = |f: &dyn Fn(&mut ImageStatus)| {
+        hub.update(|s| {
+            if let Some(i) = s.images.iter_mut().find(|i| i.normalized == key) {
+                f(i);
+            }
+        })
+    };
+    match event {
+        PullEvent::Present { .. } => {}
+        PullEvent::Queued { .. } => {
+            if !was_present {
+                update(&|i| i.state = ImageState::Waiting);
+            }
+            hub.emit(AgentEventKind::Queued { image: key.into() });
+        }
+        PullEvent::Started { attempt, .. } => {
+            update(&|i| {
+                i.attempts = attempt;
+                if !was_present {
+                    i.state = ImageState::Pulling;
+                }
+            });
+            hub.emit(AgentEventKind::PullStarted {
+                image: key.into(),
+                attempt,
+            });
+        }
+        PullEvent::AttemptFailed {
+            attempt,
+            error,
+            retry_in,
+            ..
+        } => {
+            let next = rfc3339(SystemTime::now() + retry_in);
+            tracing::warn!(image = %key, attempt, class = error.kind.class(), reason = error.kind.reason(), retry_in = ?retry_in, "pull failed, retrying: {error}");
+            metrics.observe_pull_failure(error.kind.reason(), error.kind.class());
+            update(&|i| {
+                if !was_present {
+                    i.state = ImageState::BackingOff;
+                }
+                i.last_error = Some(error.to_string());
+                i.last_error_class = Some(error.kind.class().into());
+                i.next_retry_at = Some(next.clone());
+            });
+            hub.emit(AgentEventKind::AttemptFailed {
+                image: key.into(),
+                attempt,
+                class: error.kind.class().into(),
+                reason: error.kind.reason().into(),
+                error: error.to_string(),
+                next_retry_at: Some(next),
+            });
+        }
+        PullEvent::Pulled {
+            size_bytes,
+            elapsed,
+            attempts,
+            ..
+        } => {
+            tracing::info!(image = %key, size_bytes, attempts, took = ?elapsed, "pulled");
+            metrics.observe_pull_success(elapsed.as_secs_f64(), size_bytes);
+            update(&|i| {
+                i.last_pull_seconds = Some(elapsed.as_secs_f64());
+                i.last_error = None;
+                i.last_error_class = None;
+                i.next_retry_at = None;
+            });
+            hub.emit(AgentEventKind::Present {
+                image: key.into(),
+                size_bytes,
+                pull_seconds: Some(elapsed.as_secs_f64()),
+            });
+        }
+        PullEvent::Failed {
+            error, attempts, ..
+        } => {
+            tracing::error!(image = %key, attempts, class = error.kind.class(), reason = error.kind.reason(), "pull failed: {error}");
+            metrics.observe_pull_failure(error.kind.reason(), error.kind.class());
+            update(&|i| {
+                if !was_present {
+                    i.state = ImageState::Failed;
+                }
+                i.last_error = Some(error.to_string());
+                i.last_error_class = Some(error.kind.class().into());
+                i.next_retry_at = None;
+            });
+            hub.emit(AgentEventKind::AttemptFailed {
+                image: key.into(),
+                attempt: attempts,
+                class: error.kind.class().into(),
+                reason: error.kind.reason().into(),
+                error: error.to_string(),
+                next_retry_at: None,
+            });
+        }
+    }
+}
+
+/// Watches the config path for changes. For a file, its directory is watched: editors and
+/// the kubelet replace files (and the `..data` link of a ConfigMap) rather than write them.
+fn watch(path: &Path, tx: mpsc::Sender<()>) -> notify::Result<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let dir = if path.is_dir() {
+        path.to_path_buf()
+    } else {
+        path.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf()
+    };
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Opening and reading are events too, and the agent's own reads must not wake it.
+        use notify::event::{AccessKind, AccessMode, EventKind};
+        let is_read = |kind: &EventKind| matches!(kind, EventKind::Access(a) if *a != AccessKind::Close(AccessMode::Write));
+        if event.is_ok_and(|e| !is_read(&e.kind)) {
+            // A full channel already holds a wake-up; dropping this one loses nothing.
+            let _ = tx.try_send(());
+        }
+    })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    Ok(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::RuntimeError;
+    use crate::runtime::fake::FakeRuntime;
+    use tonic::Code;
+
+    struct Setup {
+        rt: Arc<FakeRuntime>,
+        hub: Arc<StatusHub>,
+        agent: Agent<FakeRuntime>,
+        _dir: tempfile::TempDir,
+        path: PathBuf,
+    }
+
+    fn setup(yaml: &str) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("images.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let config = Config::load(&path).unwrap();
+        let rt = Arc::new(FakeRuntime::new());
+        let hub = Arc::new(StatusHub::new(
+            None,
+            path.display().to_string(),
+            "unix:///fake".into(),
+        ));
+        let agent = Agent::new(
+            rt.clone(),
+            hub.clone(),
+            Arc::new(Metrics::new()),
+            path.clone(),
+            config,
+        );
+        Setup {
+            rt,
+            hub,
+            agent,
+            _dir: dir,
+            path,
+        }
+    }
+
+    impl<R: Runtime> Agent<R> {
+        /// Waits for every pull task and records its end, as the run loop would.
+        async fn settle(&mut self) {
+            while let Some(done) = self.tasks.join_next().await {
+                self.finish(done.unwrap());
+            }
+        }
+    }
+
+    fn state(hub: &StatusHub, key: &str) -> ImageState {
+        hub.snapshot()
+            .images
+            .iter()
+            .find(|i| i.normalized == key)
+            .unwrap()
+            .state
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_list_per_resync_and_no_pulls_when_everything_is_present() {
+        let mut s = setup("images: [r.example/a:1, r.example/b:1]");
+        s.rt.add_image("r.example/a:1", 10);
+        let cancel = CancellationToken::new();
+        assert!(s.agent.resync(&cancel).await);
+        s.agent.settle().await;
+        assert_eq!(s.rt.stats().pulls, vec!["r.example/b:1"]);
+        assert!(s.hub.is_ready());
+        s.agent.resync(&cancel).await;
+        s.agent.settle().await;
+        let stats = s.rt.stats();
+        assert_eq!(stats.list_calls, 2);
+        assert_eq!(stats.pulls.len(), 1, "nothing pulled when all present");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn removed_images_are_pulled_again_on_the_next_resync() {
+        let mut s = setup("images: [r.example/a:1]");
+        let cancel = CancellationToken::new();
+        s.agent.resync(&cancel).await;
+        s.agent.settle().await;
+        s.rt.remove_image("r.example/a:1");
+        s.agent.resync(&cancel).await;
+        assert!(!s.hub.is_ready(), "missing while the pull runs");
+        s.agent.settle().await;
+        assert_eq!(s.rt.stats().pulls.len(), 2);
+        assert_eq!(state(&s.hub, "r.example/a:1"), ImageState::Present);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn always_images_are_refreshed_and_drift_is_reported() {
+        let mut s = setup("images:\n  - image: r.example/app:latest\n    refreshInterval: 10m\n");
+        let cancel = CancellationToken::new();
+        let mut events = s.hub.subscribe();
+        s.agent.resync(&cancel).await;
+        s.agent.settle().await;
+        // Within the refresh interval: no pull.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        s.agent.resync(&cancel).await;
+        s.agent.settle().await;
+        assert_eq!(s.rt.stats().pulls.len(), 1);
+        // The tag now points elsewhere; after the interval the refresh sees it.
+        let new = format!("sha256:{}", "b".repeat(64));
+        s.rt.set_repo_digest("r.example/app", &new);
+        tokio::time::advance(Duration::from_secs(600)).await;
+        s.agent.resync(&cancel).await;
+        assert!(
+            s.hub.is_ready(),
+            "a refresh does not make a present image unready"
+        );
+        s.agent.settle().await;
+        assert_eq!(s.rt.stats().pulls.len(), 2);
+        let status = s.hub.snapshot();
+        let drift = status.images[0].drift.as_deref().unwrap();
+        assert!(
+            drift.starts_with("tag drift: sha256:") && drift.ends_with(&new),
+            "{drift}"
+        );
+        let mut saw_drift = false;
+        while let Ok(e) = events.try_recv() {
+            saw_drift |= matches!(e.kind, AgentEventKind::Drift { .. });
+        }
+        assert!(saw_drift);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn permanent_failures_wait_for_the_longest_backoff() {
+        let mut s = setup("backoff: {initial: 1s, max: 5m}\nimages: [r.example/gone:1]");
+        let not_found = || {
+            Err(RuntimeError::new(
+                Code::NotFound,
+                "r.example/gone:1: not found",
+            ))
+        };
+        s.rt.script_pulls("r.example/gone:1", [not_found(), not_found()]);
+        let cancel = CancellationToken::new();
+        s.agent.resync(&cancel).await;
+        s.agent.settle().await;
+        assert_eq!(state(&s.hub, "r.example/gone:1"), ImageState::Failed);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        s.agent.resync(&cancel).await;
+        s.agent.settle().await;
+        assert_eq!(s.rt.stats().pulls.len(), 1, "not retried hot");
+        tokio::time::advance(Duration::from_secs(300)).await;
+        s.agent.resync(&cancel).await;
+        s.agent.settle().await;
+        assert_eq!(s.rt.stats().pulls.len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bad_reload_keeps_the_last_good_config() {
+        let mut s = setup("images: [r.example/a:1]");
+        std::fs::write(&s.path, "images: [r.example/a:1, R.example/Bad:1]\n").unwrap();
+        assert!(!s.agent.reload());
+        let status = s.hub.snapshot();
+        assert_eq!(status.config.generation, 1);
+        assert!(
+            status
+                .config
+                .last_error
+                .as_deref()
+                .unwrap()
+                .contains("lowercase")
+        );
+        assert_eq!(status.images.len(), 1);
+        // Putting the old text back clears the error without a new generation.
+        std::fs::write(&s.path, "images: [r.example/a:1]").unwrap();
+        assert!(!s.agent.reload());
+        let status = s.hub.snapshot();
+        assert_eq!(status.config.generation, 1);
+        assert_eq!(status.config.last_error, None);
+        std::fs::write(&s.path, "images: [r.example/a:1, r.example/b:1]\n").unwrap();
+        assert!(s.agent.reload());
+        let status = s.hub.snapshot();
+        assert_eq!(status.config.generation, 2);
+        assert_eq!(status.config.last_error, None);
+        assert_eq!(status.images.len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unreachable_runtime_is_reported_then_recovered() {
+        let mut s = setup("images: [r.example/a:1]");
+        s.rt.set_available(false);
+        let cancel = CancellationToken::new();
+        assert!(!s.agent.resync(&cancel).await);
+        let status = s.hub.snapshot();
+        assert!(!status.runtime.reachable);
+        assert!(status.runtime.last_error.is_some());
+        s.rt.set_available(true);
+        assert!(s.agent.resync(&cancel).await);
+        s.agent.settle().await;
+        let status = s.hub.snapshot();
+        assert_eq!(status.runtime.name.as_deref(), Some("fake"));
+        assert!(status.ready);
+    }
+
+    #[tokio::test]
+    async fn the_watcher_wakes_on_a_replaced_file_but_not_on_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("images.yaml");
+        std::fs::write(&path, "images: [r.example/a:1]").unwrap();
+        let (tx, mut rx) = mpsc::channel(1);
+        let _watcher = watch(&path, tx).unwrap();
+        for _ in 0..3 {
+            Config::load(&path).unwrap();
+        }
+        // inotify delivers within milliseconds; a read would have woken us by now.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(rx.try_recv().is_err(), "reading the config woke the agent");
+        // Editors and config tools replace the file with a rename.
+        let tmp = dir.path().join("images.yaml.tmp");
+        std::fs::write(&tmp, "images: [r.example/a:1, r.example/b:1]").unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("no wake-up after the file was replaced");
+    }
+}

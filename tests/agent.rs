@@ -1,0 +1,358 @@
+//! `prepuller agent` end to end: the real binary, a real containerd and a real registry.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{ConfigMapDir, Sandbox, free_port, log_tail, prepuller_bin, push_image};
+
+const MB: usize = 1024 * 1024;
+/// Generous: a 2-core CI machine runs several sandboxes at once.
+const CONVERGE: Duration = Duration::from_secs(60);
+
+struct AgentProc {
+    child: tokio::process::Child,
+    base: String,
+    log: PathBuf,
+}
+
+impl AgentProc {
+    fn start(sb: &Sandbox, config: &Path) -> AgentProc {
+        let port = free_port();
+        let log = sb.path().join(format!("agent-{port}.log"));
+        let child = tokio::process::Command::new(prepuller_bin!())
+            .arg("agent")
+            .arg("--config")
+            .arg(config)
+            .arg("--runtime-endpoint")
+            .arg(sb.containerd.endpoint())
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--api-socket")
+            .arg(sb.path().join(format!("agent-{port}.sock")))
+            .env("NODE_NAME", "node-a")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        AgentProc {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        log_tail(&self.log, 60)
+    }
+
+    async fn get(&self, path: &str) -> Option<(u16, String)> {
+        let r = reqwest::get(format!("{}{path}", self.base)).await.ok()?;
+        let code = r.status().as_u16();
+        Some((code, r.text().await.ok()?))
+    }
+
+    async fn status(&self) -> Option<Value> {
+        let (_, body) = self.get("/status").await?;
+        serde_json::from_str(&body).ok()
+    }
+
+    /// Polls `/status` until `check` holds; panics with the agent's log after CONVERGE.
+    async fn wait_status(&self, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + CONVERGE;
+        loop {
+            if let Some(s) = self.status().await
+                && check(&s)
+            {
+                return s;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}; last status {:#}\nagent log:\n{}",
+                    self.status().await.unwrap_or_default(),
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn image<'a>(status: &'a Value, normalized: &str) -> &'a Value {
+    status["images"]
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["normalized"] == normalized))
+        .unwrap_or(&Value::Null)
+}
+
+fn state_of(status: &Value, normalized: &str) -> String {
+    image(status, normalized)["state"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Replaces the file in one rename, as editors and the kubelet do.
+fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn fast_config(reg: &str, images: &[&str]) -> String {
+    let mut s = String::from("resyncInterval: 1s\nbackoff: {initial: 1s, max: 2s}\nimages:\n");
+    for i in images {
+        s.push_str(&format!("  - {reg}/{i}\n"));
+    }
+    s
+}
+
+#[tokio::test]
+async fn readiness_flips_when_the_last_required_image_lands_and_removed_images_come_back() {
+    let sb = Sandbox::start();
+    let reg = sb.registry.host();
+    push_image(&reg, "team/web", "1.0", 1, MB).await;
+    let config = sb.path().join("images.yaml");
+    write_atomically(
+        &config,
+        &fast_config(&reg, &["team/web:1.0", "team/late:1.0"]),
+    );
+    let agent = AgentProc::start(&sb, &config);
+
+    let late = format!("{reg}/team/late:1.0");
+    let web = format!("{reg}/team/web:1.0");
+    agent
+        .wait_status("web present, late failed", |s| {
+            state_of(s, &web) == "Present" && state_of(s, &late) == "Failed"
+        })
+        .await;
+    let (code, body) = agent.get("/readyz").await.unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains(&late), "{body}");
+    assert_eq!(agent.get("/livez").await.unwrap().0, 200);
+    let s = agent.status().await.unwrap();
+    assert_eq!(image(&s, &late)["lastErrorClass"], "permanent");
+    assert_eq!(s["node"], "node-a");
+
+    // The missing tag is published: the agent retries it after the back-off and becomes ready.
+    push_image(&reg, "team/late", "1.0", 2, MB).await;
+    agent.wait_status("ready", |s| s["ready"] == true).await;
+    assert_eq!(agent.get("/readyz").await.unwrap().0, 200);
+
+    // Image GC (or crictl rmi) removes an image through CRI: it is pulled again on the next resync.
+    sb.containerd.cri_remove_image(&web).await;
+    agent
+        .wait_status("web pulled again", |s| {
+            state_of(s, &web) == "Present" && sb.containerd.image_refs().contains(&web)
+        })
+        .await;
+
+    let (code, metrics) = agent.get("/metrics").await.unwrap();
+    assert_eq!(code, 200);
+    assert!(metrics.contains("prepuller_node_ready 1"), "{metrics}");
+    assert!(
+        metrics.contains("prepuller_pull_failures_total"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn configmap_updates_apply_without_restart_and_bad_ones_keep_the_last_good_set() {
+    let sb = Sandbox::start();
+    let reg = sb.registry.host();
+    push_image(&reg, "team/web", "1.0", 1, MB).await;
+    push_image(&reg, "team/api", "2.0", 2, MB).await;
+    // A long resync: only the watcher can notice the update in time.
+    let slow = |images: &[&str]| {
+        fast_config(&reg, images).replace("resyncInterval: 1s", "resyncInterval: 1h")
+    };
+    let mut configmap = ConfigMapDir::create(
+        &sb.path().join("config"),
+        &[("images.yaml", &slow(&["team/web:1.0"]))],
+    );
+    let agent = AgentProc::start(&sb, &configmap.dir);
+    agent.wait_status("ready", |s| s["ready"] == true).await;
+
+    configmap.update(&[("images.yaml", &slow(&["team/web:1.0", "team/api:2.0"]))]);
+    let api = format!("{reg}/team/api:2.0");
+    let s = agent
+        .wait_status("api added and pulled", |s| state_of(s, &api) == "Present")
+        .await;
+    assert_eq!(s["config"]["generation"], 2);
+
+    configmap.update(&[(
+        "images.yaml",
+        "images:\n  - image: nginx:1.25\n    pullPolicy: Sometimes\n",
+    )]);
+    let s = agent
+        .wait_status("config error shown", |s| {
+            s["config"]["lastError"].is_string()
+        })
+        .await;
+    let error = s["config"]["lastError"].as_str().unwrap();
+    let file = configmap.dir.join("images.yaml");
+    assert!(
+        error.contains(&format!("{}:3:17", file.display())),
+        "{error}"
+    );
+    assert!(error.contains("pullPolicy"), "{error}");
+    assert_eq!(
+        s["config"]["generation"], 2,
+        "the last good config keeps running"
+    );
+    assert_eq!(s["images"].as_array().unwrap().len(), 2);
+    assert_eq!(s["ready"], true);
+    assert!(agent.log().contains("config rejected"), "{}", agent.log());
+}
+
+#[tokio::test]
+async fn always_images_detect_tag_drift() {
+    let sb = Sandbox::start();
+    let reg = sb.registry.host();
+    let first = push_image(&reg, "team/app", "latest", 1, MB).await;
+    let config = sb.path().join("images.yaml");
+    write_atomically(
+        &config,
+        &format!(
+            "resyncInterval: 1s\nbackoff: {{initial: 1s, max: 2s}}\nimages:\n  - image: {reg}/team/app:latest\n    refreshInterval: 1s\n"
+        ),
+    );
+    let agent = AgentProc::start(&sb, &config);
+    let app = format!("{reg}/team/app:latest");
+    agent.wait_status("ready", |s| s["ready"] == true).await;
+
+    let second = push_image(&reg, "team/app", "latest", 2, MB).await;
+    let s = agent
+        .wait_status("drift", |s| image(s, &app)["drift"].is_string())
+        .await;
+    let drift = image(&s, &app)["drift"].as_str().unwrap();
+    assert_eq!(drift, format!("tag drift: {first} → {second}"));
+    assert_eq!(image(&s, &app)["repoDigest"], second.as_str());
+    assert_eq!(state_of(&s, &app), "Present");
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_agent_promptly_even_mid_pull() {
+    let sb = Sandbox::start();
+    let reg = sb.registry.host();
+    push_image(&reg, "team/web", "1.0", 1, MB).await;
+    // A registry that accepts connections but never answers: the pull hangs.
+    let pid = sb.registry.pid().unwrap();
+    signal(pid, "STOP");
+    let config = sb.path().join("images.yaml");
+    write_atomically(&config, &fast_config(&reg, &["team/web:1.0"]));
+    let mut agent = AgentProc::start(&sb, &config);
+    let web = format!("{reg}/team/web:1.0");
+    agent
+        .wait_status("pulling", |s| state_of(s, &web) == "Pulling")
+        .await;
+
+    signal(agent.child.id().unwrap(), "TERM");
+    let started = Instant::now();
+    let exit = tokio::time::timeout(Duration::from_secs(10), agent.child.wait())
+        .await
+        .expect("agent did not exit after SIGTERM")
+        .unwrap();
+    signal(pid, "CONT");
+    assert!(exit.success(), "{exit:?}\n{}", agent.log());
+    // The requirement is 2s; the bound here leaves room for a loaded CI machine.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(agent.log().contains("agent stopped"), "{}", agent.log());
+}
+
+#[tokio::test]
+async fn a_runtime_restarted_mid_pull_converges() {
+    let mut sb = Sandbox::start();
+    let reg = sb.registry.host();
+    push_image(&reg, "team/web", "1.0", 1, MB).await;
+    let pid = sb.registry.pid().unwrap();
+    signal(pid, "STOP");
+    let config = sb.path().join("images.yaml");
+    write_atomically(&config, &fast_config(&reg, &["team/web:1.0"]));
+    let agent = AgentProc::start(&sb, &config);
+    let web = format!("{reg}/team/web:1.0");
+    agent
+        .wait_status("pulling", |s| state_of(s, &web) == "Pulling")
+        .await;
+
+    sb.containerd.kill();
+    agent
+        .wait_status("runtime unreachable", |s| {
+            s["runtime"]["reachable"] == false
+        })
+        .await;
+    assert_eq!(agent.get("/readyz").await.unwrap().0, 503);
+    assert_eq!(agent.get("/livez").await.unwrap().0, 200);
+    signal(pid, "CONT");
+    sb.containerd.restart();
+    agent
+        .wait_status("ready again", |s| s["ready"] == true)
+        .await;
+    assert!(sb.containerd.image_refs().contains(&web));
+}
+
+#[tokio::test]
+async fn an_absent_runtime_at_start_is_waited_for() {
+    let mut sb = Sandbox::start();
+    let reg = sb.registry.host();
+    push_image(&reg, "team/web", "1.0", 1, MB).await;
+    sb.containerd.kill();
+    let config = sb.path().join("images.yaml");
+    write_atomically(&config, &fast_config(&reg, &["team/web:1.0"]));
+    let agent = AgentProc::start(&sb, &config);
+    agent
+        .wait_status("runtime unreachable", |s| {
+            s["runtime"]["reachable"] == false && s["runtime"]["lastError"].is_string()
+        })
+        .await;
+    assert_eq!(agent.get("/readyz").await.unwrap().0, 503);
+    assert_eq!(agent.get("/livez").await.unwrap().0, 200);
+    sb.containerd.restart();
+    let s = agent.wait_status("ready", |s| s["ready"] == true).await;
+    assert_eq!(s["runtime"]["name"], "containerd");
+}
+
+#[tokio::test]
+async fn an_invalid_config_at_start_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("images.yaml");
+    std::fs::write(&config, "images:\n  - Nginx:1.25\n").unwrap();
+    let o = tokio::process::Command::new(prepuller_bin!())
+        .args([
+            "agent",
+            "--listen",
+            "127.0.0.1:0",
+            "--runtime-endpoint",
+            "unix:///nonexistent.sock",
+            "--config",
+        ])
+        .arg(&config)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains(&format!("{}:2:", config.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("lowercase"), "{stderr}");
+}
+
+fn signal(pid: u32, name: &str) {
+    let ok = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{name} {pid}");
+}
