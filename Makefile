@@ -4,11 +4,11 @@ SANDBOX ?= .sandbox
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the tests and the demo start as real processes.
-APT_PACKAGES := containerd docker-registry protobuf-compiler skopeo umoci nginx apache2-utils
+APT_PACKAGES := containerd docker-registry protobuf-compiler skopeo umoci nginx apache2-utils curl
 # The commands those packages provide, checked to decide whether setup has work to do.
-NEEDED_COMMANDS := containerd ctr docker-registry protoc skopeo umoci nginx htpasswd
+NEEDED_COMMANDS := containerd ctr docker-registry protoc skopeo umoci nginx htpasswd curl
 
-.PHONY: setup test demo demo-down build lint
+.PHONY: setup test demo demo-down build lint bench
 
 ## setup: install what the build, the tests and the demo need (apt packages, rustfmt, clippy)
 setup:
@@ -33,9 +33,24 @@ lint: setup
 test: lint
 	$(CARGO) test --all-targets
 
-## demo: start a sandbox (containerd + registry in ./$(SANDBOX)), seed it, run `prepuller pull` twice
+## bench: the cost figures in the README (resync CPU and runtime calls; idle memory on containerd)
+bench: setup
+	$(CARGO) build --release --bin prepuller
+	$(CARGO) bench --bench resync
+	$(CARGO) bench --bench idle_memory
+
+# The demo agent's HTTP listener and API socket, and how to stop a demo agent left running.
+DEMO_LISTEN ?= 127.0.0.1:18080
+DEMO_SOCKET = $(SANDBOX)/agent.sock
+STOP_DEMO_AGENT = if [ -f $(SANDBOX)/agent.pid ]; then kill $$(cat $(SANDBOX)/agent.pid) 2>/dev/null || true; \
+	for i in $$(seq 50); do kill -0 $$(cat $(SANDBOX)/agent.pid) 2>/dev/null || break; sleep 0.1; done; \
+	rm -f $(SANDBOX)/agent.pid; echo "stopped the demo agent"; fi
+
+## demo: start a sandbox (containerd + registry in ./$(SANDBOX)), seed it, run `prepuller pull`
+## twice, then start `prepuller agent` on it and show /readyz and `prepuller status`
 demo: setup
 	$(CARGO) build --bin prepuller --example sandbox
+	@$(STOP_DEMO_AGENT)
 	$(CARGO) run -q --example sandbox -- up --dir $(SANDBOX)
 	@echo; echo "== prepuller check: what the demo config declares"
 	./target/debug/prepuller check --config $(SANDBOX)/images.yaml
@@ -43,9 +58,26 @@ demo: setup
 	./target/debug/prepuller pull --config $(SANDBOX)/images.yaml --runtime-endpoint "$$(cat $(SANDBOX)/endpoint)"
 	@echo; echo "== prepuller pull again: present images are skipped; only the :latest (Always) entry is pulled again"
 	./target/debug/prepuller pull --config $(SANDBOX)/images.yaml --runtime-endpoint "$$(cat $(SANDBOX)/endpoint)"
-	@echo; echo "The sandbox is still running. Try:"
+	@echo; echo "== prepuller agent: keeps the images present (log in $(SANDBOX)/agent.log)"
+	./target/debug/prepuller agent --config $(SANDBOX)/images.yaml --runtime-endpoint "$$(cat $(SANDBOX)/endpoint)" \
+		--listen $(DEMO_LISTEN) --api-socket $(DEMO_SOCKET) --node-name demo-node >$(SANDBOX)/agent.log 2>&1 & \
+		echo $$! > $(SANDBOX)/agent.pid
+	@for i in $$(seq 300); do curl -fs http://$(DEMO_LISTEN)/readyz >/dev/null && break; sleep 0.2; done
+	@echo; echo "== GET /readyz"
+	@curl -s -w ' (HTTP %{http_code})\n' http://$(DEMO_LISTEN)/readyz
+	@echo; echo "== prepuller status"
+	./target/debug/prepuller status --socket $(DEMO_SOCKET)
+	@echo; echo "== an image disappears (as with kubelet image GC): the next pass pulls it again"
+	ctr -a $(SANDBOX)/containerd/containerd.sock -n k8s.io images rm "$$(sed -n 's/^  - \(.*demo\/web:1.0\)$$/\1/p' $(SANDBOX)/images.yaml)"
+	@echo "   (following the agent's events for 15 s: prepuller status --watch)"
+	@timeout 15 ./target/debug/prepuller status --socket $(DEMO_SOCKET) --watch || true
+	@echo; curl -s -w ' (HTTP %{http_code})\n' http://$(DEMO_LISTEN)/readyz
+	@echo; echo "The sandbox and the agent are still running. Try:"
+	@echo "  curl http://$(DEMO_LISTEN)/status          # or /metrics, /livez, /readyz"
+	@echo "  ./target/debug/prepuller status --socket $(DEMO_SOCKET) --watch"
 	@echo "  ctr -a $(SANDBOX)/containerd/containerd.sock -n k8s.io images ls"
-	@echo "  make demo-down    # stop it (the sandbox folder stays; add PURGE=1 to delete it)"
+	@echo "  make demo-down    # stop them (the sandbox folder stays; add PURGE=1 to delete it)"
 
 demo-down:
+	@$(STOP_DEMO_AGENT)
 	$(CARGO) run -q --example sandbox -- down --dir $(SANDBOX) $(if $(PURGE),--purge,)

@@ -130,6 +130,7 @@ parallelism: 2
 perRegistryParallelism: 2
 pullTimeout: 2m
 backoff: {{initial: 1s, max: 10s}}
+resyncInterval: 10s   # the agent's pass; short so the demo shows a removed image coming back
 images:
   - {host}/demo/web:1.0
   - image: {host}/demo/api:2.3

@@ -1,0 +1,87 @@
+//! Cost of one resync pass with 5,000 declared images, all present, on the in-memory runtime:
+//! CPU time per pass and runtime calls per pass. `make bench` runs it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prepuller::agent::Agent;
+use prepuller::config::Config;
+use prepuller::report::StatusHub;
+use prepuller::report::metrics::Metrics;
+use prepuller::runtime::fake::FakeRuntime;
+use tokio_util::sync::CancellationToken;
+
+const IMAGES: usize = 5_000;
+const PASSES: u32 = 200;
+
+/// CPU time of this process (user + system), from /proc: the pass runs on one thread, so this
+/// is the pass's own cost, not wall time on a busy machine.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // USER_HZ is 100 on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
+fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("images.yaml");
+    let mut yaml = String::from("images:\n");
+    let rt = Arc::new(FakeRuntime::new());
+    for i in 0..IMAGES {
+        let reference = format!("registry{}.example/team/image-{i}:1.{i}", i % 7);
+        yaml.push_str(&format!("  - {reference}\n"));
+        rt.add_image(&reference, 1_000_000);
+    }
+    std::fs::write(&path, yaml).unwrap();
+    let config = Config::load(&path).unwrap();
+    let hub = Arc::new(StatusHub::new(
+        None,
+        path.display().to_string(),
+        "unix:///fake".into(),
+    ));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut agent = Agent::new(
+        rt.clone(),
+        hub.clone(),
+        Arc::new(Metrics::new()),
+        path,
+        config,
+    );
+    let cancel = CancellationToken::new();
+
+    runtime.block_on(agent.pass(&cancel)); // warm-up: allocations, first status
+    assert!(hub.is_ready(), "every image present");
+    let before = rt.stats();
+    let (cpu0, wall0) = (cpu_time(), Instant::now());
+    for _ in 0..PASSES {
+        runtime.block_on(agent.pass(&cancel));
+    }
+    let (cpu, wall) = (cpu_time() - cpu0, wall0.elapsed());
+    let after = rt.stats();
+    let per = |n: usize| (n as f64) / f64::from(PASSES);
+    println!(
+        "resync pass (config re-read, one ListImages, compare), {IMAGES} declared images, all present, in-memory runtime ({PASSES} passes):"
+    );
+    println!(
+        "  CPU time per pass:   {:.1} ms",
+        cpu.as_secs_f64() * 1000.0 / f64::from(PASSES)
+    );
+    println!(
+        "  wall time per pass:  {:.1} ms",
+        wall.as_secs_f64() * 1000.0 / f64::from(PASSES)
+    );
+    println!(
+        "  runtime calls per pass: ListImages {}, ImageStatus {}, PullImage {}, Version {}",
+        per(after.list_calls - before.list_calls),
+        per(after.status_calls - before.status_calls),
+        per(after.pulls.len() - before.pulls.len()),
+        per(after.version_calls - before.version_calls),
+    );
+}
