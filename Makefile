@@ -30,8 +30,9 @@ lint: setup
 	$(CARGO) clippy --all-targets -- -D warnings
 
 ## test: formatting, clippy, unit tests and the integration tests on real containerd + registry
+## (benches/ are compiled by clippy above and run by `make bench`, not here: they measure, not test)
 test: lint
-	$(CARGO) test --all-targets
+	$(CARGO) test --lib --bins --tests --examples
 
 ## bench: the cost figures in the README (resync CPU and runtime calls; idle memory on containerd)
 bench: setup
