@@ -2,6 +2,7 @@
 //! so that pods with `imagePullPolicy: IfNotPresent` start at once.
 
 pub mod agent;
+pub mod cluster;
 pub mod config;
 pub mod progress;
 pub mod pull;
