@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, ImageSpec, PullPolicy};
+use crate::credentials::{CredentialSource, Credentials, SecretReader};
 use crate::puller::{ImageOutcome, PullEvent, PullResult, PullSettings, Puller};
 use crate::report::metrics::Metrics;
 use crate::report::{AgentEventKind, ImageState, ImageStatus, StatusHub, now_rfc3339, rfc3339};
@@ -35,6 +36,8 @@ struct Track {
     last_refresh: Option<Instant>,
     /// A permanent failure is not retried before this (unless the config changes).
     retry_after: Option<Instant>,
+    /// Refused by the registry: the credentials' fingerprint then. A change retries at once.
+    refused_with: Option<u64>,
 }
 
 /// The strings a pass compares for one declared image, made once per config.
@@ -70,6 +73,8 @@ struct TaskDone {
     /// The repo digest before an `Always` refresh, to detect tag drift.
     previous_digest: Option<String>,
     was_present: bool,
+    /// For a refusal (401/403): the credentials' fingerprint right after it.
+    refused_with: Option<u64>,
 }
 
 pub struct Agent<R: Runtime> {
@@ -88,6 +93,12 @@ pub struct Agent<R: Runtime> {
     last_config_error: Option<String>,
     /// The config texts last read; an unchanged read is not parsed again.
     last_sources: Vec<(PathBuf, String)>,
+    /// Reads `secret:` credential sources, when there is a cluster.
+    secrets: Option<Arc<dyn SecretReader>>,
+    /// Wakes the loop when a credential file changes; the watcher follows the config's sources.
+    credentials_changed: mpsc::Sender<()>,
+    credentials_events: Option<mpsc::Receiver<()>>,
+    credentials_watcher: Option<notify::RecommendedWatcher>,
 }
 
 impl<R: Runtime> Agent<R> {
@@ -101,6 +112,7 @@ impl<R: Runtime> Agent<R> {
     ) -> Self {
         let puller = Arc::new(Puller::new(runtime.clone(), PullSettings::from(&config)));
         let config_path_for_sources = config_path.clone();
+        let (credentials_changed, credentials_events) = mpsc::channel(1);
         let mut agent = Agent {
             runtime,
             hub,
@@ -114,13 +126,34 @@ impl<R: Runtime> Agent<R> {
             tasks: JoinSet::new(),
             last_config_error: None,
             last_sources: Config::read_sources(&config_path_for_sources).unwrap_or_default(),
+            secrets: None,
+            credentials_changed,
+            credentials_events: Some(credentials_events),
+            credentials_watcher: None,
         };
         agent.apply(config);
         agent
     }
 
+    /// Lets `secret:` credential sources be read through the Kubernetes API.
+    pub fn with_secret_reader(mut self, secrets: Option<Arc<dyn SecretReader>>) -> Self {
+        self.secrets = secrets;
+        self.puller
+            .set_credentials(self.credentials_for(&self.config));
+        self
+    }
+
+    fn credentials_for(&self, config: &Config) -> Arc<Credentials> {
+        Arc::new(Credentials::new(
+            config.credentials.clone(),
+            config.anonymous_fallback,
+            self.secrets.clone(),
+        ))
+    }
+
     /// Runs until `cancel`, then stops every pull and returns within about two seconds.
     pub async fn run(mut self, cancel: CancellationToken) {
+        let mut credentials_events = self.credentials_events.take().expect("run is called once");
         let (reload_tx, mut reload_rx) = mpsc::channel::<()>(1);
         let _watcher = match watch(&self.config_path, reload_tx) {
             Ok(w) => Some(w),
@@ -139,6 +172,12 @@ impl<R: Runtime> Agent<R> {
                         Ok(done) => self.finish(done),
                         Err(e) => tracing::error!("a pull task failed: {e}"),
                     }
+                }
+                Some(()) = credentials_events.recv() => {
+                    tokio::time::sleep(RELOAD_DEBOUNCE).await;
+                    while credentials_events.try_recv().is_ok() {}
+                    // The pass compares the credentials with those that were refused.
+                    next_pass = Instant::now();
                 }
                 Some(()) = reload_rx.recv() => {
                     tokio::time::sleep(RELOAD_DEBOUNCE).await;
@@ -228,12 +267,23 @@ impl<R: Runtime> Agent<R> {
     /// Makes `config` current: images no longer declared stop pulling, new ones appear as
     /// Waiting, and permanent failures are retried (the config may have fixed them).
     fn apply(&mut self, config: Config) {
+        let first = self.names.is_empty() && self.credentials_watcher.is_none();
         if PullSettings::from(&config) != *self.puller.settings() {
             // In-flight pulls finish with the old settings; new ones use the new slots.
-            self.puller = Arc::new(Puller::new(
+            self.puller = Arc::new(Puller::with_credentials(
                 self.runtime.clone(),
                 PullSettings::from(&config),
+                self.credentials_for(&config),
             ));
+        } else if first
+            || config.credentials != self.config.credentials
+            || config.anonymous_fallback != self.config.anonymous_fallback
+        {
+            self.puller.set_credentials(self.credentials_for(&config));
+        }
+        if first || config.credentials != self.config.credentials {
+            self.credentials_watcher =
+                watch_credentials(&config.credentials, self.credentials_changed.clone());
         }
         let names: Vec<Names> = config.images.iter().map(Names::of).collect();
         let keys: std::collections::HashSet<&str> = names.iter().map(|n| n.key.as_str()).collect();
@@ -247,6 +297,7 @@ impl<R: Runtime> Agent<R> {
         self.tracks.retain(|key, _| keys.contains(key.as_str()));
         for track in self.tracks.values_mut() {
             track.retry_after = None;
+            track.refused_with = None;
         }
         for note in &config.merged {
             tracing::info!("{note}");
@@ -287,7 +338,28 @@ impl<R: Runtime> Agent<R> {
     /// benchmark.
     pub async fn pass(&mut self, cancel: &CancellationToken) -> bool {
         self.reload();
+        self.retry_if_credentials_changed().await;
         self.resync(cancel).await
+    }
+
+    /// Images the registry refused wait for `backoff.max`, unless the credentials change: then
+    /// they are retried at once. Costs nothing while nothing was refused.
+    async fn retry_if_credentials_changed(&mut self) {
+        if !self.tracks.values().any(|t| t.refused_with.is_some()) {
+            return;
+        }
+        let now = self.puller.credentials().fingerprint().await;
+        let mut retried = 0;
+        for track in self.tracks.values_mut() {
+            if track.refused_with.is_some_and(|then| then != now) {
+                track.refused_with = None;
+                track.retry_after = None;
+                retried += 1;
+            }
+        }
+        if retried > 0 {
+            tracing::info!("credentials changed: retrying {retried} image(s) the registry refused");
+        }
     }
 
     /// One resync: one ListImages, then a pull task for each image that needs one.
@@ -426,12 +498,19 @@ impl<R: Runtime> Agent<R> {
             let on_event = |e: PullEvent| record_event(&hub, &metrics, &key, was_present, e);
             // `None`: the pass already decided this image needs a pull.
             let outcome = puller.ensure(0, &spec, None, &on_event, &token).await;
+            let refused = matches!(&outcome.result, PullResult::Failed(e) if e.kind == ErrorKind::Unauthorized);
+            let refused_with = if refused {
+                Some(puller.credentials().fingerprint().await)
+            } else {
+                None
+            };
             TaskDone {
                 key,
                 spec,
                 outcome,
                 previous_digest,
                 was_present,
+                refused_with,
             }
         });
     }
@@ -446,6 +525,7 @@ impl<R: Runtime> Agent<R> {
             PullResult::Pulled => {
                 track.last_refresh = Some(Instant::now());
                 track.retry_after = None;
+                track.refused_with = None;
                 let info = done.outcome.image.as_ref();
                 let digest = info
                     .and_then(|i| i.repo_digest_for(&done.spec.reference))
@@ -473,6 +553,7 @@ impl<R: Runtime> Agent<R> {
             PullResult::Failed(_) => {
                 // Permanent: the registry will answer the same until something changes.
                 track.retry_after = Some(Instant::now() + self.config.backoff.max);
+                track.refused_with = done.refused_with;
                 if done.was_present {
                     // A failed refresh leaves the image usable; keep it Present.
                     self.hub.update(|s| {
@@ -674,9 +755,6 @@ fn watch(path: &Path, tx: mpsc::Sender<()>) -> notify::Result<notify::Recommende
             .to_path_buf()
     };
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // Opening and reading are events too, and the agent's own reads must not wake it.
-        use notify::event::{AccessKind, AccessMode, EventKind};
-        let is_read = |kind: &EventKind| matches!(kind, EventKind::Access(a) if *a != AccessKind::Close(AccessMode::Write));
         if event.is_ok_and(|e| !is_read(&e.kind)) {
             // A full channel already holds a wake-up; dropping this one loses nothing.
             let _ = tx.try_send(());
@@ -684,6 +762,50 @@ fn watch(path: &Path, tx: mpsc::Sender<()>) -> notify::Result<notify::Recommende
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
     Ok(watcher)
+}
+
+/// Watches the credential files and directories (mounted secrets are swapped like ConfigMaps,
+/// so a directory is watched recursively). `None` when there is nothing to watch or the
+/// watcher fails: each pass still re-reads the sources.
+fn watch_credentials(
+    sources: &[CredentialSource],
+    tx: mpsc::Sender<()>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let paths: Vec<PathBuf> = sources.iter().flat_map(|s| s.watched_paths()).collect();
+    if paths.is_empty() {
+        return None;
+    }
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !is_read(&e.kind)) {
+            let _ = tx.try_send(());
+        }
+    })
+    .map_err(|e| tracing::warn!("cannot watch credential files, re-reading them every pass: {e}"))
+    .ok()?;
+    for path in paths {
+        let (target, mode) = if path.is_dir() {
+            (path, RecursiveMode::Recursive)
+        } else {
+            // The file itself may be replaced (a rename, a `..data` swap): watch its folder.
+            match path.parent() {
+                Some(parent) if parent.is_dir() => {
+                    (parent.to_path_buf(), RecursiveMode::NonRecursive)
+                }
+                _ => continue,
+            }
+        };
+        if let Err(e) = watcher.watch(&target, mode) {
+            tracing::debug!(path = %target.display(), "not watching: {e}");
+        }
+    }
+    Some(watcher)
+}
+
+/// Opening and reading files are events too; the agent's own reads must not wake it.
+fn is_read(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    matches!(kind, EventKind::Access(a) if *a != AccessKind::Close(AccessMode::Write))
 }
 
 #[cfg(test)]
@@ -903,5 +1025,42 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), rx.recv())
             .await
             .expect("no wake-up after the file was replaced");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_image_is_retried_as_soon_as_the_credentials_change() {
+        use base64::Engine;
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("config.json");
+        let write = |password: &str| {
+            let auth = base64::engine::general_purpose::STANDARD.encode(format!("bot:{password}"));
+            std::fs::write(
+                &creds,
+                format!(r#"{{"auths": {{"r.example": {{"auth": "{auth}"}}}}}}"#),
+            )
+            .unwrap();
+        };
+        write("expired");
+        let mut s = setup(&format!(
+            "backoff: {{initial: 1s, max: 1h}}\ncredentials:\n  - dockerConfig: {}\nimages: [r.example/private:1]",
+            creds.display()
+        ));
+        s.rt.require_login("r.example", "bot", "rotated");
+        let cancel = CancellationToken::new();
+        s.agent.pass(&cancel).await;
+        s.agent.settle().await;
+        assert_eq!(state(&s.hub, "r.example/private:1"), ImageState::Failed);
+        s.agent.pass(&cancel).await;
+        s.agent.settle().await;
+        assert_eq!(
+            s.rt.stats().pulls.len(),
+            1,
+            "refused: waits for backoff.max (1h)"
+        );
+        write("rotated");
+        s.agent.pass(&cancel).await;
+        s.agent.settle().await;
+        assert_eq!(state(&s.hub, "r.example/private:1"), ImageState::Present);
+        assert_eq!(s.rt.stats().pulls.len(), 2);
     }
 }

@@ -12,6 +12,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_saphyr::{SnippetMode, Spanned};
 
+use crate::credentials::CredentialSource;
 use crate::reference::ImageRef;
 
 pub const DEFAULT_PARALLELISM: usize = 3;
@@ -88,6 +89,10 @@ pub struct Config {
     pub images: Vec<ImageSpec>,
     /// Entries that were merged into an earlier one, as human-readable notes.
     pub merged: Vec<String>,
+    /// Where pull credentials come from, in the order declared (files in name order).
+    pub credentials: Vec<CredentialSource>,
+    /// Pull anonymously when every matching credential was refused (default: report instead).
+    pub anonymous_fallback: bool,
 }
 
 /// A config that could not be read or is invalid. Boxed: it travels through every `?`.
@@ -208,6 +213,12 @@ impl Config {
         let mut images: Vec<ImageSpec> = Vec::new();
         let mut position: std::collections::HashMap<ImageRef, usize> = Default::default();
         let mut merged = Vec::new();
+        let mut credentials: Vec<CredentialSource> = Vec::new();
+        for source in files.iter().flat_map(|f| &f.credentials) {
+            if !credentials.contains(source) {
+                credentials.push(source.clone());
+            }
+        }
         for spec in files.into_iter().flat_map(|f| f.images) {
             match position.get(&spec.reference).map(|&n| &mut images[n]) {
                 Some(first) => {
@@ -227,7 +238,9 @@ impl Config {
                 }
             }
         }
-        settings.validate(source, &setting_files, images, merged)
+        let mut config = settings.validate(source, &setting_files, images, merged)?;
+        config.credentials = credentials;
+        Ok(config)
     }
 
     pub fn required_count(&self) -> usize {
@@ -270,6 +283,7 @@ fn config_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
 struct FileParts {
     path: PathBuf,
     settings: RawSettings,
+    credentials: Vec<CredentialSource>,
     images: Vec<ImageSpec>,
 }
 
@@ -294,7 +308,9 @@ fn parse_file(text: &str, source: &Path) -> Result<FileParts, ConfigError> {
             pull_timeout: raw.pull_timeout,
             resync_interval: raw.resync_interval,
             backoff: raw.backoff,
+            anonymous_fallback: raw.anonymous_fallback,
         },
+        credentials: raw.credentials.into_iter().map(|c| c.0).collect(),
         images: raw
             .images
             .into_iter()
@@ -351,6 +367,93 @@ struct RawConfig {
     resync_interval: Option<Duration>,
     backoff: Option<RawBackoff>,
     images: Vec<Spanned<ImageEntry>>,
+    #[serde(default)]
+    credentials: Vec<SourceEntry>,
+    anonymous_fallback: Option<bool>,
+}
+
+/// One entry of `credentials:`: exactly one source key.
+#[derive(Deserialize)]
+#[serde(try_from = "RawSource")]
+struct SourceEntry(CredentialSource);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawSource {
+    docker_config: Option<PathBuf>,
+    docker_config_dir: Option<PathBuf>,
+    secret: Option<RawSecretRef>,
+    node_defaults: Option<bool>,
+    kubelet_root_dir: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecretRef {
+    namespace: String,
+    name: String,
+}
+
+/// The kubelet's default `--root-dir`.
+pub const DEFAULT_KUBELET_ROOT_DIR: &str = "/var/lib/kubelet";
+
+impl TryFrom<RawSource> for SourceEntry {
+    type Error = String;
+
+    fn try_from(r: RawSource) -> Result<Self, String> {
+        let keys = [
+            r.docker_config.is_some(),
+            r.docker_config_dir.is_some(),
+            r.secret.is_some(),
+            r.node_defaults.is_some(),
+        ];
+        let expected = "one of dockerConfig, dockerConfigDir, secret, nodeDefaults";
+        if keys.iter().filter(|k| **k).count() != 1 {
+            return Err(format!("a credentials entry needs exactly {expected}"));
+        }
+        if r.kubelet_root_dir.is_some() && r.node_defaults.is_none() {
+            return Err("kubeletRootDir goes with nodeDefaults: true".into());
+        }
+        let nonempty = |what: &str, p: PathBuf| {
+            if p.as_os_str().is_empty() {
+                Err(format!("{what} is empty"))
+            } else {
+                Ok(p)
+            }
+        };
+        let source = if let Some(p) = r.docker_config {
+            CredentialSource::DockerConfig(nonempty("dockerConfig", p)?)
+        } else if let Some(p) = r.docker_config_dir {
+            CredentialSource::DockerConfigDir(nonempty("dockerConfigDir", p)?)
+        } else if let Some(s) = r.secret {
+            let valid = |v: &str| {
+                !v.is_empty()
+                    && v.len() <= 253
+                    && v.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                    })
+            };
+            if !valid(&s.namespace) || !valid(&s.name) {
+                return Err(format!(
+                    "secret {}/{} is not a valid Kubernetes namespace/name (lowercase letters, digits, '-', '.')",
+                    s.namespace, s.name
+                ));
+            }
+            CredentialSource::Secret {
+                namespace: s.namespace,
+                name: s.name,
+            }
+        } else if r.node_defaults == Some(true) {
+            CredentialSource::NodeDefaults {
+                kubelet_root_dir: r
+                    .kubelet_root_dir
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_KUBELET_ROOT_DIR)),
+            }
+        } else {
+            return Err("nodeDefaults: false declares no source; remove the entry".into());
+        };
+        Ok(SourceEntry(source))
+    }
 }
 
 /// The settings of one file, or of all files once merged.
@@ -361,6 +464,7 @@ struct RawSettings {
     pull_timeout: Option<Duration>,
     resync_interval: Option<Duration>,
     backoff: Option<RawBackoff>,
+    anonymous_fallback: Option<bool>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq)]
@@ -437,7 +541,14 @@ impl RawSettings {
             file,
             files,
         )?;
-        absorb_one("backoff", &mut self.backoff, &other.backoff, file, files)
+        absorb_one("backoff", &mut self.backoff, &other.backoff, file, files)?;
+        absorb_one(
+            "anonymousFallback",
+            &mut self.anonymous_fallback,
+            &other.anonymous_fallback,
+            file,
+            files,
+        )
     }
 
     fn validate(
@@ -528,6 +639,8 @@ impl RawSettings {
             resync_interval,
             images,
             merged,
+            credentials: Vec::new(),
+            anonymous_fallback: self.anonymous_fallback.unwrap_or(false),
         })
     }
 }
@@ -930,6 +1043,71 @@ images:
         ] {
             let e = parse(text).unwrap_err();
             assert_eq!(e.field.as_deref(), Some(field), "{text}: {}", e.render());
+            assert!(e.message.contains(needle), "{text}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn credential_sources() {
+        let c = parse(
+            "credentials:\n  - dockerConfig: /var/lib/kubelet/config.json\n  - dockerConfigDir: /etc/prepuller/pull-secrets\n  - secret: {namespace: redis, name: regcred}\n  - nodeDefaults: true\n  - nodeDefaults: true\n    kubeletRootDir: /host/kubelet\nanonymousFallback: true\nimages: []\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.credentials,
+            [
+                CredentialSource::DockerConfig("/var/lib/kubelet/config.json".into()),
+                CredentialSource::DockerConfigDir("/etc/prepuller/pull-secrets".into()),
+                CredentialSource::Secret {
+                    namespace: "redis".into(),
+                    name: "regcred".into()
+                },
+                CredentialSource::NodeDefaults {
+                    kubelet_root_dir: DEFAULT_KUBELET_ROOT_DIR.into()
+                },
+                CredentialSource::NodeDefaults {
+                    kubelet_root_dir: "/host/kubelet".into()
+                },
+            ]
+        );
+        assert!(c.anonymous_fallback);
+        assert!(!parse("images: []").unwrap().anonymous_fallback);
+    }
+
+    #[test]
+    fn bad_credential_entries_name_the_entry() {
+        for (text, needle) in [
+            (
+                "credentials:\n  - dockerConfig: /a\n    secret: {namespace: a, name: b}\nimages: []",
+                "exactly one of",
+            ),
+            ("credentials:\n  - {}\nimages: []", "exactly one of"),
+            (
+                "credentials:\n  - dockerconfig: /a\nimages: []",
+                "unknown field",
+            ),
+            (
+                "credentials:\n  - secret: {namespace: Redis, name: regcred}\nimages: []",
+                "not a valid Kubernetes",
+            ),
+            (
+                "credentials:\n  - secret: {name: regcred}\nimages: []",
+                "namespace",
+            ),
+            (
+                "credentials:\n  - dockerConfig: /a\n    kubeletRootDir: /b\nimages: []",
+                "goes with nodeDefaults",
+            ),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(
+                e.field
+                    .as_deref()
+                    .is_some_and(|f| f.starts_with("credentials[0]")),
+                "{text}: {}",
+                e.render()
+            );
+            assert!(e.line.is_some_and(|l| l >= 2), "{text}: {}", e.render());
             assert!(e.message.contains(needle), "{text}: {}", e.message);
         }
     }

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use prepuller::agent::Agent;
 use prepuller::config::{Config, duration};
+use prepuller::credentials::Credentials;
 use prepuller::progress::{LogProgress, Progress, TerminalProgress};
 use prepuller::pull::{self, exit};
 use prepuller::puller::PullSettings;
@@ -155,6 +156,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// Whether the config reads anything through the Kubernetes API.
+fn needs_cluster(config: &Config) -> bool {
+    config
+        .credentials
+        .iter()
+        .any(|c| matches!(c, prepuller::credentials::CredentialSource::Secret { .. }))
+}
+
 fn block_on(f: impl std::future::Future<Output = anyhow::Result<u8>>) -> anyhow::Result<u8> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -262,11 +271,21 @@ async fn pull_command(
     } else {
         Box::new(LogProgress)
     };
+    let secrets = if needs_cluster(&config) {
+        prepuller::credentials::cluster_secret_reader().await
+    } else {
+        None
+    };
     let options = pull::RunOptions {
         endpoint: &endpoint,
         version,
         settings,
         timeout: Some(timeout),
+        credentials: Arc::new(Credentials::new(
+            config.credentials.clone(),
+            config.anonymous_fallback,
+            secrets,
+        )),
     };
     let summary = match pull::run(cri, &config, options, progress.as_ref(), &cancel).await {
         Ok(s) => s,
@@ -357,7 +376,9 @@ async fn agent_command(
             }
         })
     };
-    let agent = Agent::new(cri, hub, metrics, config_path, config);
+    // Connected once: a reload that adds a `secret:` source can use it without a restart.
+    let secrets = prepuller::credentials::cluster_secret_reader().await;
+    let agent = Agent::new(cri, hub, metrics, config_path, config).with_secret_reader(secrets);
     agent.run(cancel).await;
     servers.cancel();
     // A client holding a connection must not delay the exit past the pod's grace period.

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ImageSpec};
+use crate::credentials::Credentials;
 use crate::progress::{Progress, human_bytes, human_duration, short_digest};
 use crate::puller::{ImageOutcome, PullResult, PullSettings, Puller};
 use crate::runtime::{ErrorKind, Runtime, RuntimeError, RuntimeVersion};
@@ -200,6 +201,7 @@ pub struct RunOptions<'a> {
     pub settings: PullSettings,
     /// Bounds the whole run.
     pub timeout: Option<Duration>,
+    pub credentials: Arc<Credentials>,
 }
 
 /// Pulls what `config` declares and is missing. `cancel` (a signal) ends the run early.
@@ -215,13 +217,14 @@ pub async fn run<R: Runtime>(
         version,
         settings,
         timeout,
+        credentials,
     } = options;
     let started = Instant::now();
     let present = runtime
         .list_images()
         .await
         .map_err(PullRunError::ListFailed)?;
-    let puller = Puller::new(runtime, settings);
+    let puller = Puller::with_credentials(runtime, settings, credentials);
     let run_cancel = cancel.child_token();
     let timer = timeout.map(|t| {
         let c = run_cancel.clone();

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{BackoffSettings, Config, ImageSpec, PullPolicy};
+use crate::credentials::{Credentials, redact};
 use crate::runtime::{ErrorKind, ImageInfo, Runtime, RuntimeError};
 
 /// containerd already retries a 429 about six times without pausing, so when one reaches us
@@ -169,6 +170,8 @@ impl RegistryGate {
 pub struct Puller<R> {
     runtime: Arc<R>,
     settings: PullSettings,
+    /// Swapped when the credential sources change; each attempt reads it afresh.
+    credentials: Mutex<Arc<Credentials>>,
     global: Semaphore,
     registries: Mutex<HashMap<String, Arc<RegistryGate>>>,
 }
@@ -176,9 +179,19 @@ pub struct Puller<R> {
 type Permits<'a> = (SemaphorePermit<'a>, SemaphorePermit<'a>);
 
 impl<R: Runtime> Puller<R> {
+    /// A puller that pulls anonymously.
     pub fn new(runtime: Arc<R>, settings: PullSettings) -> Self {
+        Self::with_credentials(runtime, settings, Arc::new(Credentials::none()))
+    }
+
+    pub fn with_credentials(
+        runtime: Arc<R>,
+        settings: PullSettings,
+        credentials: Arc<Credentials>,
+    ) -> Self {
         Puller {
             runtime,
+            credentials: Mutex::new(credentials),
             global: Semaphore::new(settings.parallelism),
             settings,
             registries: Mutex::new(HashMap::new()),
@@ -187,6 +200,18 @@ impl<R: Runtime> Puller<R> {
 
     pub fn settings(&self) -> &PullSettings {
         &self.settings
+    }
+
+    pub fn credentials(&self) -> Arc<Credentials> {
+        self.credentials
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Later attempts use `credentials` (the config's sources changed).
+    pub fn set_credentials(&self, credentials: Arc<Credentials>) {
+        *self.credentials.lock().unwrap_or_else(|e| e.into_inner()) = credentials;
     }
 
     pub fn runtime(&self) -> &Arc<R> {
@@ -343,11 +368,7 @@ impl<R: Runtime> Puller<R> {
     async fn attempt(&self, spec: &ImageSpec) -> Result<ImageInfo, PullError> {
         let pull_ref = spec.reference.pull_ref();
         let err = |e| PullError::from_runtime(&pull_ref, e);
-        let image_id = self
-            .runtime
-            .pull_image(&pull_ref, self.settings.pull_timeout)
-            .await
-            .map_err(err)?;
+        let image_id = self.pull_with_credentials(spec, &pull_ref).await?;
         let info = self
             .runtime
             .image_status(&image_id)
@@ -375,6 +396,101 @@ impl<R: Runtime> Puller<R> {
             });
         }
         Ok(info)
+    }
+
+    /// Pulls with each matching credential in turn, most specific first, until one works, as
+    /// the kubelet does. A transient failure stops the round (another credential would meet the
+    /// same outage); refusals are collected and reported together, without the secrets.
+    async fn pull_with_credentials(
+        &self,
+        spec: &ImageSpec,
+        pull_ref: &str,
+    ) -> Result<String, PullError> {
+        let credentials = self.credentials();
+        let registry = spec.reference.domain();
+        let found = credentials.lookup(&spec.reference).await;
+        for problem in &found.problems {
+            tracing::warn!(image = %pull_ref, "credential source unusable: {problem}");
+        }
+        let timeout = self.settings.pull_timeout;
+        if found.credentials.is_empty() {
+            return self
+                .runtime
+                .pull_image(pull_ref, None, timeout)
+                .await
+                .map_err(|e| {
+                    let mut e = PullError::from_runtime(pull_ref, e);
+                    if e.kind == ErrorKind::Unauthorized {
+                        e.detail = format!(
+                            "no credentials matched {registry} ({}); {}",
+                            if credentials.sources().is_empty() {
+                                "no credential sources configured".to_string()
+                            } else {
+                                format!("searched {}", credentials.describe_sources())
+                            },
+                            e.detail
+                        );
+                    }
+                    e
+                });
+        }
+        let mut refused: Vec<(String, PullError)> = Vec::new();
+        for credential in &found.credentials {
+            match self
+                .runtime
+                .pull_image(pull_ref, Some(&credential.auth), timeout)
+                .await
+            {
+                Ok(id) => {
+                    if !refused.is_empty() {
+                        tracing::info!(image = %pull_ref, credential = %credential.describe(), "pulled with a later credential after {} refused", refused.len());
+                    }
+                    return Ok(id);
+                }
+                Err(e) => {
+                    let mut e = PullError::from_runtime(pull_ref, e);
+                    e.detail = redact(&e.detail, found.credentials.iter().map(|c| &c.auth));
+                    if !e.kind.is_permanent() {
+                        return Err(e);
+                    }
+                    refused.push((credential.describe(), e));
+                }
+            }
+        }
+        if credentials.anonymous_fallback {
+            tracing::info!(image = %pull_ref, "every credential was refused; trying anonymously (anonymousFallback)");
+            return self
+                .runtime
+                .pull_image(pull_ref, None, timeout)
+                .await
+                .map_err(|e| PullError::from_runtime(pull_ref, e));
+        }
+        // A refusal may be temporary (a rotation in progress): read secrets again next time.
+        credentials.invalidate();
+        // Not found behind a working login says more than the 401s of the other credentials.
+        let kind = refused
+            .iter()
+            .map(|(_, e)| e.kind)
+            .find(|k| *k != ErrorKind::Unauthorized)
+            .unwrap_or(ErrorKind::Unauthorized);
+        let tried = refused
+            .iter()
+            .map(|(who, e)| format!("{who}: {}", e.detail))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Err(PullError {
+            image: pull_ref.to_string(),
+            kind,
+            detail: if kind == ErrorKind::Unauthorized {
+                format!(
+                    "credentials rejected by {registry}: tried {} credential{}: {tried}",
+                    refused.len(),
+                    if refused.len() == 1 { "" } else { "s" }
+                )
+            } else {
+                format!("with {tried}")
+            },
+        })
     }
 
     fn gate(&self, registry: &str) -> Arc<RegistryGate> {
@@ -701,5 +817,179 @@ mod tests {
             r.outcomes[0].last_error.as_ref().unwrap().kind,
             ErrorKind::Timeout
         );
+    }
+
+    mod credentials {
+        use super::*;
+        use crate::credentials::{CredentialSource, Credentials};
+        use base64::Engine;
+
+        /// A docker config file with one `auth` entry per (key, user, password).
+        fn docker_config(
+            dir: &Path,
+            name: &str,
+            entries: &[(&str, &str, &str)],
+        ) -> CredentialSource {
+            let auths: Vec<String> = entries
+                .iter()
+                .map(|(key, user, password)| {
+                    let auth = base64::engine::general_purpose::STANDARD
+                        .encode(format!("{user}:{password}"));
+                    format!("\"{key}\": {{\"auth\": \"{auth}\"}}")
+                })
+                .collect();
+            let path = dir.join(name);
+            std::fs::write(&path, format!("{{\"auths\": {{{}}}}}", auths.join(","))).unwrap();
+            CredentialSource::DockerConfig(path)
+        }
+
+        async fn pull_one(rt: &Arc<FakeRuntime>, creds: Credentials, image: &str) -> ImageOutcome {
+            let c = config(&format!(
+                "backoff: {{initial: 1s, max: 2s}}\nimages: [{image}]"
+            ));
+            let puller =
+                Puller::with_credentials(rt.clone(), PullSettings::from(&c), Arc::new(creds));
+            puller
+                .ensure(0, &c.images[0], None, &|_| {}, &CancellationToken::new())
+                .await
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn matching_credentials_are_tried_most_specific_first_until_one_works() {
+            let dir = tempfile::tempdir().unwrap();
+            let rt = Arc::new(FakeRuntime::new());
+            rt.require_login("r.example.com", "team-bot", "right");
+            let source = docker_config(
+                dir.path(),
+                "config.json",
+                &[
+                    ("r.example.com", "team-bot", "right"),
+                    ("https://r.example.com/team", "stale-bot", "old"),
+                ],
+            );
+            let o = pull_one(
+                &rt,
+                Credentials::new(vec![source], false, None),
+                "r.example.com/team/app:1",
+            )
+            .await;
+            assert_eq!(o.result, PullResult::Pulled);
+            assert_eq!(
+                rt.stats().pull_users,
+                [Some("stale-bot".to_string()), Some("team-bot".to_string())],
+                "the path-specific key first, then the host key"
+            );
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn refusals_are_permanent_and_name_every_source_tried_without_secrets() {
+            let dir = tempfile::tempdir().unwrap();
+            let rt = Arc::new(FakeRuntime::new());
+            rt.require_login("r.example.com", "bot", "right");
+            let a = docker_config(
+                dir.path(),
+                "a.json",
+                &[("r.example.com", "bot", "wrong-one")],
+            );
+            let b = docker_config(
+                dir.path(),
+                "b.json",
+                &[("*.example.com", "bot", "wrong-two")],
+            );
+            let o = pull_one(
+                &rt,
+                Credentials::new(vec![a, b], false, None),
+                "r.example.com/app:1",
+            )
+            .await;
+            let PullResult::Failed(e) = &o.result else {
+                panic!("{:?}", o.result)
+            };
+            assert_eq!(e.kind, ErrorKind::Unauthorized);
+            assert_eq!(o.attempts, 1, "a refusal is not retried hot");
+            let text = e.to_string();
+            assert!(
+                text.contains("credentials rejected by r.example.com: tried 2 credentials"),
+                "{text}"
+            );
+            assert!(
+                text.contains("a.json (key r.example.com)")
+                    && text.contains("b.json (key *.example.com)"),
+                "{text}"
+            );
+            assert!(
+                !text.contains("wrong-one") && !text.contains("wrong-two"),
+                "{text}"
+            );
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn without_a_match_the_refusal_says_what_was_searched() {
+            let dir = tempfile::tempdir().unwrap();
+            let rt = Arc::new(FakeRuntime::new());
+            rt.require_login("r.example.com", "bot", "right");
+            let other = docker_config(
+                dir.path(),
+                "other.json",
+                &[("elsewhere.example.org", "x", "y")],
+            );
+            let o = pull_one(
+                &rt,
+                Credentials::new(vec![other], false, None),
+                "r.example.com/app:1",
+            )
+            .await;
+            let PullResult::Failed(e) = &o.result else {
+                panic!("{:?}", o.result)
+            };
+            assert!(
+                e.detail
+                    .starts_with("no credentials matched r.example.com (searched dockerConfig "),
+                "{}",
+                e.detail
+            );
+            assert_eq!(rt.stats().pull_users, [None]);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn anonymous_fallback_is_opt_in() {
+            let dir = tempfile::tempdir().unwrap();
+            let rt = Arc::new(FakeRuntime::new());
+            let source = docker_config(dir.path(), "c.json", &[("r.example.com", "bot", "pw")]);
+            // A public registry that refuses this (stale) login but serves anonymous pulls.
+            rt.script_pulls(
+                "r.example.com/app:1",
+                [err(
+                    Code::Unknown,
+                    "failed to pull and unpack image: 401 Unauthorized",
+                )],
+            );
+            let o = pull_one(
+                &rt,
+                Credentials::new(vec![source.clone()], true, None),
+                "r.example.com/app:1",
+            )
+            .await;
+            assert_eq!(o.result, PullResult::Pulled);
+            assert_eq!(rt.stats().pull_users, [Some("bot".to_string()), None]);
+
+            rt.script_pulls(
+                "r.example.com/app:2",
+                [err(
+                    Code::Unknown,
+                    "failed to pull and unpack image: 401 Unauthorized",
+                )],
+            );
+            let o = pull_one(
+                &rt,
+                Credentials::new(vec![source], false, None),
+                "r.example.com/app:2",
+            )
+            .await;
+            assert!(
+                matches!(o.result, PullResult::Failed(_)),
+                "no fallback by default"
+            );
+        }
     }
 }

@@ -6,10 +6,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_cri::v1 as cri;
+use secrecy::ExposeSecret;
 use serde::Serialize;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+use crate::credentials::RegistryAuth;
 use crate::reference::ImageRef;
 
 pub mod fake;
@@ -172,7 +174,9 @@ impl ErrorKind {
     pub fn hint(self) -> &'static str {
         match self {
             ErrorKind::NotFound => "check the repository and tag or digest",
-            ErrorKind::Unauthorized => "configure pull credentials for this registry",
+            ErrorKind::Unauthorized => {
+                "add or fix the pull credentials for this registry (`credentials:` in the config)"
+            }
             ErrorKind::Tls => {
                 "add the registry's CA to the runtime (containerd: certs.d/<host>/hosts.toml)"
             }
@@ -290,10 +294,12 @@ pub trait Runtime: Send + Sync + 'static {
         &self,
         image: &str,
     ) -> impl Future<Output = Result<Option<ImageInfo>, RuntimeError>> + Send;
-    /// Pulls `image` within `timeout`; returns the runtime's image id.
+    /// Pulls `image` within `timeout`, sending `auth` to the registry when given; returns the
+    /// runtime's image id.
     fn pull_image(
         &self,
         image: &str,
+        auth: Option<&RegistryAuth>,
         timeout: Duration,
     ) -> impl Future<Output = Result<String, RuntimeError>> + Send;
 }
@@ -464,14 +470,34 @@ impl Runtime for CriRuntime {
         Ok(r.image.map(ImageInfo::from))
     }
 
-    async fn pull_image(&self, image: &str, timeout: Duration) -> Result<String, RuntimeError> {
+    async fn pull_image(
+        &self,
+        image: &str,
+        auth: Option<&RegistryAuth>,
+        timeout: Duration,
+    ) -> Result<String, RuntimeError> {
         let mut client = self.images.clone();
+        let auth = auth.map(|a| cri::AuthConfig {
+            username: a.username.clone(),
+            password: a.password.expose_secret().to_string(),
+            identity_token: a
+                .identity_token
+                .as_ref()
+                .map(|t| t.expose_secret().to_string())
+                .unwrap_or_default(),
+            registry_token: a
+                .registry_token
+                .as_ref()
+                .map(|t| t.expose_secret().to_string())
+                .unwrap_or_default(),
+            ..Default::default()
+        });
         let r = bounded(
             timeout,
             client.pull_image(request(
                 cri::PullImageRequest {
                     image: image_spec(image),
-                    auth: None,
+                    auth,
                     sandbox_config: None,
                 },
                 timeout,

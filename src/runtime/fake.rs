@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use tonic::Code;
 
+use secrecy::ExposeSecret;
+
 use super::{ImageInfo, Runtime, RuntimeError, RuntimeVersion};
+use crate::credentials::RegistryAuth;
 use crate::reference::ImageRef;
 
 #[derive(Debug, Default, Clone)]
@@ -19,6 +22,8 @@ pub struct FakeStats {
     pub status_calls: usize,
     /// Every pull attempt, in the order it started.
     pub pulls: Vec<String>,
+    /// The user name each pull attempt sent, `None` for anonymous (parallel to `pulls`).
+    pub pull_users: Vec<Option<String>>,
     pub max_in_flight: usize,
     /// Highest number of overlapping pulls per registry host.
     pub max_in_flight_per_registry: HashMap<String, usize>,
@@ -29,6 +34,8 @@ struct State {
     images: Vec<ImageInfo>,
     scripts: HashMap<String, VecDeque<Result<(), RuntimeError>>>,
     digests: HashMap<String, String>,
+    /// Registry host → the one user:password it accepts.
+    logins: HashMap<String, (String, String)>,
     pull_delay: Duration,
     unavailable: bool,
     in_flight: usize,
@@ -91,6 +98,15 @@ impl FakeRuntime {
         self.state()
             .digests
             .insert(name.to_string(), digest.to_string());
+    }
+
+    /// From now on `registry` accepts only this user and password, like an htpasswd registry:
+    /// anything else gets containerd's 401 message.
+    pub fn require_login(&self, registry: &str, user: &str, password: &str) {
+        self.state().logins.insert(
+            registry.to_string(),
+            (user.to_string(), password.to_string()),
+        );
     }
 
     /// How long every pull takes.
@@ -175,7 +191,12 @@ impl Runtime for FakeRuntime {
         Ok(self.state().images.iter().find(|i| i.matches(&r)).cloned())
     }
 
-    async fn pull_image(&self, image: &str, timeout: Duration) -> Result<String, RuntimeError> {
+    async fn pull_image(
+        &self,
+        image: &str,
+        auth: Option<&RegistryAuth>,
+        timeout: Duration,
+    ) -> Result<String, RuntimeError> {
         self.check_available()?;
         let r = ImageRef::parse(image).map_err(|e| {
             RuntimeError::new(
@@ -187,6 +208,7 @@ impl Runtime for FakeRuntime {
         let (delay, scripted) = {
             let mut s = self.state();
             s.stats.pulls.push(image.to_string());
+            s.stats.pull_users.push(auth.map(|a| a.username.clone()));
             s.in_flight += 1;
             let global = s.in_flight;
             s.stats.max_in_flight = s.stats.max_in_flight.max(global);
@@ -228,6 +250,21 @@ impl Runtime for FakeRuntime {
         tokio::time::sleep(delay).await;
         if let Some(Err(e)) = scripted {
             return Err(e);
+        }
+        let login = self.state().logins.get(r.domain()).cloned();
+        if let Some((user, password)) = login {
+            let accepted =
+                auth.is_some_and(|a| a.username == user && a.password.expose_secret() == password);
+            if !accepted {
+                return Err(RuntimeError::new(
+                    Code::Unknown,
+                    format!(
+                        "failed to pull and unpack image \"{image}\": failed to resolve reference \"{image}\": unexpected status from HEAD request to https://{}/v2/{}/manifests/x: 401 Unauthorized",
+                        r.domain(),
+                        r.path()
+                    ),
+                ));
+            }
         }
         let info = self.image_for(&r, 1_000_000);
         let id = info.id.clone();
