@@ -7,7 +7,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{ConfigMapDir, Sandbox, free_port, log_tail, prepuller_bin, push_image};
+use support::{
+    ConfigMapDir, Sandbox, SecureRegistry, dockerconfigjson, free_port, log_tail, prepuller_bin,
+    push_image,
+};
 
 const MB: usize = 1024 * 1024;
 /// Generous: a 2-core CI machine runs several sandboxes at once.
@@ -207,6 +210,87 @@ async fn configmap_updates_apply_without_restart_and_bad_ones_keep_the_last_good
     assert_eq!(s["images"].as_array().unwrap().len(), 2);
     assert_eq!(s["ready"], true);
     assert!(agent.log().contains("config rejected"), "{}", agent.log());
+}
+
+/// A mounted pull secret is rotated while the agent runs: the registry's new password is
+/// refused-then-used without a restart, and no password shows in the log, /status or /metrics.
+#[tokio::test]
+async fn rotated_pull_secrets_are_used_without_restart_and_never_shown() {
+    const FIRST: &str = "first-Pa55word";
+    const SECOND: &str = "second-Pa55word";
+    let sb = Sandbox::start();
+    push_image(&sb.registry.host(), "team/private", "1", 7, MB).await;
+    let mut secure = SecureRegistry::start(
+        &sb.path().join("secure-registry"),
+        &sb.registry,
+        &sb.containerd,
+        &[("bot", FIRST)],
+    );
+    let host = secure.host();
+    let private = format!("{host}/team/private:1");
+    let secrets = sb.path().join("pull-secrets");
+    let mut regcred = ConfigMapDir::create(
+        &secrets.join("regcred"),
+        &[(
+            ".dockerconfigjson",
+            &dockerconfigjson(&[(&host, "bot", FIRST)]),
+        )],
+    );
+    let config = sb.path().join("images.yaml");
+    write_atomically(
+        &config,
+        // backoff.max 1h: only a credentials change can bring the refused image back in time.
+        &format!(
+            "resyncInterval: 1s\nbackoff: {{initial: 1s, max: 1h}}\ncredentials:\n  - dockerConfigDir: {}\nimages: [{private}]\n",
+            secrets.display()
+        ),
+    );
+    let agent = AgentProc::start(&sb, &config);
+    agent
+        .wait_status("pulled with the first password", |s| {
+            state_of(s, &private) == "Present"
+        })
+        .await;
+
+    // The registry rotates first: the image, removed by GC, is refused with the old password.
+    secure.set_users(&[("bot", SECOND)]);
+    sb.containerd.cri_remove_image(&private).await;
+    let s = agent
+        .wait_status("refused", |s| state_of(s, &private) == "Failed")
+        .await;
+    let error = image(&s, &private)["lastError"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains(&format!("credentials rejected by {host}")),
+        "{error}"
+    );
+    assert!(
+        error.contains("dockerConfigDir") && error.contains("regcred/.dockerconfigjson"),
+        "{error}"
+    );
+    assert_eq!(image(&s, &private)["lastErrorClass"], "permanent");
+
+    // Then the secret is updated (the kubelet swaps ..data): retried at once, no restart.
+    regcred.update(&[(
+        ".dockerconfigjson",
+        &dockerconfigjson(&[(&host, "bot", SECOND)]),
+    )]);
+    agent
+        .wait_status("pulled with the rotated password", |s| {
+            state_of(s, &private) == "Present"
+        })
+        .await;
+
+    let status = agent.get("/status").await.unwrap().1;
+    let metrics = agent.get("/metrics").await.unwrap().1;
+    let log = std::fs::read_to_string(&agent.log).unwrap();
+    for (what, text) in [("status", &status), ("metrics", &metrics), ("log", &log)] {
+        for secret in [FIRST, SECOND] {
+            assert!(!text.contains(secret), "a password in the {what}: {text}");
+        }
+    }
 }
 
 #[tokio::test]
