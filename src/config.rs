@@ -815,6 +815,9 @@ pub struct CheckReport {
     pub pull_timeout_seconds: u64,
     pub images: Vec<CheckedImage>,
     pub merged: Vec<String>,
+    /// Credential sources, as `dockerConfig /path`, `secret ns/name`, … (never their content).
+    pub credentials: Vec<String>,
+    pub anonymous_fallback: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -846,6 +849,8 @@ impl From<&Config> for CheckReport {
                 })
                 .collect(),
             merged: c.merged.clone(),
+            credentials: c.credentials.iter().map(ToString::to_string).collect(),
+            anonymous_fallback: c.anonymous_fallback,
         }
     }
 }
@@ -866,6 +871,17 @@ impl CheckReport {
         let mut s = format!("{}\n", t);
         for m in &self.merged {
             s.push_str(&format!("note: {m}\n"));
+        }
+        if !self.credentials.is_empty() {
+            s.push_str(&format!(
+                "credential sources: {}{}\n",
+                self.credentials.join(", "),
+                if self.anonymous_fallback {
+                    "; then anonymous (anonymousFallback)"
+                } else {
+                    ""
+                }
+            ));
         }
         s.push_str(&format!(
             "{}: valid, {} images ({} required), parallelism {} ({} per registry)\n",
