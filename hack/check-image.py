@@ -156,7 +156,7 @@ def main():
 
 def report():
     for f in failures:
-        print(f"FAIL image: {f}", file=sys.stderr)
+        print(f"FAIL image: {f}")
     print(f"image-check: {passed} passed, {len(failures)} failed")
     return 1 if failures else 0
 

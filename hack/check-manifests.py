@@ -64,15 +64,29 @@ class Report:
 
 
 def kustomization_dirs():
-    """deploy/ itself and every directory below it that has a kustomization.yaml, except the
-    base (rendered through deploy/)."""
+    """deploy/ itself and every overlay: each directory below deploy/ with a kustomization.yaml,
+    except the base (rendered through deploy/) and the components (not buildable alone)."""
     dirs = [DEPLOY]
     for parent, _, files in sorted(os.walk(DEPLOY)):
-        if parent == DEPLOY or os.path.basename(parent) == "base":
+        rel = os.path.relpath(parent, DEPLOY).split(os.sep)
+        if parent == DEPLOY or rel[0] in ("base", "components"):
             continue
         if "kustomization.yaml" in files:
             dirs.append(parent)
     return sorted(dirs)
+
+
+def all_components_kustomization(tmp):
+    """A kustomization with the base and every component at once, as an operator combining
+    them would write: they must compose."""
+    # kustomize takes only relative paths here.
+    rel = lambda *p: os.path.relpath(os.path.join(DEPLOY, *p), tmp)
+    comps = sorted(rel("components", c) for c in os.listdir(os.path.join(DEPLOY, "components")))
+    with open(os.path.join(tmp, "kustomization.yaml"), "w") as f:
+        yaml.safe_dump({"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+                        "namespace": NAMESPACE, "resources": [rel("base")],
+                        "components": comps}, f)
+    return tmp
 
 
 def render(kubectl, path):
@@ -436,7 +450,7 @@ def self_test(kubectl):
         if not any(expected in f for f in r.failures):
             failures.append(f"self-test: the checks did not catch: {label} (expected a failure containing {expected!r}; got {r.failures or 'none'})")
     for f in failures:
-        print(f"FAIL {f}", file=sys.stderr)
+        print(f"FAIL {f}")
     caught = len(MUTATIONS) - sum(1 for f in failures if f.startswith("self-test"))
     print(f"deploy-check: self-test: {caught}/{len(MUTATIONS)} deliberate mistakes caught"
           + ("" if not failures else f", {len(failures)} problems"))
@@ -452,11 +466,12 @@ def main():
     self_test_failed = self_test(opts.kubectl)
     versions = [OLDEST_K8S, kv_utils.major_minor(kv_utils.latest_version())]
     report = Report()
-    for path in kustomization_dirs():
-        where = os.path.relpath(path, ROOT) + "/"
+    combined = tempfile.TemporaryDirectory()
+    for path in kustomization_dirs() + [all_components_kustomization(combined.name)]:
+        where = os.path.relpath(path, ROOT) + "/" if path.startswith(ROOT) else "base + all components"
         before = (report.passed, len(report.failures))
         docs, err = render(opts.kubectl, path)
-        if not report.check(where, docs is not None, f"`kubectl kustomize {where}` failed:\n    {err}"):
+        if not report.check(where, docs is not None, f"`kubectl kustomize {path}` failed:\n    {err}"):
             print(f"deploy-check: {where:<28} FAILED to render")
             continue
         notes = check_render(report, where, docs, versions, opts.prepuller)
@@ -469,7 +484,7 @@ def main():
             print(f"    {n}")
 
     for f in report.failures:
-        print(f"FAIL {f}", file=sys.stderr)
+        print(f"FAIL {f}")
     print(f"deploy-check: {report.passed} passed, {len(report.failures) + self_test_failed} failed")
     return 1 if report.failures or self_test_failed else 0
 
