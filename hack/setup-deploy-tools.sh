@@ -16,7 +16,9 @@ if ! cmp -s "$req" "$stamp" 2>/dev/null || ! "$venv/bin/python" -c 'import kuber
 	rm -rf "$venv"
 	if ! python3 -m venv "$venv" 2>/dev/null; then
 		# Debian's python3 needs python3-venv for ensurepip.
-		apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+		sudo=$([ "$(id -u)" = 0 ] || echo sudo)
+		$sudo apt-get update -qq
+		DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
 		rm -rf "$venv"
 		python3 -m venv "$venv"
 	fi
