@@ -8,9 +8,10 @@ APT_PACKAGES := containerd docker-registry protobuf-compiler skopeo umoci nginx 
 # The commands those packages provide, checked to decide whether setup has work to do.
 NEEDED_COMMANDS := containerd ctr docker-registry protoc skopeo umoci nginx htpasswd curl
 
-.PHONY: setup test demo demo-down build lint bench
+.PHONY: setup test demo demo-down build lint bench deploy-check image image-check
 
-## setup: install what the build, the tests and the demo need (apt packages, rustfmt, clippy)
+## setup: install what the build, the tests and the demo need (apt packages, rustfmt, clippy,
+## and for the deploy checks: .venv/ with kubernetes-validate, kubectl if the machine has none)
 setup:
 	@missing=""; for c in $(NEEDED_COMMANDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
 	if [ -n "$$missing" ]; then \
@@ -21,6 +22,7 @@ setup:
 	@for comp in rustfmt clippy; do \
 		rustup component list --installed 2>/dev/null | grep -q "^$$comp" || rustup component add $$comp; \
 	done
+	@bash hack/setup-deploy-tools.sh
 
 build: setup
 	$(CARGO) build --all-targets
@@ -29,10 +31,33 @@ lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-## test: formatting, clippy, unit tests and the integration tests on real containerd + registry
+## test: formatting, clippy, unit tests and the integration tests on real containerd + registry,
+## then the deploy manifests and the container image (deploy-check, image-check)
 ## (benches/ are compiled by clippy above and run by `make bench`, not here: they measure, not test)
 test: lint
 	$(CARGO) test --lib --bins --tests --examples
+	@$(MAKE) --no-print-directory deploy-check image-check
+
+# kubectl: the machine's, else the one `make setup` put in .tools/bin.
+DEPLOY_PATH = PATH="$$PATH:$(CURDIR)/.tools/bin"
+IMAGE_DIR = target/image
+
+## deploy-check: render deploy/ and every overlay with `kubectl kustomize`, validate them against
+## the Kubernetes 1.29 and newest schemas, assert what a reviewer would, `prepuller check` the image sets
+deploy-check: setup
+	$(CARGO) build -q --bin prepuller
+	$(DEPLOY_PATH) .venv/bin/python hack/check-manifests.py --prepuller target/debug/prepuller
+
+## image: the container image without Docker: the release binary into an OCI layout
+## ($(IMAGE_DIR)/oci, tag = the crate version) and an oci-archive next to it
+image: setup
+	$(CARGO) build -q --release --bin prepuller
+	hack/build-image.sh target/release/prepuller $(IMAGE_DIR)
+
+## image-check: the image's config (entrypoint, user, labels) matches the Dockerfile, and the
+## binary runs from the image's own root filesystem
+image-check: image
+	.venv/bin/python hack/check-image.py $(IMAGE_DIR)/oci
 
 ## bench: the cost figures in the README (resync CPU and runtime calls; idle memory on containerd)
 bench: setup
