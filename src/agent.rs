@@ -461,14 +461,6 @@ impl<R: Runtime> Agent<R> {
         });
     }
 
-    fn mark_present(&self, key: &str, info: &ImageInfo, digest: Option<&str>) {
-        self.hub.update(|s| {
-            if let Some(i) = s.images.iter_mut().find(|i| i.normalized == key) {
-                Mark::Present(info, digest).apply(i);
-            }
-        });
-    }
-
     fn start_pull(
         &mut self,
         spec: ImageSpec,
@@ -530,25 +522,30 @@ impl<R: Runtime> Agent<R> {
                 let digest = info
                     .and_then(|i| i.repo_digest_for(&done.spec.reference))
                     .map(str::to_string);
+                let mut drift = None;
                 if let (Some(from), Some(to)) = (&done.previous_digest, &digest)
                     && from != to
                 {
-                    let drift = format!("tag drift: {from} → {to}");
-                    tracing::warn!(image = %done.key, "{drift}");
+                    let text = format!("tag drift: {from} → {to}");
+                    tracing::warn!(image = %done.key, "{text}");
                     self.hub.emit(AgentEventKind::Drift {
                         image: done.key.clone(),
                         from: from.clone(),
                         to: to.clone(),
                     });
-                    self.hub.update(|s| {
-                        if let Some(i) = s.images.iter_mut().find(|i| i.normalized == done.key) {
-                            i.drift = Some(drift);
+                    drift = Some(text);
+                }
+                // One update: a reader never sees the drift next to the old digest.
+                self.hub.update(|s| {
+                    if let Some(i) = s.images.iter_mut().find(|i| i.normalized == done.key) {
+                        if let Some(info) = info {
+                            Mark::Present(info, digest.as_deref()).apply(i);
                         }
-                    });
-                }
-                if let Some(info) = info {
-                    self.mark_present(&done.key, info, digest.as_deref());
-                }
+                        if drift.is_some() {
+                            i.drift = drift;
+                        }
+                    }
+                });
             }
             PullResult::Failed(_) => {
                 // Permanent: the registry will answer the same until something changes.
