@@ -369,6 +369,9 @@ impl<R: Runtime> Agent<R> {
             Err(e) => {
                 let first = self.hub.update(|s| {
                     let first = s.runtime.reachable || s.runtime.last_error.is_none();
+                    if s.runtime.reachable {
+                        s.runtime.lost_at = Some(SystemTime::now());
+                    }
                     s.runtime.reachable = false;
                     s.runtime.last_error = Some(e.message.clone());
                     first
@@ -452,6 +455,7 @@ impl<R: Runtime> Agent<R> {
         }
         self.hub.update(|s| {
             s.runtime.reachable = true;
+            s.runtime.lost_at = None;
             s.runtime.last_error = None;
             if let Some(v) = version {
                 s.runtime.name = Some(v.runtime_name);

@@ -528,6 +528,7 @@ mod tests {
                 api_version: Some("v1".into()),
                 reachable: true,
                 last_error: None,
+                lost_at: None,
             },
             images: vec![
                 image("a:1", ImageState::Present),

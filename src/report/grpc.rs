@@ -425,6 +425,7 @@ impl From<pb::RuntimeStatus> for RuntimeStatus {
             api_version: r.api_version,
             reachable: r.reachable,
             last_error: r.last_error,
+            lost_at: None,
         }
     }
 }
@@ -575,6 +576,7 @@ mod tests {
                 api_version: Some("v1".into()),
                 reachable: true,
                 last_error: None,
+                lost_at: None,
             },
             images: ImageState::ALL
                 .iter()

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -55,10 +56,31 @@ pub async fn serve(
         .await
 }
 
-/// Answering at all is the liveness signal: a wedged runtime is `/readyz`'s business, and
-/// restarting the agent would not fix it.
-async fn livez() -> &'static str {
-    "ok"
+/// How long a runtime that had answered may stay silent before `/livez` fails.
+pub const RUNTIME_LOST_LIVENESS: Duration = Duration::from_secs(5 * 60);
+
+/// Answering is the liveness signal, with one exception. The runtime socket is a hostPath
+/// mount of a file: when containerd or CRI-O restarts and re-creates its socket, the mount
+/// keeps the old, dead one, and only a container restart mounts the new one. So a runtime that
+/// answered and then stayed silent for `RUNTIME_LOST_LIVENESS` fails the probe. A runtime that
+/// never answered (still starting) does not: the kubelet would then restart us for nothing.
+async fn livez(State(s): State<AppState>) -> (StatusCode, String) {
+    let lost = s
+        .hub
+        .snapshot_runtime()
+        .lost_at
+        .and_then(|t| t.elapsed().ok())
+        .filter(|d| *d >= RUNTIME_LOST_LIVENESS);
+    match lost {
+        Some(d) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the container runtime has not answered for {}s; a restart re-mounts its socket (it may have been re-created)",
+                d.as_secs()
+            ),
+        ),
+        None => (StatusCode::OK, "ok".into()),
+    }
 }
 
 async fn readyz(State(s): State<AppState>) -> (StatusCode, String) {
@@ -186,6 +208,29 @@ mod tests {
         assert_eq!(code, StatusCode::OK);
         assert_eq!(body, "ok");
         assert_eq!(get(&app, "/nope").await.0, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn livez_fails_only_when_a_runtime_that_answered_stays_silent() {
+        let (hub, app) = setup();
+        hub.update(|s| s.runtime.reachable = false);
+        assert_eq!(
+            get(&app, "/livez").await.0,
+            StatusCode::OK,
+            "never answered yet"
+        );
+        let lost = std::time::SystemTime::now() - RUNTIME_LOST_LIVENESS / 2;
+        hub.update(|s| s.runtime.lost_at = Some(lost));
+        assert_eq!(
+            get(&app, "/livez").await.0,
+            StatusCode::OK,
+            "a short outage"
+        );
+        let lost = std::time::SystemTime::now() - RUNTIME_LOST_LIVENESS;
+        hub.update(|s| s.runtime.lost_at = Some(lost));
+        let (code, _, body) = get(&app, "/livez").await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("re-mounts its socket"), "{body}");
     }
 
     #[tokio::test]

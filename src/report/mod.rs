@@ -97,6 +97,10 @@ pub struct RuntimeStatus {
     pub api_version: Option<String>,
     pub reachable: bool,
     pub last_error: Option<String>,
+    /// When a runtime that had answered stopped answering; `None` while reachable or before it
+    /// ever answered. Not in the JSON: `/livez` reads it.
+    #[serde(skip)]
+    pub lost_at: Option<SystemTime>,
 }
 
 /// The whole agent, as `/status` and `GetStatus` show it.
