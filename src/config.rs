@@ -12,6 +12,8 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_saphyr::{SnippetMode, Spanned};
 
+use crate::node::selector::{Labels, NodeSelector};
+use crate::node::settings::{NodeSettings, RawNodeSettings};
 use crate::reference::ImageRef;
 
 pub const DEFAULT_PARALLELISM: usize = 3;
@@ -88,6 +90,37 @@ pub struct Config {
     pub images: Vec<ImageSpec>,
     /// Entries that were merged into an earlier one, as human-readable notes.
     pub merged: Vec<String>,
+    /// What the agent writes on its Node (`nodeReadiness`).
+    pub node: NodeSettings,
+    /// Files whose `nodeSelector` does not select this node: their images are not pulled here.
+    pub skipped_sets: Vec<SkippedSet>,
+}
+
+/// An image set (file) left out because of its `nodeSelector`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedSet {
+    pub file: PathBuf,
+    pub selector: String,
+    pub images: usize,
+    /// The node's labels were not known (no cluster), rather than not matching.
+    pub labels_unknown: bool,
+}
+
+impl fmt::Display for SkippedSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let why = if self.labels_unknown {
+            "this node's labels are unknown (no cluster)"
+        } else {
+            "this node does not match"
+        };
+        write!(
+            f,
+            "{} ({} images) is for nodes matching {}: skipped, {why}",
+            self.file.display(),
+            self.images,
+            self.selector
+        )
+    }
 }
 
 /// A config that could not be read or is invalid. Boxed: it travels through every `?`.
@@ -183,32 +216,65 @@ impl Config {
 
     /// Validates texts read by [`Config::read_sources`] from `path`.
     pub fn from_sources(path: &Path, sources: &[(PathBuf, String)]) -> Result<Config, ConfigError> {
+        Config::from_sources_for_node(path, sources, None)
+    }
+
+    /// Like [`Config::from_sources`], keeping only the image sets whose `nodeSelector` selects a
+    /// node with `labels`. Unknown labels (`None`) select only the sets without a selector.
+    pub fn from_sources_for_node(
+        path: &Path,
+        sources: &[(PathBuf, String)],
+        labels: Option<&Labels>,
+    ) -> Result<Config, ConfigError> {
         let parts = sources
             .iter()
             .map(|(file, text)| parse_file(text, file))
             .collect::<Result<Vec<_>, _>>()?;
-        Config::combine(path, parts)
+        Config::combine(path, parts, labels)
     }
 
     /// Parses the text of one config file; `source` names it in errors.
     pub fn parse(text: &str, source: &Path) -> Result<Config, ConfigError> {
         let parts = parse_file(text, source)?;
-        Config::combine(source, vec![parts])
+        Config::combine(source, vec![parts], None)
     }
 
     /// Merges parsed files: images are unioned (the stricter settings win for an image in two
     /// files); a setting may be given in several files only with the same value.
-    fn combine(source: &Path, files: Vec<FileParts>) -> Result<Config, ConfigError> {
+    ///
+    /// Settings apply on every node whatever the file's `nodeSelector` (so every node accepts
+    /// or rejects a config alike); the selector only decides whether the file's images do.
+    fn combine(
+        source: &Path,
+        files: Vec<FileParts>,
+        labels: Option<&Labels>,
+    ) -> Result<Config, ConfigError> {
         let mut settings = RawSettings::default();
         let mut setting_files: std::collections::HashMap<&'static str, PathBuf> =
             Default::default();
         for file in &files {
             settings.absorb(&file.settings, &file.path, &mut setting_files)?;
         }
+        let mut skipped = Vec::new();
+        let files = files.into_iter().filter(|f| {
+            let Some(selector) = &f.selector else {
+                return true;
+            };
+            let selected = labels.is_some_and(|l| selector.matches(l));
+            if !selected {
+                skipped.push(SkippedSet {
+                    file: f.path.clone(),
+                    selector: selector.to_string(),
+                    images: f.images.len(),
+                    labels_unknown: labels.is_none(),
+                });
+            }
+            selected
+        });
         let mut images: Vec<ImageSpec> = Vec::new();
         let mut position: std::collections::HashMap<ImageRef, usize> = Default::default();
         let mut merged = Vec::new();
-        for spec in files.into_iter().flat_map(|f| f.images) {
+        for spec in files.flat_map(|f| f.images) {
             match position.get(&spec.reference).map(|&n| &mut images[n]) {
                 Some(first) => {
                     merged.push(format!(
@@ -227,7 +293,9 @@ impl Config {
                 }
             }
         }
-        settings.validate(source, &setting_files, images, merged)
+        let mut config = settings.validate(source, &setting_files, images, merged)?;
+        config.skipped_sets = skipped;
+        Ok(config)
     }
 
     pub fn required_count(&self) -> usize {
@@ -271,6 +339,7 @@ struct FileParts {
     path: PathBuf,
     settings: RawSettings,
     images: Vec<ImageSpec>,
+    selector: Option<NodeSelector>,
 }
 
 fn parse_file(text: &str, source: &Path) -> Result<FileParts, ConfigError> {
@@ -294,7 +363,9 @@ fn parse_file(text: &str, source: &Path) -> Result<FileParts, ConfigError> {
             pull_timeout: raw.pull_timeout,
             resync_interval: raw.resync_interval,
             backoff: raw.backoff,
+            node_readiness: raw.node_readiness,
         },
+        selector: raw.node_selector,
         images: raw
             .images
             .into_iter()
@@ -350,6 +421,9 @@ struct RawConfig {
     #[serde(default, deserialize_with = "duration::option")]
     resync_interval: Option<Duration>,
     backoff: Option<RawBackoff>,
+    node_readiness: Option<RawNodeSettings>,
+    /// This file's images are only for the nodes it selects.
+    node_selector: Option<NodeSelector>,
     images: Vec<Spanned<ImageEntry>>,
 }
 
@@ -361,6 +435,7 @@ struct RawSettings {
     pull_timeout: Option<Duration>,
     resync_interval: Option<Duration>,
     backoff: Option<RawBackoff>,
+    node_readiness: Option<RawNodeSettings>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq)]
@@ -437,7 +512,14 @@ impl RawSettings {
             file,
             files,
         )?;
-        absorb_one("backoff", &mut self.backoff, &other.backoff, file, files)
+        absorb_one("backoff", &mut self.backoff, &other.backoff, file, files)?;
+        absorb_one(
+            "nodeReadiness",
+            &mut self.node_readiness,
+            &other.node_readiness,
+            file,
+            files,
+        )
     }
 
     fn validate(
@@ -528,6 +610,8 @@ impl RawSettings {
             resync_interval,
             images,
             merged,
+            node: RawNodeSettings::effective(self.node_readiness.as_ref()),
+            skipped_sets: Vec::new(),
         })
     }
 }
@@ -702,6 +786,8 @@ pub struct CheckReport {
     pub pull_timeout_seconds: u64,
     pub images: Vec<CheckedImage>,
     pub merged: Vec<String>,
+    /// Image sets with a `nodeSelector`, not listed in `images`: only for the nodes they select.
+    pub node_specific_sets: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -733,6 +819,18 @@ impl From<&Config> for CheckReport {
                 })
                 .collect(),
             merged: c.merged.clone(),
+            node_specific_sets: c
+                .skipped_sets
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{} ({} images): only for nodes matching {}",
+                        s.file.display(),
+                        s.images,
+                        s.selector
+                    )
+                })
+                .collect(),
         }
     }
 }
@@ -752,6 +850,9 @@ impl CheckReport {
         }
         let mut s = format!("{}\n", t);
         for m in &self.merged {
+            s.push_str(&format!("note: {m}\n"));
+        }
+        for m in &self.node_specific_sets {
             s.push_str(&format!("note: {m}\n"));
         }
         s.push_str(&format!(
@@ -1041,5 +1142,91 @@ images:
         let empty = tempfile::tempdir().unwrap();
         let e = Config::load(empty.path()).unwrap_err();
         assert!(e.message.contains("no *.yaml"), "{}", e.headline());
+    }
+
+    #[test]
+    fn node_readiness_defaults_and_switches() {
+        let c = parse("images: [nginx:1.25]").unwrap();
+        assert_eq!(c.node, NodeSettings::default());
+        assert_eq!(c.node.label.as_deref(), Some("prepuller.dev/ready"));
+        assert_eq!(
+            c.node.startup_taint.as_deref(),
+            Some("startup-taint.cluster-autoscaler.kubernetes.io/prepuller")
+        );
+        assert_eq!(c.node.taint_timeout, Duration::from_secs(900));
+        let c = parse(
+            "nodeReadiness:\n  label: \"\"\n  startupTaint: readiness.k8s.io/images\n  taintTimeout: 5m\n  events: false\nimages: [nginx:1.25]",
+        )
+        .unwrap();
+        assert_eq!(c.node.label, None, "an empty label turns it off");
+        assert_eq!(
+            c.node.startup_taint.as_deref(),
+            Some("readiness.k8s.io/images")
+        );
+        assert_eq!(c.node.taint_timeout, Duration::from_secs(300));
+        assert!(!c.node.events);
+    }
+
+    #[test]
+    fn bad_node_settings_name_file_line_and_field() {
+        let e = parse("nodeReadiness:\n  label: \"Bad Label\"\nimages: []\n").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("nodeReadiness"), "{}", e.render());
+        assert_eq!(e.line, Some(2), "{}", e.render());
+        assert!(e.message.contains("label \"Bad Label\""), "{}", e.render());
+        let e = parse("nodeReadiness:\n  taintTimout: 5m\nimages: []\n").unwrap_err();
+        assert!(e.message.contains("taintTimout"), "{}", e.render());
+        let e = parse(
+            "nodeSelector:\n  matchExpressions:\n    - {key: pool, operator: In}\nimages: []\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("nodeSelector"), "{}", e.render());
+        assert!(e.line.is_some_and(|l| l >= 2), "{}", e.render());
+        assert!(
+            e.message.contains("needs at least one value"),
+            "{}",
+            e.render()
+        );
+    }
+
+    #[test]
+    fn a_file_whose_node_selector_does_not_select_this_node_contributes_no_images() {
+        let dir = configmap_dir(&[
+            ("base.yaml", "images: [nginx:1.25]\n"),
+            (
+                "gpu.yaml",
+                "nodeSelector:\n  matchLabels: {pool: gpu}\nparallelism: 2\nimages: [cuda:12, nginx:1.25]\n",
+            ),
+        ]);
+        let sources = Config::read_sources(dir.path()).unwrap();
+        let refs = |c: &Config| -> Vec<String> {
+            c.images.iter().map(|i| i.reference.to_string()).collect()
+        };
+        let labels = |v: &str| Labels::from([("pool".to_string(), v.to_string())]);
+        let gpu =
+            Config::from_sources_for_node(dir.path(), &sources, Some(&labels("gpu"))).unwrap();
+        assert_eq!(
+            refs(&gpu),
+            ["docker.io/library/nginx:1.25", "docker.io/library/cuda:12"]
+        );
+        assert!(gpu.skipped_sets.is_empty());
+        let cpu =
+            Config::from_sources_for_node(dir.path(), &sources, Some(&labels("cpu"))).unwrap();
+        assert_eq!(refs(&cpu), ["docker.io/library/nginx:1.25"]);
+        assert_eq!(cpu.parallelism, 2, "settings apply on every node");
+        assert_eq!(cpu.skipped_sets.len(), 1);
+        let note = cpu.skipped_sets[0].to_string();
+        assert!(
+            note.contains("gpu.yaml (2 images) is for nodes matching pool=gpu"),
+            "{note}"
+        );
+        // Without labels (no cluster) only the sets without a selector apply.
+        let unknown = Config::from_sources(dir.path(), &sources).unwrap();
+        assert_eq!(refs(&unknown), ["docker.io/library/nginx:1.25"]);
+        assert!(unknown.skipped_sets[0].labels_unknown);
+        let check = CheckReport::from(&unknown).table();
+        assert!(
+            check.contains("only for nodes matching pool=gpu"),
+            "{check}"
+        );
     }
 }

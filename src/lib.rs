@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod cluster;
 pub mod config;
+pub mod node;
 pub mod progress;
 pub mod pull;
 pub mod puller;
