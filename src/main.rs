@@ -332,8 +332,9 @@ async fn agent_command(
             return Ok(exit::USAGE);
         }
     };
+    let node_settings = config.node.clone();
     let hub = Arc::new(StatusHub::new(
-        node_name,
+        node_name.clone(),
         config_path.display().to_string(),
         endpoint.clone(),
     ));
@@ -357,9 +358,18 @@ async fn agent_command(
             }
         })
     };
-    let agent = Agent::new(cri, hub, metrics, config_path, config);
+    let mut agent = Agent::new(cri, hub.clone(), metrics, config_path, config);
+    let mut reporter = None;
+    if let Some((r, link)) = prepuller::node::setup(node_name.as_deref(), hub, node_settings).await
+    {
+        agent = agent.with_node(link);
+        reporter = Some(tokio::spawn(r.run(servers.clone())));
+    }
     agent.run(cancel).await;
     servers.cancel();
+    if let Some(r) = reporter {
+        let _ = tokio::time::timeout(Duration::from_millis(300), r).await;
+    }
     // A client holding a connection must not delay the exit past the pod's grace period.
     let _ = tokio::time::timeout(Duration::from_millis(300), async {
         let _ = http.await;
