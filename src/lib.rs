@@ -5,6 +5,7 @@ pub mod agent;
 pub mod cluster;
 pub mod config;
 pub mod node;
+pub mod nodes_cmd;
 pub mod progress;
 pub mod pull;
 pub mod puller;

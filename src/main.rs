@@ -86,6 +86,11 @@ enum Command {
     ///
     /// Exit code 3 when the agent cannot be reached.
     Status(prepuller::status_cmd::StatusArgs),
+    /// List the cluster's nodes with their ImagesPrePulled condition; --wait until all are warm.
+    ///
+    /// Exit codes: 0 listed, or (--wait) every selected node warm; 1 (--wait) some node still
+    /// cold at --timeout, or none selected; 2 no cluster configured; 3 the API refused or failed.
+    Nodes(prepuller::nodes_cmd::NodesArgs),
     /// Validate a config and print every entry's normalized reference and policy.
     ///
     /// Exit code 0 when valid, 1 otherwise.
@@ -145,6 +150,7 @@ fn main() -> ExitCode {
             config, runtime, listen, api_socket, node_name,
         )),
         Command::Status(args) => block_on(async { Ok(prepuller::status_cmd::run(args).await) }),
+        Command::Nodes(args) => block_on(async { Ok(prepuller::nodes_cmd::run(args).await) }),
     };
     match result {
         Ok(code) => ExitCode::from(code),
