@@ -813,3 +813,6 @@ async fn watch_node(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
