@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, ImageSpec, PullPolicy};
 use crate::credentials::{CredentialSource, Credentials, SecretReader};
+use crate::node::AgentLink;
+use crate::node::selector::Labels;
 use crate::puller::{ImageOutcome, PullEvent, PullResult, PullSettings, Puller};
 use crate::report::metrics::Metrics;
 use crate::report::{AgentEventKind, ImageState, ImageStatus, StatusHub, now_rfc3339, rfc3339};
@@ -28,6 +30,9 @@ const RUNTIME_RETRY: Duration = Duration::from_secs(5);
 const RELOAD_DEBOUNCE: Duration = Duration::from_millis(300);
 /// In-flight pulls get this long to notice cancellation at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
+/// At start in a cluster, how long the first pass waits for the Node's labels (which select
+/// image sets) before going ahead with the sets that need none.
+const LABELS_WAIT: Duration = Duration::from_secs(10);
 
 /// What the agent remembers about an image between passes.
 #[derive(Default)]
@@ -99,6 +104,10 @@ pub struct Agent<R: Runtime> {
     credentials_changed: mpsc::Sender<()>,
     credentials_events: Option<mpsc::Receiver<()>>,
     credentials_watcher: Option<notify::RecommendedWatcher>,
+    /// In a cluster: the Node's labels in, the node settings out (see [`crate::node`]).
+    node: Option<AgentLink>,
+    /// The labels the current config was selected with.
+    node_labels: Option<Labels>,
 }
 
 impl<R: Runtime> Agent<R> {
@@ -130,6 +139,8 @@ impl<R: Runtime> Agent<R> {
             credentials_changed,
             credentials_events: Some(credentials_events),
             credentials_watcher: None,
+            node: None,
+            node_labels: None,
         };
         agent.apply(config);
         agent
@@ -151,9 +162,26 @@ impl<R: Runtime> Agent<R> {
         ))
     }
 
+    /// Links the agent to its Node: the labels select image sets (re-selected when they
+    /// change), and each applied config's node settings are handed over.
+    pub fn with_node(mut self, link: AgentLink) -> Self {
+        link.settings.send_replace(self.config.node.clone());
+        self.node = Some(link);
+        self
+    }
+
     /// Runs until `cancel`, then stops every pull and returns within about two seconds.
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut credentials_events = self.credentials_events.take().expect("run is called once");
+        if let Some(link) = &mut self.node {
+            let labels = tokio::time::timeout(LABELS_WAIT, link.labels.wait_for(Option::is_some));
+            if !matches!(labels.await, Ok(Ok(_))) {
+                tracing::warn!(
+                    "the Node's labels are not known yet; image sets with a nodeSelector wait for them"
+                );
+            }
+            self.reload();
+        }
         let (reload_tx, mut reload_rx) = mpsc::channel::<()>(1);
         let _watcher = match watch(&self.config_path, reload_tx) {
             Ok(w) => Some(w),
@@ -178,6 +206,11 @@ impl<R: Runtime> Agent<R> {
                     while credentials_events.try_recv().is_ok() {}
                     // The pass compares the credentials with those that were refused.
                     next_pass = Instant::now();
+                }
+                Some(()) = labels_changed(&mut self.node) => {
+                    if self.reload() {
+                        next_pass = Instant::now();
+                    }
                 }
                 Some(()) = reload_rx.recv() => {
                     tokio::time::sleep(RELOAD_DEBOUNCE).await;
@@ -218,12 +251,18 @@ impl<R: Runtime> Agent<R> {
     /// Re-reads the config; applies it when it is valid and different. Returns whether it was
     /// applied. An invalid config is reported and the last good one keeps running.
     fn reload(&mut self) -> bool {
+        let labels = self.node.as_ref().and_then(|l| l.labels.borrow().clone());
         let loaded = Config::read_sources(&self.config_path).and_then(|sources| {
-            if sources == self.last_sources && self.last_config_error.is_none() {
+            if sources == self.last_sources
+                && self.last_config_error.is_none()
+                && labels == self.node_labels
+            {
                 return Ok(None); // unchanged: skip parsing thousands of entries every pass
             }
-            let config = Config::from_sources(&self.config_path, &sources)?;
+            let config =
+                Config::from_sources_for_node(&self.config_path, &sources, labels.as_ref())?;
             self.last_sources = sources;
+            self.node_labels = labels;
             Ok(Some(config))
         });
         match loaded {
@@ -302,6 +341,16 @@ impl<R: Runtime> Agent<R> {
         for note in &config.merged {
             tracing::info!("{note}");
         }
+        for skipped in &config.skipped_sets {
+            tracing::info!("{skipped}");
+        }
+        if let Some(link) = &self.node {
+            link.settings.send_if_modified(|s| {
+                let changed = *s != config.node;
+                *s = config.node.clone();
+                changed
+            });
+        }
         let source = config.source.display().to_string();
         let generation = self.hub.update(|s| {
             let mut old: HashMap<String, ImageStatus> = std::mem::take(&mut s.images)
@@ -339,7 +388,9 @@ impl<R: Runtime> Agent<R> {
     pub async fn pass(&mut self, cancel: &CancellationToken) -> bool {
         self.reload();
         self.retry_if_credentials_changed().await;
-        self.resync(cancel).await
+        let reachable = self.resync(cancel).await;
+        self.hub.mark_synced();
+        reachable
     }
 
     /// Images the registry refused wait for `backoff.max`, unless the credentials change: then
@@ -740,6 +791,14 @@ fn record_event(
                 next_retry_at: None,
             });
         }
+    }
+}
+
+/// Resolves when the Node's labels change; never without a Node.
+async fn labels_changed(node: &mut Option<AgentLink>) -> Option<()> {
+    match node {
+        Some(link) => link.labels.changed().await.ok(),
+        None => std::future::pending().await,
     }
 }
 

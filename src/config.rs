@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use serde_saphyr::{SnippetMode, Spanned};
 
 use crate::credentials::CredentialSource;
+use crate::node::selector::{Labels, NodeSelector};
+use crate::node::settings::{NodeSettings, RawNodeSettings};
 use crate::reference::ImageRef;
 
 pub const DEFAULT_PARALLELISM: usize = 3;
@@ -93,6 +95,37 @@ pub struct Config {
     pub credentials: Vec<CredentialSource>,
     /// Pull anonymously when every matching credential was refused (default: report instead).
     pub anonymous_fallback: bool,
+    /// What the agent writes on its Node (`nodeReadiness`).
+    pub node: NodeSettings,
+    /// Files whose `nodeSelector` does not select this node: their images are not pulled here.
+    pub skipped_sets: Vec<SkippedSet>,
+}
+
+/// An image set (file) left out because of its `nodeSelector`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedSet {
+    pub file: PathBuf,
+    pub selector: String,
+    pub images: usize,
+    /// The node's labels were not known (no cluster), rather than not matching.
+    pub labels_unknown: bool,
+}
+
+impl fmt::Display for SkippedSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let why = if self.labels_unknown {
+            "this node's labels are unknown (no cluster)"
+        } else {
+            "this node does not match"
+        };
+        write!(
+            f,
+            "{} ({} images) is for nodes matching {}: skipped, {why}",
+            self.file.display(),
+            self.images,
+            self.selector
+        )
+    }
 }
 
 /// A config that could not be read or is invalid. Boxed: it travels through every `?`.
@@ -188,38 +221,72 @@ impl Config {
 
     /// Validates texts read by [`Config::read_sources`] from `path`.
     pub fn from_sources(path: &Path, sources: &[(PathBuf, String)]) -> Result<Config, ConfigError> {
+        Config::from_sources_for_node(path, sources, None)
+    }
+
+    /// Like [`Config::from_sources`], keeping only the image sets whose `nodeSelector` selects a
+    /// node with `labels`. Unknown labels (`None`) select only the sets without a selector.
+    pub fn from_sources_for_node(
+        path: &Path,
+        sources: &[(PathBuf, String)],
+        labels: Option<&Labels>,
+    ) -> Result<Config, ConfigError> {
         let parts = sources
             .iter()
             .map(|(file, text)| parse_file(text, file))
             .collect::<Result<Vec<_>, _>>()?;
-        Config::combine(path, parts)
+        Config::combine(path, parts, labels)
     }
 
     /// Parses the text of one config file; `source` names it in errors.
     pub fn parse(text: &str, source: &Path) -> Result<Config, ConfigError> {
         let parts = parse_file(text, source)?;
-        Config::combine(source, vec![parts])
+        Config::combine(source, vec![parts], None)
     }
 
     /// Merges parsed files: images are unioned (the stricter settings win for an image in two
     /// files); a setting may be given in several files only with the same value.
-    fn combine(source: &Path, files: Vec<FileParts>) -> Result<Config, ConfigError> {
+    ///
+    /// Settings apply on every node whatever the file's `nodeSelector` (so every node accepts
+    /// or rejects a config alike); the selector only decides whether the file's images do.
+    fn combine(
+        source: &Path,
+        files: Vec<FileParts>,
+        labels: Option<&Labels>,
+    ) -> Result<Config, ConfigError> {
         let mut settings = RawSettings::default();
         let mut setting_files: std::collections::HashMap<&'static str, PathBuf> =
             Default::default();
         for file in &files {
             settings.absorb(&file.settings, &file.path, &mut setting_files)?;
         }
-        let mut images: Vec<ImageSpec> = Vec::new();
-        let mut position: std::collections::HashMap<ImageRef, usize> = Default::default();
-        let mut merged = Vec::new();
+        // Like settings, credential sources apply whichever files select this node.
         let mut credentials: Vec<CredentialSource> = Vec::new();
         for source in files.iter().flat_map(|f| &f.credentials) {
             if !credentials.contains(source) {
                 credentials.push(source.clone());
             }
         }
-        for spec in files.into_iter().flat_map(|f| f.images) {
+        let mut skipped = Vec::new();
+        let files = files.into_iter().filter(|f| {
+            let Some(selector) = &f.selector else {
+                return true;
+            };
+            let selected = labels.is_some_and(|l| selector.matches(l));
+            if !selected {
+                skipped.push(SkippedSet {
+                    file: f.path.clone(),
+                    selector: selector.to_string(),
+                    images: f.images.len(),
+                    labels_unknown: labels.is_none(),
+                });
+            }
+            selected
+        });
+        let mut images: Vec<ImageSpec> = Vec::new();
+        let mut position: std::collections::HashMap<ImageRef, usize> = Default::default();
+        let mut merged = Vec::new();
+        for spec in files.flat_map(|f| f.images) {
             match position.get(&spec.reference).map(|&n| &mut images[n]) {
                 Some(first) => {
                     merged.push(format!(
@@ -240,6 +307,7 @@ impl Config {
         }
         let mut config = settings.validate(source, &setting_files, images, merged)?;
         config.credentials = credentials;
+        config.skipped_sets = skipped;
         Ok(config)
     }
 
@@ -285,6 +353,7 @@ struct FileParts {
     settings: RawSettings,
     credentials: Vec<CredentialSource>,
     images: Vec<ImageSpec>,
+    selector: Option<NodeSelector>,
 }
 
 fn parse_file(text: &str, source: &Path) -> Result<FileParts, ConfigError> {
@@ -309,8 +378,10 @@ fn parse_file(text: &str, source: &Path) -> Result<FileParts, ConfigError> {
             resync_interval: raw.resync_interval,
             backoff: raw.backoff,
             anonymous_fallback: raw.anonymous_fallback,
+            node_readiness: raw.node_readiness,
         },
         credentials: raw.credentials.into_iter().map(|c| c.0).collect(),
+        selector: raw.node_selector,
         images: raw
             .images
             .into_iter()
@@ -366,6 +437,9 @@ struct RawConfig {
     #[serde(default, deserialize_with = "duration::option")]
     resync_interval: Option<Duration>,
     backoff: Option<RawBackoff>,
+    node_readiness: Option<RawNodeSettings>,
+    /// This file's images are only for the nodes it selects.
+    node_selector: Option<NodeSelector>,
     images: Vec<Spanned<ImageEntry>>,
     #[serde(default)]
     credentials: Vec<SourceEntry>,
@@ -465,6 +539,7 @@ struct RawSettings {
     resync_interval: Option<Duration>,
     backoff: Option<RawBackoff>,
     anonymous_fallback: Option<bool>,
+    node_readiness: Option<RawNodeSettings>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq)]
@@ -546,6 +621,13 @@ impl RawSettings {
             "anonymousFallback",
             &mut self.anonymous_fallback,
             &other.anonymous_fallback,
+            file,
+            files,
+        )?;
+        absorb_one(
+            "nodeReadiness",
+            &mut self.node_readiness,
+            &other.node_readiness,
             file,
             files,
         )
@@ -641,6 +723,8 @@ impl RawSettings {
             merged,
             credentials: Vec::new(),
             anonymous_fallback: self.anonymous_fallback.unwrap_or(false),
+            node: RawNodeSettings::effective(self.node_readiness.as_ref()),
+            skipped_sets: Vec::new(),
         })
     }
 }
@@ -818,6 +902,8 @@ pub struct CheckReport {
     /// Credential sources, as `dockerConfig /path`, `secret ns/name`, … (never their content).
     pub credentials: Vec<String>,
     pub anonymous_fallback: bool,
+    /// Image sets with a `nodeSelector`, not listed in `images`: only for the nodes they select.
+    pub node_specific_sets: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -851,6 +937,18 @@ impl From<&Config> for CheckReport {
             merged: c.merged.clone(),
             credentials: c.credentials.iter().map(ToString::to_string).collect(),
             anonymous_fallback: c.anonymous_fallback,
+            node_specific_sets: c
+                .skipped_sets
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{} ({} images): only for nodes matching {}",
+                        s.file.display(),
+                        s.images,
+                        s.selector
+                    )
+                })
+                .collect(),
         }
     }
 }
@@ -882,6 +980,9 @@ impl CheckReport {
                     ""
                 }
             ));
+        }
+        for m in &self.node_specific_sets {
+            s.push_str(&format!("note: {m}\n"));
         }
         s.push_str(&format!(
             "{}: valid, {} images ({} required), parallelism {} ({} per registry)\n",
@@ -1235,5 +1336,91 @@ images:
         let empty = tempfile::tempdir().unwrap();
         let e = Config::load(empty.path()).unwrap_err();
         assert!(e.message.contains("no *.yaml"), "{}", e.headline());
+    }
+
+    #[test]
+    fn node_readiness_defaults_and_switches() {
+        let c = parse("images: [nginx:1.25]").unwrap();
+        assert_eq!(c.node, NodeSettings::default());
+        assert_eq!(c.node.label.as_deref(), Some("prepuller.dev/ready"));
+        assert_eq!(
+            c.node.startup_taint.as_deref(),
+            Some("startup-taint.cluster-autoscaler.kubernetes.io/prepuller")
+        );
+        assert_eq!(c.node.taint_timeout, Duration::from_secs(900));
+        let c = parse(
+            "nodeReadiness:\n  label: \"\"\n  startupTaint: readiness.k8s.io/images\n  taintTimeout: 5m\n  events: false\nimages: [nginx:1.25]",
+        )
+        .unwrap();
+        assert_eq!(c.node.label, None, "an empty label turns it off");
+        assert_eq!(
+            c.node.startup_taint.as_deref(),
+            Some("readiness.k8s.io/images")
+        );
+        assert_eq!(c.node.taint_timeout, Duration::from_secs(300));
+        assert!(!c.node.events);
+    }
+
+    #[test]
+    fn bad_node_settings_name_file_line_and_field() {
+        let e = parse("nodeReadiness:\n  label: \"Bad Label\"\nimages: []\n").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("nodeReadiness"), "{}", e.render());
+        assert_eq!(e.line, Some(2), "{}", e.render());
+        assert!(e.message.contains("label \"Bad Label\""), "{}", e.render());
+        let e = parse("nodeReadiness:\n  taintTimout: 5m\nimages: []\n").unwrap_err();
+        assert!(e.message.contains("taintTimout"), "{}", e.render());
+        let e = parse(
+            "nodeSelector:\n  matchExpressions:\n    - {key: pool, operator: In}\nimages: []\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("nodeSelector"), "{}", e.render());
+        assert!(e.line.is_some_and(|l| l >= 2), "{}", e.render());
+        assert!(
+            e.message.contains("needs at least one value"),
+            "{}",
+            e.render()
+        );
+    }
+
+    #[test]
+    fn a_file_whose_node_selector_does_not_select_this_node_contributes_no_images() {
+        let dir = configmap_dir(&[
+            ("base.yaml", "images: [nginx:1.25]\n"),
+            (
+                "gpu.yaml",
+                "nodeSelector:\n  matchLabels: {pool: gpu}\nparallelism: 2\nimages: [cuda:12, nginx:1.25]\n",
+            ),
+        ]);
+        let sources = Config::read_sources(dir.path()).unwrap();
+        let refs = |c: &Config| -> Vec<String> {
+            c.images.iter().map(|i| i.reference.to_string()).collect()
+        };
+        let labels = |v: &str| Labels::from([("pool".to_string(), v.to_string())]);
+        let gpu =
+            Config::from_sources_for_node(dir.path(), &sources, Some(&labels("gpu"))).unwrap();
+        assert_eq!(
+            refs(&gpu),
+            ["docker.io/library/nginx:1.25", "docker.io/library/cuda:12"]
+        );
+        assert!(gpu.skipped_sets.is_empty());
+        let cpu =
+            Config::from_sources_for_node(dir.path(), &sources, Some(&labels("cpu"))).unwrap();
+        assert_eq!(refs(&cpu), ["docker.io/library/nginx:1.25"]);
+        assert_eq!(cpu.parallelism, 2, "settings apply on every node");
+        assert_eq!(cpu.skipped_sets.len(), 1);
+        let note = cpu.skipped_sets[0].to_string();
+        assert!(
+            note.contains("gpu.yaml (2 images) is for nodes matching pool=gpu"),
+            "{note}"
+        );
+        // Without labels (no cluster) only the sets without a selector apply.
+        let unknown = Config::from_sources(dir.path(), &sources).unwrap();
+        assert_eq!(refs(&unknown), ["docker.io/library/nginx:1.25"]);
+        assert!(unknown.skipped_sets[0].labels_unknown);
+        let check = CheckReport::from(&unknown).table();
+        assert!(
+            check.contains("only for nodes matching pool=gpu"),
+            "{check}"
+        );
     }
 }

@@ -5,6 +5,8 @@ pub mod agent;
 pub mod cluster;
 pub mod config;
 pub mod credentials;
+pub mod node;
+pub mod nodes_cmd;
 pub mod progress;
 pub mod pull;
 pub mod puller;

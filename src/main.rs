@@ -87,6 +87,11 @@ enum Command {
     ///
     /// Exit code 3 when the agent cannot be reached.
     Status(prepuller::status_cmd::StatusArgs),
+    /// List the cluster's nodes with their ImagesPrePulled condition; --wait until all are warm.
+    ///
+    /// Exit codes: 0 listed, or (--wait) every selected node warm; 1 (--wait) some node still
+    /// cold at --timeout, or none selected; 2 no cluster configured; 3 the API refused or failed.
+    Nodes(prepuller::nodes_cmd::NodesArgs),
     /// Validate a config and print every entry's normalized reference and policy.
     ///
     /// Exit code 0 when valid, 1 otherwise.
@@ -146,6 +151,7 @@ fn main() -> ExitCode {
             config, runtime, listen, api_socket, node_name,
         )),
         Command::Status(args) => block_on(async { Ok(prepuller::status_cmd::run(args).await) }),
+        Command::Nodes(args) => block_on(async { Ok(prepuller::nodes_cmd::run(args).await) }),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -351,8 +357,9 @@ async fn agent_command(
             return Ok(exit::USAGE);
         }
     };
+    let node_settings = config.node.clone();
     let hub = Arc::new(StatusHub::new(
-        node_name,
+        node_name.clone(),
         config_path.display().to_string(),
         endpoint.clone(),
     ));
@@ -378,9 +385,19 @@ async fn agent_command(
     };
     // Connected once: a reload that adds a `secret:` source can use it without a restart.
     let secrets = prepuller::credentials::cluster_secret_reader().await;
-    let agent = Agent::new(cri, hub, metrics, config_path, config).with_secret_reader(secrets);
+    let mut agent =
+        Agent::new(cri, hub.clone(), metrics, config_path, config).with_secret_reader(secrets);
+    let mut reporter = None;
+    if let Some((r, link)) = prepuller::node::setup(node_name.as_deref(), hub, node_settings).await
+    {
+        agent = agent.with_node(link);
+        reporter = Some(tokio::spawn(r.run(servers.clone())));
+    }
     agent.run(cancel).await;
     servers.cancel();
+    if let Some(r) = reporter {
+        let _ = tokio::time::timeout(Duration::from_millis(300), r).await;
+    }
     // A client holding a connection must not delay the exit past the pod's grace period.
     let _ = tokio::time::timeout(Duration::from_millis(300), async {
         let _ = http.await;

@@ -37,6 +37,9 @@ impl AgentProc {
             .arg("--api-socket")
             .arg(sb.path().join(format!("agent-{port}.sock")))
             .env("NODE_NAME", "node-a")
+            // Never the developer's cluster: without one, Node reporting is off.
+            .env("KUBECONFIG", "/nonexistent/kubeconfig")
+            .env_remove("KUBERNETES_SERVICE_HOST")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .kill_on_drop(true)
@@ -140,6 +143,13 @@ async fn readiness_flips_when_the_last_required_image_lands_and_removed_images_c
     let s = agent.status().await.unwrap();
     assert_eq!(image(&s, &late)["lastErrorClass"], "permanent");
     assert_eq!(s["node"], "node-a");
+    let log = agent.log();
+    assert_eq!(
+        log.matches("Node readiness reporting").count(),
+        1,
+        "said once at start: {log}"
+    );
+    assert!(log.contains("are off: no cluster"), "{log}");
 
     // The missing tag is published: the agent retries it after the back-off and becomes ready.
     push_image(&reg, "team/late", "1.0", 2, MB).await;

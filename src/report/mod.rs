@@ -10,10 +10,11 @@ pub mod http;
 pub mod metrics;
 
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use serde::Serialize;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 /// Events kept for slow subscribers before they see a `lagged` gap.
 const EVENT_BUFFER: usize = 1024;
@@ -201,6 +202,11 @@ pub fn now_rfc3339() -> String {
 pub struct StatusHub {
     status: RwLock<AgentStatus>,
     events: broadcast::Sender<AgentEvent>,
+    /// Bumped on every update, so an outlet can wait for a change instead of polling.
+    changes: watch::Sender<u64>,
+    /// The agent has compared the config with the runtime at least once: before that, the
+    /// images' states are guesses, and the Node must not be told it is cold.
+    synced: AtomicBool,
 }
 
 impl StatusHub {
@@ -220,6 +226,8 @@ impl StatusHub {
         StatusHub {
             status: RwLock::new(status),
             events: broadcast::channel(EVENT_BUFFER).0,
+            changes: watch::channel(0).0,
+            synced: AtomicBool::new(false),
         }
     }
 
@@ -235,7 +243,25 @@ impl StatusHub {
         let mut s = self.status.write().unwrap_or_else(|e| e.into_inner());
         let out = f(&mut s);
         s.recompute_ready();
+        drop(s);
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
         out
+    }
+
+    /// Changes whenever the status may have changed (coalesced: a slow reader sees the latest).
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Called by the agent after each resync, whether or not the runtime answered.
+    pub fn mark_synced(&self) {
+        if !self.synced.swap(true, Ordering::Relaxed) {
+            self.changes.send_modify(|v| *v = v.wrapping_add(1));
+        }
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Relaxed)
     }
 
     /// The runtime part only: cheaper than a whole snapshot with thousands of images.

@@ -1,0 +1,818 @@
+//! Per-node readiness in Kubernetes: what the agent writes on its own Node.
+//!
+//! The [`Reporter`] reads the [`StatusHub`] (snapshots when it changes, and its events) and
+//! the agent's own Node (a GET, then a watch with a `metadata.name` field selector), and
+//! writes only what differs:
+//!
+//! - the `ImagesPrePulled` condition, through `nodes/status` with a strategic-merge patch
+//!   keyed by condition type (other writers' conditions are untouched, as node-problem-detector
+//!   does), refreshed by a heartbeat at most every [`HEARTBEAT`];
+//! - a label (default `prepuller.dev/ready=true|false`), with a merge patch of that key only;
+//! - the removal of the startup taint once the node is warm or after `taintTimeout`, with the
+//!   Node's resourceVersion in the patch so a concurrent change to the taints is answered with
+//!   409 and retried on a fresh read; at most once per boot (the boot id is recorded in an
+//!   annotation in the same patch); never added;
+//! - Events ([`events`]).
+//!
+//! The agent loop never talks to the API: it only hands its config's settings over and
+//! receives the Node's labels (to select image sets) through [`AgentLink`].
+
+pub mod events;
+pub mod selector;
+pub mod settings;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::TryStreamExt;
+use k8s_openapi::api::core::v1::{Node, NodeCondition, ObjectReference};
+use kube::Api;
+use kube::api::{Patch, PatchParams, WatchEvent, WatchParams};
+use tokio::sync::{broadcast, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::report::{AgentEventKind, AgentStatus, ImageState, StatusHub, rfc3339};
+use events::{EventSink, Occurrence, Type};
+use selector::Labels;
+use settings::NodeSettings;
+
+pub const CONDITION_TYPE: &str = "ImagesPrePulled";
+/// Records the boot in which the startup taint was removed, so it is removed once per boot.
+pub const BOOT_ANNOTATION: &str = "prepuller.dev/startup-taint-removed-boot-id";
+/// An unchanged condition is rewritten this often, so a stale one shows a dead agent.
+pub const HEARTBEAT: Duration = Duration::from_secs(5 * 60);
+/// Status changes come in bursts (many images landing at once): write once per burst.
+const DEBOUNCE: Duration = Duration::from_millis(500);
+/// After a failed write, the next try.
+const RETRY: Duration = Duration::from_secs(10);
+const CONFLICT_RETRIES: usize = 5;
+/// The server ends a watch after this long; it is resumed from the last resourceVersion.
+const WATCH_TIMEOUT_SECS: u32 = 290;
+const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
+
+pub mod reason {
+    pub const PRESENT: &str = "AllRequiredImagesPresent";
+    pub const PULLING: &str = "PullingImages";
+    pub const FAILED: &str = "PullFailed";
+    pub const RUNTIME: &str = "RuntimeUnavailable";
+}
+
+/// The agent's side of the link: the Node's labels in, the node settings out.
+pub struct AgentLink {
+    /// `None` until the Node has been read.
+    pub labels: watch::Receiver<Option<Labels>>,
+    pub settings: watch::Sender<NodeSettings>,
+}
+
+/// The reporter's side of the link.
+pub struct ReporterLink {
+    labels: watch::Sender<Option<Labels>>,
+    settings: watch::Receiver<NodeSettings>,
+}
+
+pub fn link(settings: NodeSettings) -> (AgentLink, ReporterLink) {
+    let (labels_tx, labels_rx) = watch::channel(None);
+    let (settings_tx, settings_rx) = watch::channel(settings);
+    (
+        AgentLink {
+            labels: labels_rx,
+            settings: settings_tx,
+        },
+        ReporterLink {
+            labels: labels_tx,
+            settings: settings_rx,
+        },
+    )
+}
+
+/// This boot of the machine: the startup taint is removed at most once per boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Boot {
+    pub id: String,
+    pub at: SystemTime,
+}
+
+impl Boot {
+    /// The kernel's boot id (not namespaced: a container sees the host's) and boot time.
+    pub fn current() -> std::io::Result<Boot> {
+        let id = std::fs::read_to_string(BOOT_ID_PATH)?.trim().to_string();
+        let uptime = std::fs::read_to_string("/proc/uptime")?;
+        let secs: f64 = uptime
+            .split_whitespace()
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0.0);
+        let at = SystemTime::now() - Duration::from_secs_f64(secs);
+        Ok(Boot { id, at })
+    }
+}
+
+/// What the condition should say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    pub status: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Images named in a message before "and N more".
+const NAMED: usize = 3;
+const MAX_ERROR: usize = 200;
+
+/// The condition for a status. Readiness of the agent itself (shutting down) does not count:
+/// a restarting agent must not make the node cold.
+pub fn desired(s: &AgentStatus) -> Desired {
+    let (present, total) = s.required_counts();
+    let counts = format!("{present}/{total} required images present");
+    if !s.runtime.reachable {
+        return Desired {
+            status: false,
+            reason: reason::RUNTIME,
+            message: format!(
+                "{counts}; container runtime unreachable at {}: {}",
+                s.runtime.endpoint,
+                s.runtime.last_error.as_deref().unwrap_or("no answer yet")
+            ),
+        };
+    }
+    let missing: Vec<_> = s
+        .images
+        .iter()
+        .filter(|i| i.required && i.state != ImageState::Present)
+        .collect();
+    if missing.is_empty() {
+        return Desired {
+            status: true,
+            reason: reason::PRESENT,
+            message: counts,
+        };
+    }
+    let failing: Vec<_> = missing
+        .iter()
+        .filter(|i| matches!(i.state, ImageState::Failed | ImageState::BackingOff))
+        .collect();
+    let more = |n: usize| {
+        if n > NAMED {
+            format!(" and {} more", n - NAMED)
+        } else {
+            String::new()
+        }
+    };
+    if !failing.is_empty() {
+        let named: Vec<String> = failing
+            .iter()
+            .take(NAMED)
+            .map(|i| match &i.last_error {
+                Some(e) => format!("{} ({})", i.normalized, shorten(e)),
+                None => i.normalized.clone(),
+            })
+            .collect();
+        return Desired {
+            status: false,
+            reason: reason::FAILED,
+            message: format!(
+                "{counts}; failing: {}{}",
+                named.join(", "),
+                more(failing.len())
+            ),
+        };
+    }
+    let named: Vec<&str> = missing
+        .iter()
+        .take(NAMED)
+        .map(|i| i.normalized.as_str())
+        .collect();
+    Desired {
+        status: false,
+        reason: reason::PULLING,
+        message: format!(
+            "{counts}; pulling: {}{}",
+            named.join(", "),
+            more(missing.len())
+        ),
+    }
+}
+
+fn shorten(s: &str) -> String {
+    if s.len() <= MAX_ERROR {
+        return s.to_string();
+    }
+    let mut end = MAX_ERROR;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// A failed API call, said so that an operator knows what to fix. A 403 names the verb and
+/// resource the ClusterRole lacks.
+pub fn explain(e: &kube::Error, verb: &str, resource: &str) -> String {
+    match e {
+        kube::Error::Api(s) if s.code == 403 => format!(
+            "forbidden: the agent's ClusterRole lacks `{verb}` on `{resource}`; add it (see the README, section RBAC) ({})",
+            s.message
+        ),
+        kube::Error::Api(s) => {
+            format!("{verb} {resource}: {} ({} {})", s.message, s.code, s.reason)
+        }
+        e => format!("{verb} {resource}: {e} (is the API server reachable?)"),
+    }
+}
+
+fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
+}
+
+fn condition(node: &Node) -> Option<&NodeCondition> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == CONDITION_TYPE)
+}
+
+fn has_taint(node: &Node, key: &str) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|t| t.iter().any(|t| t.key == key))
+}
+
+fn annotation<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
+    node.metadata
+        .annotations
+        .as_ref()?
+        .get(key)
+        .map(String::as_str)
+}
+
+fn label<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
+    node.metadata.labels.as_ref()?.get(key).map(String::as_str)
+}
+
+fn resource_version(node: &Node) -> Option<u64> {
+    node.metadata.resource_version.as_deref()?.parse().ok()
+}
+
+fn to_system_time(t: &k8s_openapi::jiff::Timestamp) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(t.as_second().max(0) as u64)
+}
+
+/// Node reporting, when there is a cluster and a node name; otherwise says once why it is off
+/// and the agent runs as it does outside Kubernetes.
+pub async fn setup(
+    node_name: Option<&str>,
+    hub: Arc<StatusHub>,
+    settings: NodeSettings,
+) -> Option<(Reporter, AgentLink)> {
+    let off = "Node readiness reporting (condition, label, startup taint, events) and nodeSelector image sets are off";
+    let client = match crate::cluster::connect().await {
+        Ok(Some((client, source))) => {
+            tracing::info!(cluster = %source, "using the Kubernetes API");
+            client
+        }
+        Ok(None) => {
+            tracing::info!(
+                "{off}: no cluster (no in-cluster service account, KUBECONFIG or ~/.kube/config)"
+            );
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!("{off}: {e}");
+            return None;
+        }
+    };
+    let Some(name) = node_name.filter(|n| !n.is_empty()) else {
+        tracing::warn!("{off}: no node name (set NODE_NAME from spec.nodeName, or --node-name)");
+        return None;
+    };
+    let boot = Boot::current().unwrap_or_else(|e| {
+        tracing::warn!("cannot read the boot id ({BOOT_ID_PATH}): {e}; the startup taint is removed at most once for this Node");
+        Boot {
+            id: "unknown".into(),
+            at: SystemTime::UNIX_EPOCH,
+        }
+    });
+    let (agent, reporter) = link(settings);
+    Some((
+        Reporter::new(client, name.to_string(), boot, hub, reporter),
+        agent,
+    ))
+}
+
+/// Writes the agent's readiness on its Node. See the module documentation.
+pub struct Reporter {
+    nodes: Api<Node>,
+    name: String,
+    boot: Boot,
+    hub: Arc<StatusHub>,
+    link: ReporterLink,
+    events: EventSink,
+    /// The Node as last read, watched or returned by a write.
+    observed: Option<Node>,
+    /// When the condition was last written (or found fresh), for the heartbeat.
+    condition_written: Option<Instant>,
+    /// The label key written last, to remove it when the setting changes.
+    managed_label: Option<String>,
+    /// When the taint is removed even if the node is not warm; keyed by what it came from.
+    taint_deadline: Option<(SystemTime, Duration, Instant)>,
+    /// Why the taint was removed before the node was warm, for the condition message.
+    fail_open: Option<String>,
+    /// After a failed write, no write before this.
+    retry_at: Option<Instant>,
+    /// The last error logged, so a persistent one is logged once.
+    last_error: Option<String>,
+    /// A taint that came back after prepuller removed it in this boot was logged.
+    taint_back_logged: bool,
+}
+
+impl Reporter {
+    pub fn new(
+        client: kube::Client,
+        name: String,
+        boot: Boot,
+        hub: Arc<StatusHub>,
+        link: ReporterLink,
+    ) -> Self {
+        Reporter {
+            nodes: Api::all(client.clone()),
+            events: EventSink::new(client, &name),
+            name,
+            boot,
+            hub,
+            link,
+            observed: None,
+            condition_written: None,
+            managed_label: None,
+            taint_deadline: None,
+            fail_open: None,
+            retry_at: None,
+            last_error: None,
+            taint_back_logged: false,
+        }
+    }
+
+    /// Runs until `cancel`.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let (node_tx, mut node_rx) = watch::channel::<Option<Node>>(None);
+        let watcher = tokio::spawn(watch_node(
+            self.nodes.clone(),
+            self.name.clone(),
+            node_tx,
+            cancel.clone(),
+        ));
+        let mut changes = self.hub.changes();
+        let mut agent_events = self.hub.subscribe();
+        let mut settings = self.link.settings.clone();
+        loop {
+            let wake = self.next_wake();
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                r = node_rx.changed() => {
+                    if r.is_err() {
+                        break;
+                    }
+                    let node = node_rx.borrow_and_update().clone();
+                    if let Some(node) = node {
+                        self.observe(node);
+                    }
+                }
+                e = agent_events.recv() => {
+                    match e {
+                        Ok(e) => self.on_agent_event(e.kind).await,
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::debug!("{n} agent events not turned into Node events (lagging)");
+                        }
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    }
+                    continue;
+                }
+                r = changes.changed() => {
+                    if r.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(DEBOUNCE).await;
+                    changes.borrow_and_update();
+                }
+                _ = settings.changed() => {}
+                _ = tokio::time::sleep_until(wake) => {
+                    self.events.flush().await;
+                }
+            }
+            self.reconcile().await;
+        }
+        watcher.abort();
+    }
+
+    fn next_wake(&self) -> Instant {
+        let far = Instant::now() + Duration::from_secs(24 * 3600);
+        [
+            self.condition_written.map(|t| t + HEARTBEAT),
+            self.taint_deadline
+                .filter(|_| self.fail_open.is_none())
+                .map(|(_, _, t)| t),
+            self.retry_at,
+            self.events.next_flush(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(far)
+    }
+
+    /// Takes a newer Node and passes its labels to the agent. An older one (a watch event
+    /// behind a write's answer) is ignored.
+    pub fn observe(&mut self, node: Node) {
+        if let (Some(old), Some(new)) = (
+            self.observed.as_ref().and_then(resource_version),
+            resource_version(&node),
+        ) && new < old
+        {
+            return;
+        }
+        let labels: Labels = node.metadata.labels.clone().unwrap_or_default();
+        self.link.labels.send_if_modified(|l| {
+            if l.as_ref() == Some(&labels) {
+                return false;
+            }
+            *l = Some(labels);
+            true
+        });
+        self.observed = Some(node);
+    }
+
+    fn node_ref(&self) -> ObjectReference {
+        ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Node".into()),
+            name: Some(self.name.clone()),
+            uid: self
+                .observed
+                .as_ref()
+                .and_then(|n| n.metadata.uid.clone())
+                .or_else(|| Some(self.name.clone())),
+            ..Default::default()
+        }
+    }
+
+    async fn on_agent_event(&mut self, kind: AgentEventKind) {
+        if !self.link.settings.borrow().events || self.observed.is_none() {
+            return;
+        }
+        let occurrence = match kind {
+            AgentEventKind::AttemptFailed {
+                image,
+                attempt,
+                error,
+                next_retry_at,
+                ..
+            } => Occurrence {
+                type_: Type::Warning,
+                reason: "ImagePullFailed",
+                note: match next_retry_at {
+                    Some(at) => format!(
+                        "Failed to pull image {image} (attempt {attempt}): {error}; retrying at {at}"
+                    ),
+                    None => format!("Failed to pull image {image} (attempt {attempt}): {error}"),
+                },
+                subject: image,
+            },
+            AgentEventKind::Drift { image, from, to } => Occurrence {
+                type_: Type::Normal,
+                reason: "TagDrift",
+                note: format!("Image {image} now points to {to} (was {from})"),
+                subject: image,
+            },
+            _ => return,
+        };
+        let node = self.node_ref();
+        self.events.publish(&node, occurrence).await;
+    }
+
+    /// Compares what the Node shows with what it should show, and writes the difference.
+    pub async fn reconcile(&mut self) {
+        if self.observed.is_none() || !self.hub.is_synced() {
+            return; // before the first resync the images' states are not known yet
+        }
+        if self.retry_at.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        let status = self.hub.snapshot();
+        if status.shutting_down {
+            return; // a restart must not flip the node to cold
+        }
+        let settings = self.link.settings.borrow().clone();
+        let desired = desired(&status);
+        let result = async {
+            self.reconcile_taint(&settings, desired.status).await?;
+            self.reconcile_condition(&desired).await?;
+            self.reconcile_label(&settings, desired.status).await
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                self.retry_at = None;
+                if self.last_error.take().is_some() {
+                    tracing::info!(node = %self.name, "Node status written again");
+                }
+            }
+            Err(e) => {
+                self.retry_at = Some(Instant::now() + RETRY);
+                if self.last_error.as_deref() != Some(e.as_str()) {
+                    tracing::warn!(node = %self.name, "cannot update the Node, retrying every {}s: {e}", RETRY.as_secs());
+                    self.last_error = Some(e);
+                }
+            }
+        }
+    }
+
+    async fn reconcile_condition(&mut self, desired: &Desired) -> Result<(), String> {
+        let node = self.observed.as_ref().expect("checked by reconcile");
+        let mut message = desired.message.clone();
+        if !desired.status
+            && let Some(note) = &self.fail_open
+        {
+            message = format!("{message}; {note}");
+        }
+        let status = if desired.status { "True" } else { "False" };
+        let existing = condition(node);
+        let same = existing.is_some_and(|c| {
+            c.status == status
+                && c.reason.as_deref() == Some(desired.reason)
+                && c.message.as_deref() == Some(message.as_str())
+        });
+        if same && self.condition_written.is_none() {
+            // Found as it should be (the agent restarted): the heartbeat goes on from there.
+            let age = existing
+                .and_then(|c| c.last_heartbeat_time.as_ref())
+                .and_then(|t| SystemTime::now().duration_since(to_system_time(&t.0)).ok())
+                .unwrap_or(HEARTBEAT);
+            self.condition_written = Some(
+                Instant::now()
+                    .checked_sub(age.min(HEARTBEAT))
+                    .unwrap_or_else(Instant::now),
+            );
+        }
+        let heartbeat_due = self
+            .condition_written
+            .is_none_or(|t| t.elapsed() >= HEARTBEAT);
+        if same && !heartbeat_due {
+            return Ok(());
+        }
+        let now = rfc3339(SystemTime::now());
+        let transition = match existing {
+            Some(c) if c.status == status => c
+                .last_transition_time
+                .as_ref()
+                .map(|t| serde_json::to_value(t).unwrap_or_default())
+                .unwrap_or_else(|| now.clone().into()),
+            _ => now.clone().into(),
+        };
+        let became_warm = desired.status && existing.is_none_or(|c| c.status != "True");
+        // Strategic merge: `conditions` merge by `type`, so other conditions are untouched.
+        let patch = serde_json::json!({
+            "status": {
+                "conditions": [{
+                    "type": CONDITION_TYPE,
+                    "status": status,
+                    "reason": desired.reason,
+                    "message": message,
+                    "lastHeartbeatTime": now,
+                    "lastTransitionTime": transition,
+                }]
+            }
+        });
+        let node = self
+            .nodes
+            .patch_status(
+                &self.name,
+                &PatchParams::default(),
+                &Patch::Strategic(&patch),
+            )
+            .await
+            .map_err(|e| explain(&e, "patch", "nodes/status"))?;
+        if !same {
+            tracing::info!(node = %self.name, status, reason = desired.reason, "{CONDITION_TYPE}: {message}");
+        }
+        self.condition_written = Some(Instant::now());
+        self.observe(node);
+        if became_warm && self.link.settings.borrow().events {
+            let node = self.node_ref();
+            self.events
+                .publish(
+                    &node,
+                    Occurrence {
+                        type_: Type::Normal,
+                        reason: "ImagesPrePulled",
+                        subject: String::new(),
+                        note: message,
+                    },
+                )
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn reconcile_label(&mut self, settings: &NodeSettings, warm: bool) -> Result<(), String> {
+        let node = self.observed.as_ref().expect("checked by reconcile");
+        let mut labels = serde_json::Map::new();
+        if let Some(old) = &self.managed_label
+            && settings.label.as_ref() != Some(old)
+            && label(node, old).is_some()
+        {
+            labels.insert(old.clone(), serde_json::Value::Null);
+        }
+        let value = if warm { "true" } else { "false" };
+        if let Some(key) = &settings.label
+            && label(node, key) != Some(value)
+        {
+            labels.insert(key.clone(), value.into());
+        }
+        if labels.is_empty() {
+            self.managed_label = settings.label.clone();
+            return Ok(());
+        }
+        // A merge patch of these keys only: other labels are untouched.
+        let patch = serde_json::json!({ "metadata": { "labels": labels } });
+        let node = self
+            .nodes
+            .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| explain(&e, "patch", "nodes"))?;
+        self.managed_label = settings.label.clone();
+        self.observe(node);
+        Ok(())
+    }
+
+    /// When the taint is removed anyway: `taintTimeout` after the later of the Node's creation
+    /// and this boot (the taint has been keeping pods off since then).
+    fn deadline(&mut self, settings: &NodeSettings) -> Instant {
+        let node = self.observed.as_ref().expect("checked by reconcile");
+        let created = node
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| to_system_time(&t.0))
+            .unwrap_or(self.boot.at);
+        let since = created.max(self.boot.at);
+        match self.taint_deadline {
+            Some((s, t, at)) if s == since && t == settings.taint_timeout => at,
+            _ => {
+                let elapsed = SystemTime::now().duration_since(since).unwrap_or_default();
+                let at = Instant::now() + settings.taint_timeout.saturating_sub(elapsed);
+                self.taint_deadline = Some((since, settings.taint_timeout, at));
+                at
+            }
+        }
+    }
+
+    async fn reconcile_taint(&mut self, settings: &NodeSettings, warm: bool) -> Result<(), String> {
+        let Some(key) = settings.startup_taint.clone() else {
+            return Ok(());
+        };
+        for _ in 0..CONFLICT_RETRIES {
+            let node = self.observed.as_ref().expect("checked by reconcile");
+            if !has_taint(node, &key) {
+                return Ok(());
+            }
+            if annotation(node, BOOT_ANNOTATION) == Some(self.boot.id.as_str()) {
+                if !self.taint_back_logged {
+                    tracing::info!(node = %self.name, taint = %key, "the startup taint is back after prepuller removed it in this boot; leaving it (it is removed once per boot)");
+                    self.taint_back_logged = true;
+                }
+                return Ok(());
+            }
+            let deadline = self.deadline(settings);
+            let fail_open = !warm && Instant::now() >= deadline;
+            if !warm && !fail_open {
+                return Ok(());
+            }
+            let node = self.observed.as_ref().expect("checked by reconcile");
+            let rest: Vec<_> = node
+                .spec
+                .as_ref()
+                .and_then(|s| s.taints.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|t| t.key != key)
+                .collect();
+            // `spec.taints` has no merge key: the list is replaced whole, so the
+            // resourceVersion makes the API server refuse (409) if it changed since our read.
+            let patch = serde_json::json!({
+                "metadata": {
+                    "resourceVersion": node.metadata.resource_version,
+                    "annotations": { BOOT_ANNOTATION: self.boot.id },
+                },
+                "spec": { "taints": rest },
+            });
+            match self
+                .nodes
+                .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(node) => {
+                    if fail_open {
+                        let note = format!(
+                            "startup taint {key} removed after {} without all required images (fail-open)",
+                            humantime::format_duration(settings.taint_timeout)
+                        );
+                        tracing::warn!(node = %self.name, "{note}");
+                        self.fail_open = Some(note);
+                    } else {
+                        tracing::info!(node = %self.name, taint = %key, "node warm: startup taint removed");
+                    }
+                    self.observe(node);
+                    return Ok(());
+                }
+                Err(e) if is_conflict(&e) => {
+                    tracing::debug!(node = %self.name, "the Node changed while removing the taint; reading it again");
+                    let node = self
+                        .nodes
+                        .get(&self.name)
+                        .await
+                        .map_err(|e| explain(&e, "get", "nodes"))?;
+                    self.observe(node);
+                }
+                Err(e) => return Err(explain(&e, "patch", "nodes")),
+            }
+        }
+        Err(format!(
+            "the Node kept changing: startup taint {key} not removed after {CONFLICT_RETRIES} conflicts"
+        ))
+    }
+}
+
+/// Follows one Node: GET, then WATCH from its resourceVersion with a `metadata.name` field
+/// selector (RBAC `get` and `watch` on nodes, no `list`). A watch that ends is resumed; one
+/// that is too old (410) starts over with a GET.
+async fn watch_node(
+    api: Api<Node>,
+    name: String,
+    tx: watch::Sender<Option<Node>>,
+    cancel: CancellationToken,
+) {
+    let mut delay = Duration::from_secs(1);
+    let mut last_error: Option<String> = None;
+    let params = WatchParams::default()
+        .fields(&format!("metadata.name={name}"))
+        .timeout(WATCH_TIMEOUT_SECS);
+    loop {
+        let error = match api.get(&name).await {
+            Err(e) => explain(&e, "get", "nodes"),
+            Ok(node) => {
+                let mut rv = node.metadata.resource_version.clone().unwrap_or_default();
+                let _ = tx.send(Some(node));
+                delay = Duration::from_secs(1);
+                if last_error.take().is_some() {
+                    tracing::info!(node = %name, "reading the Node again");
+                }
+                'watch: loop {
+                    let stream = match api.watch(&params, &rv).await {
+                        Ok(s) => s,
+                        Err(e) => break 'watch explain(&e, "watch", "nodes"),
+                    };
+                    let mut stream = std::pin::pin!(stream.into_stream());
+                    loop {
+                        let next = tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            n = stream.try_next() => n,
+                        };
+                        match next {
+                            Ok(Some(WatchEvent::Added(n) | WatchEvent::Modified(n))) => {
+                                rv = n.metadata.resource_version.clone().unwrap_or_default();
+                                let _ = tx.send(Some(n));
+                            }
+                            Ok(Some(WatchEvent::Bookmark(b))) => rv = b.metadata.resource_version,
+                            Ok(Some(WatchEvent::Deleted(_))) => {}
+                            Ok(Some(WatchEvent::Error(s))) if s.code == 410 => {
+                                break 'watch String::new();
+                            }
+                            Ok(Some(WatchEvent::Error(s))) => {
+                                break 'watch format!("watch nodes: {} ({})", s.message, s.code);
+                            }
+                            Ok(None) => continue 'watch, // the server's timeout: resume
+                            Err(e) => break 'watch explain(&e, "watch", "nodes"),
+                        }
+                    }
+                }
+            }
+        };
+        if !error.is_empty() {
+            if last_error.as_deref() != Some(error.as_str()) {
+                tracing::warn!(node = %name, "cannot follow the Node, retrying: {error}");
+                last_error = Some(error);
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(60));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

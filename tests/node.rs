@@ -1,0 +1,395 @@
+//! Node readiness end to end: the real `prepuller agent` pulling through a real containerd
+//! from a real registry, writing to a stateful fake Kubernetes API (`fake_api`), and
+//! `prepuller nodes` reading it back.
+
+mod fake_api;
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use fake_api::FakeApi;
+use serde_json::{Value, json};
+use support::{ConfigMapDir, Sandbox, free_port, log_tail, prepuller_bin, push_image};
+
+const MB: usize = 1024 * 1024;
+/// Generous: a 2-core CI machine runs several sandboxes at once.
+const CONVERGE: Duration = Duration::from_secs(60);
+const STARTUP_TAINT: &str = "startup-taint.cluster-autoscaler.kubernetes.io/prepuller";
+const BOOT_ANNOTATION: &str = "prepuller.dev/startup-taint-removed-boot-id";
+
+struct AgentProc {
+    _child: tokio::process::Child,
+    base: String,
+    log: PathBuf,
+}
+
+impl AgentProc {
+    fn start(sb: &Sandbox, api: &FakeApi, config: &Path) -> AgentProc {
+        let port = free_port();
+        let log = sb.path().join(format!("agent-{port}.log"));
+        let child = tokio::process::Command::new(prepuller_bin!())
+            .arg("agent")
+            .arg("--config")
+            .arg(config)
+            .arg("--runtime-endpoint")
+            .arg(sb.containerd.endpoint())
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--api-socket")
+            .arg(sb.path().join(format!("agent-{port}.sock")))
+            .env("NODE_NAME", "node-a")
+            .env("KUBECONFIG", api.kubeconfig(sb.path()))
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        AgentProc {
+            _child: child,
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        log_tail(&self.log, 60)
+    }
+
+    async fn status(&self) -> Value {
+        let Ok(r) = reqwest::get(format!("{}/status", self.base)).await else {
+            return Value::Null;
+        };
+        r.json().await.unwrap_or_default()
+    }
+}
+
+/// Polls until `check` holds on the fake's Node; panics with the agent's log after CONVERGE.
+async fn wait_node(api: &FakeApi, agent: &AgentProc, what: &str, check: impl Fn(&Value) -> bool) {
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let node = api.node("node-a");
+        if check(&node) {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "timed out waiting for {what}; node {node:#}\nagent log:\n{}",
+                agent.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn condition(node: &Value) -> Value {
+    node["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "ImagesPrePulled"))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+fn taint_keys(node: &Value) -> Vec<String> {
+    node["spec"]["taints"]
+        .as_array()
+        .map(|t| {
+            t.iter()
+                .map(|t| t["key"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn new_node(labels: Value) -> Value {
+    json!({
+        "metadata": {
+            "name": "node-a",
+            "labels": labels,
+            "annotations": {"team.example.com/owner": "infra"},
+            "creationTimestamp": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        },
+        "spec": {"taints": [
+            {"key": STARTUP_TAINT, "effect": "NoSchedule"},
+            {"key": "dedicated", "value": "infra", "effect": "NoSchedule"},
+        ]},
+        "status": {"conditions": [
+            {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "kubelet is posting ready status"},
+        ]},
+    })
+}
+
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// `prepuller nodes ARGS` against the fake API: (exit code, stdout, stderr).
+async fn nodes_cmd(api: &FakeApi, dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let o = tokio::process::Command::new(prepuller_bin!())
+        .arg("nodes")
+        .args(args)
+        .env("KUBECONFIG", api.kubeconfig(dir))
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .await
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn config(reg: &str, extra: &str, images: &[&str]) -> String {
+    let mut s = format!("resyncInterval: 1s\nbackoff: {{initial: 1s, max: 2s}}\n{extra}images:\n");
+    for i in images {
+        s.push_str(&format!("  - {reg}/{i}\n"));
+    }
+    s
+}
+
+#[tokio::test]
+async fn the_node_turns_warm_as_images_land_and_the_startup_taint_goes_exactly_then() {
+    let sb = Sandbox::start();
+    let reg = sb.registry.host();
+    push_image(&reg, "team/web", "1.0", 1, MB).await;
+    let api = FakeApi::start().await;
+    api.put_node(new_node(json!({"pool": "general"})));
+    let path = sb.path().join("images.yaml");
+    std::fs::write(&path, config(&reg, "", &["team/web:1.0", "team/late:1.0"])).unwrap();
+    let agent = AgentProc::start(&sb, &api, &path);
+
+    // One required image cannot be pulled: cold, and the taint stays.
+    wait_node(&api, &agent, "condition PullFailed and label false", |n| {
+        condition(n)["reason"] == "PullFailed"
+            && n["metadata"]["labels"]["prepuller.dev/ready"] == "false"
+    })
+    .await;
+    let node = api.node("node-a");
+    let cold = condition(&node);
+    assert_eq!(cold["status"], "False");
+    let message = cold["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("1/2 required images present; failing: ")
+            && message.contains("team/late:1.0"),
+        "{message}"
+    );
+    assert_eq!(node["metadata"]["labels"]["prepuller.dev/ready"], "false");
+    assert!(taint_keys(&node).contains(&STARTUP_TAINT.to_string()));
+    // Events are written on their own, possibly a moment after the condition.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let failed = loop {
+        if let Some(e) = api
+            .events()
+            .into_iter()
+            .find(|e| e["reason"] == "ImagePullFailed")
+        {
+            break e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ImagePullFailed event: {:#?}",
+            api.events()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(failed["regarding"]["kind"], "Node");
+    assert_eq!(failed["regarding"]["name"], "node-a");
+    assert_eq!(failed["type"], "Warning");
+
+    // Someone else changes the taints while the agent removes its own: 409, read, retry.
+    api.conflict_on_next_taint_patch(
+        json!({"key": "node.example.com/maintenance", "effect": "NoSchedule"}),
+    );
+    push_image(&reg, "team/late", "1.0", 2, MB).await;
+    // The condition, the taint and the label are separate writes: wait for all three.
+    wait_node(&api, &agent, "warm, untainted and labelled", |n| {
+        condition(n)["status"] == "True"
+            && !taint_keys(n).contains(&STARTUP_TAINT.to_string())
+            && n["metadata"]["labels"]["prepuller.dev/ready"] == "true"
+    })
+    .await;
+    let node = api.node("node-a");
+    let warm = condition(&node);
+    assert_eq!(warm["reason"], "AllRequiredImagesPresent");
+    assert_eq!(warm["message"], "2/2 required images present");
+    assert_ne!(warm["lastTransitionTime"], cold["lastTransitionTime"]);
+    assert_eq!(node["metadata"]["labels"]["prepuller.dev/ready"], "true");
+    // Other writers' taints, labels, annotations and conditions are untouched.
+    assert_eq!(
+        taint_keys(&node),
+        ["dedicated", "node.example.com/maintenance"]
+    );
+    assert_eq!(node["metadata"]["labels"]["pool"], "general");
+    assert_eq!(
+        node["metadata"]["annotations"]["team.example.com/owner"],
+        "infra"
+    );
+    assert_eq!(node["metadata"]["annotations"][BOOT_ANNOTATION], boot_id());
+    assert_eq!(node["status"]["conditions"][0]["type"], "Ready");
+    assert_eq!(node["status"]["conditions"][0]["reason"], "KubeletReady");
+    let taint_patches: Vec<u16> = api
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.body["spec"].get("taints").is_some())
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(taint_patches, [409, 200], "one conflict, one retry");
+    assert!(
+        api.events()
+            .iter()
+            .any(|e| e["reason"] == "ImagesPrePulled" && e["type"] == "Normal")
+    );
+
+    // Steady state: resyncs every second, and not one write.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = api.requests().iter().filter(|r| r.is_write()).count();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let writes: Vec<_> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.is_write())
+        .skip(before)
+        .collect();
+    assert!(writes.is_empty(), "writes at steady state: {writes:#?}");
+
+    // The taint is removed once per boot: put back (by an operator), it stays.
+    api.edit_node("node-a", |n| {
+        n["spec"]["taints"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"key": STARTUP_TAINT, "effect": "NoSchedule"}));
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(taint_keys(&api.node("node-a")).contains(&STARTUP_TAINT.to_string()));
+
+    // The fleet view.
+    let (code, out, err) = nodes_cmd(&api, sb.path(), &["-o", "wide"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("node-a") && out.contains("AllRequiredImagesPresent"),
+        "{out}"
+    );
+    assert!(out.ends_with("1/1 nodes warm\n"), "{out}");
+    let (code, _, err) = nodes_cmd(&api, sb.path(), &["--wait", "--timeout", "10s"]).await;
+    assert_eq!(code, 0, "{err}");
+}
+
+#[tokio::test]
+async fn the_startup_taint_is_removed_after_the_timeout_even_when_cold_and_the_condition_says_why()
+{
+    let sb = Sandbox::start();
+    let reg = sb.registry.host();
+    let api = FakeApi::start().await;
+    api.put_node(new_node(json!({"pool": "general"})));
+    let path = sb.path().join("images.yaml");
+    std::fs::write(
+        &path,
+        config(
+            &reg,
+            "nodeReadiness: {taintTimeout: 3s}\n",
+            &["team/missing:1.0"],
+        ),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let agent = AgentProc::start(&sb, &api, &path);
+    wait_node(&api, &agent, "taint removed (fail-open)", |n| {
+        !taint_keys(n).contains(&STARTUP_TAINT.to_string())
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "removed before the timeout"
+    );
+    wait_node(&api, &agent, "condition says fail-open", |n| {
+        condition(n)["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("fail-open"))
+    })
+    .await;
+    let node = api.node("node-a");
+    assert_eq!(condition(&node)["status"], "False");
+    assert_eq!(condition(&node)["reason"], "PullFailed");
+    assert_eq!(taint_keys(&node), ["dedicated"]);
+
+    let (code, out, err) = nodes_cmd(&api, sb.path(), &["--wait", "--timeout", "1s"]).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("cold: node-a (PullFailed"), "{err}");
+    assert!(out.contains("0/1 nodes warm"), "{out}");
+    let (code, _, err) = nodes_cmd(
+        &api,
+        sb.path(),
+        &["--selector", "pool=none", "--wait", "--timeout", "1s"],
+    )
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no node matches"), "{err}");
+}
+
+#[tokio::test]
+async fn image_sets_follow_the_node_labels_without_restart() {
+    let sb = Sandbox::start();
+    let reg = sb.registry.host();
+    push_image(&reg, "team/web", "1.0", 1, MB).await;
+    push_image(&reg, "team/cuda", "12", 2, MB).await;
+    let api = FakeApi::start().await;
+    api.put_node(new_node(json!({"pool": "cpu"})));
+    let configmap = ConfigMapDir::create(
+        &sb.path().join("config"),
+        &[
+            ("base.yaml", &config(&reg, "", &["team/web:1.0"])),
+            (
+                "gpu.yaml",
+                &format!(
+                    "nodeSelector:\n  matchExpressions:\n    - {{key: pool, operator: In, values: [gpu]}}\nimages:\n  - {reg}/team/cuda:12\n"
+                ),
+            ),
+        ],
+    );
+    let agent = AgentProc::start(&sb, &api, &configmap.dir);
+    wait_node(&api, &agent, "warm with the base set", |n| {
+        condition(n)["message"] == "1/1 required images present"
+    })
+    .await;
+    let images = |s: &Value| -> Vec<String> {
+        s["images"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|i| i["normalized"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        images(&agent.status().await),
+        [format!("{reg}/team/web:1.0")]
+    );
+
+    // The node joins the GPU pool: the GPU set applies, without restart.
+    api.edit_node("node-a", |n| n["metadata"]["labels"]["pool"] = "gpu".into());
+    wait_node(&api, &agent, "warm with both sets", |n| {
+        condition(n)["message"] == "2/2 required images present"
+    })
+    .await;
+    let cuda = format!("{reg}/team/cuda:12");
+    assert!(sb.containerd.image_refs().contains(&cuda));
+    assert!(images(&agent.status().await).contains(&cuda));
+
+    // And leaves it again.
+    api.edit_node("node-a", |n| n["metadata"]["labels"]["pool"] = "cpu".into());
+    wait_node(&api, &agent, "back to the base set", |n| {
+        condition(n)["message"] == "1/1 required images present"
+    })
+    .await;
+    assert_eq!(
+        images(&agent.status().await),
+        [format!("{reg}/team/web:1.0")]
+    );
+}
