@@ -34,12 +34,11 @@ NAMESPACE = "prepuller"
 SERVICE_ACCOUNT = "prepuller"
 PULL_SECRET_DIR = "/etc/prepuller/pull-secrets"
 
-# Everything the agent's service account may do (issues 4 and 5). Anything else is a failure:
+# Everything the agent's service account may do (Node readiness, pull secrets). Anything else is a failure:
 # a new permission must be a conscious change here, in review.
 ALLOWED_RULES = {
     ("", "nodes"): {"get", "watch", "patch"},
     ("", "nodes/status"): {"patch"},
-    ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("", "secrets"): {"get"},  # and only with resourceNames, checked below
 }
@@ -306,10 +305,6 @@ def check_podmonitors(report, where, docs, ds):
                          f"{name_of(pm)}: endpoint {ep} must scrape port 'metrics' at /metrics")
 
 
-# Config keys of work in progress: a prepuller built before that work rejects them as unknown.
-PENDING_KEYS = {"nodeSelector": "issue 5", "credentials": "issue 4", "anonymousFallback": "issue 4"}
-
-
 def check_configs(report, where, docs, ds, prepuller, notes):
     """Every ConfigMap the DaemonSet mounts must be a valid prepuller config: `prepuller check`
     on the directory the agent would see."""
@@ -326,18 +321,6 @@ def check_configs(report, where, docs, ds, prepuller, notes):
         name = cm[0]["metadata"]["name"]
         data = cm[0].get("data", {})
         ok, out = prepuller_check(prepuller, data)
-        pending = [k for k in PENDING_KEYS if f"unknown field `{k}`" in out]
-        if not ok and pending:
-            # A prepuller from before that work: check the rest of each file without those keys.
-            stripped = {}
-            for key, text in data.items():
-                doc = yaml.safe_load(text) or {}
-                for k in pending:
-                    doc.pop(k, None)
-                stripped[key] = yaml.safe_dump(doc, sort_keys=False)
-            ok, out = prepuller_check(prepuller, stripped)
-            without = ", ".join(f"`{k}` ({PENDING_KEYS[k]})" for k in pending)
-            notes.append(f"ConfigMap {name}: checked without {without}: this prepuller does not know it yet")
         report.check(where, ok, f"ConfigMap {name} is not a valid prepuller config: {out.splitlines()[-1] if out else '?'}")
         if ok:
             notes.append(f"ConfigMap {name}: `prepuller check`: " + out.splitlines()[-1].split(": ", 1)[-1])
