@@ -1,92 +1,17 @@
 //! `prepuller agent` end to end: the real binary, a real containerd and a real registry.
 
+#[path = "support/agent.rs"]
+mod agent_proc;
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use agent_proc::AgentProc;
 use serde_json::Value;
-use support::{
-    ConfigMapDir, Sandbox, SecureRegistry, dockerconfigjson, free_port, log_tail, prepuller_bin,
-    push_image,
-};
+use support::{ConfigMapDir, Sandbox, SecureRegistry, dockerconfigjson, prepuller_bin, push_image};
 
 const MB: usize = 1024 * 1024;
-/// Generous: a 2-core CI machine runs several sandboxes at once.
-const CONVERGE: Duration = Duration::from_secs(60);
-
-struct AgentProc {
-    child: tokio::process::Child,
-    base: String,
-    log: PathBuf,
-}
-
-impl AgentProc {
-    fn start(sb: &Sandbox, config: &Path) -> AgentProc {
-        let port = free_port();
-        let log = sb.path().join(format!("agent-{port}.log"));
-        let child = tokio::process::Command::new(prepuller_bin!())
-            .arg("agent")
-            .arg("--config")
-            .arg(config)
-            .arg("--runtime-endpoint")
-            .arg(sb.containerd.endpoint())
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--api-socket")
-            .arg(sb.path().join(format!("agent-{port}.sock")))
-            .env("NODE_NAME", "node-a")
-            // Never the developer's cluster: without one, Node reporting is off.
-            .env("KUBECONFIG", "/nonexistent/kubeconfig")
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        AgentProc {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        log_tail(&self.log, 60)
-    }
-
-    async fn get(&self, path: &str) -> Option<(u16, String)> {
-        let r = reqwest::get(format!("{}{path}", self.base)).await.ok()?;
-        let code = r.status().as_u16();
-        Some((code, r.text().await.ok()?))
-    }
-
-    async fn status(&self) -> Option<Value> {
-        let (_, body) = self.get("/status").await?;
-        serde_json::from_str(&body).ok()
-    }
-
-    /// Polls `/status` until `check` holds; panics with the agent's log after CONVERGE.
-    async fn wait_status(&self, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + CONVERGE;
-        loop {
-            if let Some(s) = self.status().await
-                && check(&s)
-            {
-                return s;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "timed out waiting for {what}; last status {:#}\nagent log:\n{}",
-                    self.status().await.unwrap_or_default(),
-                    self.log()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-}
 
 fn image<'a>(status: &'a Value, normalized: &str) -> &'a Value {
     status["images"]

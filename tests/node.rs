@@ -2,73 +2,27 @@
 //! from a real registry, writing to a stateful fake Kubernetes API (`fake_api`), and
 //! `prepuller nodes` reading it back.
 
+#[path = "support/agent.rs"]
+mod agent_proc;
 mod fake_api;
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use agent_proc::{AGENT_CONVERGE, AgentProc};
 use fake_api::FakeApi;
 use serde_json::{Value, json};
-use support::{ConfigMapDir, Sandbox, free_port, log_tail, prepuller_bin, push_image};
+use support::{ConfigMapDir, Sandbox, prepuller_bin, push_image};
 
 const MB: usize = 1024 * 1024;
 /// Generous: a 2-core CI machine runs several sandboxes at once.
-const CONVERGE: Duration = Duration::from_secs(60);
 const STARTUP_TAINT: &str = "startup-taint.cluster-autoscaler.kubernetes.io/prepuller";
 const BOOT_ANNOTATION: &str = "prepuller.dev/startup-taint-removed-boot-id";
 
-struct AgentProc {
-    _child: tokio::process::Child,
-    base: String,
-    log: PathBuf,
-}
-
-impl AgentProc {
-    fn start(sb: &Sandbox, api: &FakeApi, config: &Path) -> AgentProc {
-        let port = free_port();
-        let log = sb.path().join(format!("agent-{port}.log"));
-        let child = tokio::process::Command::new(prepuller_bin!())
-            .arg("agent")
-            .arg("--config")
-            .arg(config)
-            .arg("--runtime-endpoint")
-            .arg(sb.containerd.endpoint())
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--api-socket")
-            .arg(sb.path().join(format!("agent-{port}.sock")))
-            .env("NODE_NAME", "node-a")
-            .env("KUBECONFIG", api.kubeconfig(sb.path()))
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        AgentProc {
-            _child: child,
-            base: format!("http://127.0.0.1:{port}"),
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        log_tail(&self.log, 60)
-    }
-
-    async fn status(&self) -> Value {
-        let Ok(r) = reqwest::get(format!("{}/status", self.base)).await else {
-            return Value::Null;
-        };
-        r.json().await.unwrap_or_default()
-    }
-}
-
 /// Polls until `check` holds on the fake's Node; panics with the agent's log after CONVERGE.
 async fn wait_node(api: &FakeApi, agent: &AgentProc, what: &str, check: impl Fn(&Value) -> bool) {
-    let deadline = Instant::now() + CONVERGE;
+    let deadline = Instant::now() + AGENT_CONVERGE;
     loop {
         let node = api.node("node-a");
         if check(&node) {
@@ -162,7 +116,7 @@ async fn the_node_turns_warm_as_images_land_and_the_startup_taint_goes_exactly_t
     api.put_node(new_node(json!({"pool": "general"})));
     let path = sb.path().join("images.yaml");
     std::fs::write(&path, config(&reg, "", &["team/web:1.0", "team/late:1.0"])).unwrap();
-    let agent = AgentProc::start(&sb, &api, &path);
+    let agent = AgentProc::start_with_kubeconfig(&sb, &path, &api.kubeconfig(sb.path()));
 
     // One required image cannot be pulled: cold, and the taint stays.
     wait_node(&api, &agent, "condition PullFailed and label false", |n| {
@@ -298,7 +252,7 @@ async fn the_startup_taint_is_removed_after_the_timeout_even_when_cold_and_the_c
     )
     .unwrap();
     let started = Instant::now();
-    let agent = AgentProc::start(&sb, &api, &path);
+    let agent = AgentProc::start_with_kubeconfig(&sb, &path, &api.kubeconfig(sb.path()));
     wait_node(&api, &agent, "taint removed (fail-open)", |n| {
         !taint_keys(n).contains(&STARTUP_TAINT.to_string())
     })
@@ -352,7 +306,7 @@ async fn image_sets_follow_the_node_labels_without_restart() {
             ),
         ],
     );
-    let agent = AgentProc::start(&sb, &api, &configmap.dir);
+    let agent = AgentProc::start_with_kubeconfig(&sb, &configmap.dir, &api.kubeconfig(sb.path()));
     wait_node(&api, &agent, "warm with the base set", |n| {
         condition(n)["message"] == "1/1 required images present"
     })
@@ -368,7 +322,7 @@ async fn image_sets_follow_the_node_labels_without_restart() {
             .unwrap_or_default()
     };
     assert_eq!(
-        images(&agent.status().await),
+        images(&agent.status().await.unwrap_or_default()),
         [format!("{reg}/team/web:1.0")]
     );
 
@@ -380,7 +334,7 @@ async fn image_sets_follow_the_node_labels_without_restart() {
     .await;
     let cuda = format!("{reg}/team/cuda:12");
     assert!(sb.containerd.image_refs().contains(&cuda));
-    assert!(images(&agent.status().await).contains(&cuda));
+    assert!(images(&agent.status().await.unwrap_or_default()).contains(&cuda));
 
     // And leaves it again.
     api.edit_node("node-a", |n| n["metadata"]["labels"]["pool"] = "cpu".into());
@@ -389,7 +343,7 @@ async fn image_sets_follow_the_node_labels_without_restart() {
     })
     .await;
     assert_eq!(
-        images(&agent.status().await),
+        images(&agent.status().await.unwrap_or_default()),
         [format!("{reg}/team/web:1.0")]
     );
 }

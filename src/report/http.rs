@@ -151,30 +151,12 @@ async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{ImageState, ImageStatus};
+    use crate::report::ImageState;
     use axum::body::{Body, to_bytes};
     use axum::http::Request;
     use tower::ServiceExt;
 
-    fn image(name: &str, required: bool, state: ImageState) -> ImageStatus {
-        ImageStatus {
-            image: name.into(),
-            normalized: name.into(),
-            required,
-            policy: "IfNotPresent".into(),
-            state,
-            image_id: None,
-            repo_digest: None,
-            size_bytes: None,
-            attempts: 0,
-            last_error: None,
-            last_error_class: None,
-            next_retry_at: None,
-            last_pull_seconds: None,
-            present_since: None,
-            drift: None,
-        }
-    }
+    use crate::report::test_image as image;
 
     fn setup() -> (Arc<StatusHub>, Router) {
         let hub = Arc::new(StatusHub::new(

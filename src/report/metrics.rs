@@ -189,27 +189,8 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::ImageStatus;
 
-    fn image(name: &str, required: bool, state: ImageState) -> ImageStatus {
-        ImageStatus {
-            image: name.into(),
-            normalized: name.into(),
-            required,
-            policy: "IfNotPresent".into(),
-            state,
-            image_id: None,
-            repo_digest: None,
-            size_bytes: None,
-            attempts: 0,
-            last_error: None,
-            last_error_class: None,
-            next_retry_at: None,
-            last_pull_seconds: None,
-            present_since: None,
-            drift: None,
-        }
-    }
+    use crate::report::test_image as image;
 
     /// The value of the sample line that is exactly `series` (name and labels, as rendered).
     fn value(text: &str, series: &str) -> Option<f64> {

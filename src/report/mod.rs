@@ -295,29 +295,33 @@ impl StatusHub {
     }
 }
 
+/// An image status with only what tests vary; shared by the outlets' tests.
+#[cfg(test)]
+pub(crate) fn test_image(name: &str, required: bool, state: ImageState) -> ImageStatus {
+    ImageStatus {
+        image: name.into(),
+        normalized: name.into(),
+        required,
+        policy: "IfNotPresent".into(),
+        state,
+        image_id: None,
+        repo_digest: None,
+        size_bytes: None,
+        attempts: 0,
+        last_error: None,
+        last_error_class: None,
+        next_retry_at: None,
+        last_pull_seconds: None,
+        present_since: None,
+        drift: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn image(name: &str, required: bool, state: ImageState) -> ImageStatus {
-        ImageStatus {
-            image: name.into(),
-            normalized: name.into(),
-            required,
-            policy: "IfNotPresent".into(),
-            state,
-            image_id: None,
-            repo_digest: None,
-            size_bytes: None,
-            attempts: 0,
-            last_error: None,
-            last_error_class: None,
-            next_retry_at: None,
-            last_pull_seconds: None,
-            present_since: None,
-            drift: None,
-        }
-    }
+    use super::test_image as image;
 
     #[test]
     fn ready_needs_every_required_image_a_config_and_a_runtime() {

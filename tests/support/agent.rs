@@ -1,0 +1,98 @@
+//! A running `prepuller agent` for the end-to-end tests. Not in `support/mod.rs`: the sandbox
+//! example shares that file, and the binary's path is only known to integration tests.
+
+// Each test binary uses a part of it.
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::support::{Sandbox, free_port, log_tail, prepuller_bin};
+
+/// Generous: a 2-core CI machine runs several sandboxes at once.
+pub const AGENT_CONVERGE: Duration = Duration::from_secs(60);
+
+/// A running `prepuller agent` (node `node-a`) on a sandbox, its HTTP on a free port, its log
+/// in the sandbox dir. Killed on drop.
+pub struct AgentProc {
+    pub child: tokio::process::Child,
+    base: String,
+    pub log: PathBuf,
+}
+
+impl AgentProc {
+    /// Without a cluster: never the developer's own (KUBECONFIG points nowhere).
+    pub fn start(sb: &Sandbox, config: &Path) -> AgentProc {
+        Self::start_with_kubeconfig(sb, config, Path::new("/nonexistent/kubeconfig"))
+    }
+
+    pub fn start_with_kubeconfig(sb: &Sandbox, config: &Path, kubeconfig: &Path) -> AgentProc {
+        let port = free_port();
+        let log = sb.path().join(format!("agent-{port}.log"));
+        let child = tokio::process::Command::new(prepuller_bin!())
+            .arg("agent")
+            .arg("--config")
+            .arg(config)
+            .arg("--runtime-endpoint")
+            .arg(sb.containerd.endpoint())
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--api-socket")
+            .arg(sb.path().join(format!("agent-{port}.sock")))
+            .env("NODE_NAME", "node-a")
+            .env("KUBECONFIG", kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        AgentProc {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+        }
+    }
+
+    /// The last 60 lines of its log.
+    pub fn log(&self) -> String {
+        log_tail(&self.log, 60)
+    }
+
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        let r = reqwest::get(format!("{}{path}", self.base)).await.ok()?;
+        let code = r.status().as_u16();
+        Some((code, r.text().await.ok()?))
+    }
+
+    pub async fn status(&self) -> Option<serde_json::Value> {
+        let (_, body) = self.get("/status").await?;
+        serde_json::from_str(&body).ok()
+    }
+
+    /// Polls `/status` until `check` holds; panics with the agent's log after AGENT_CONVERGE.
+    pub async fn wait_status(
+        &self,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + AGENT_CONVERGE;
+        loop {
+            if let Some(s) = self.status().await
+                && check(&s)
+            {
+                return s;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}; last status {:#}\nagent log:\n{}",
+                    self.status().await.unwrap_or_default(),
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
