@@ -18,23 +18,7 @@ type MockHandle = Handle<Request<Body>, Response<Body>>;
 const TAINT: &str = settings::DEFAULT_STARTUP_TAINT;
 
 fn image(name: &str, state: ImageState) -> ImageStatus {
-    ImageStatus {
-        image: name.into(),
-        normalized: name.into(),
-        required: true,
-        policy: "IfNotPresent".into(),
-        state,
-        image_id: None,
-        repo_digest: None,
-        size_bytes: None,
-        attempts: 0,
-        last_error: None,
-        last_error_class: None,
-        next_retry_at: None,
-        last_pull_seconds: None,
-        present_since: None,
-        drift: None,
-    }
+    crate::report::test_image(name, true, state)
 }
 
 fn hub(states: &[ImageState]) -> Arc<StatusHub> {

@@ -541,20 +541,8 @@ mod tests {
     fn bare_image(state: ImageState) -> ImageStatus {
         ImageStatus {
             image: "x".into(),
-            normalized: "docker.io/library/x:latest".into(),
-            required: false,
             policy: "Always".into(),
-            state,
-            image_id: None,
-            repo_digest: None,
-            size_bytes: None,
-            attempts: 0,
-            last_error: None,
-            last_error_class: None,
-            next_retry_at: None,
-            last_pull_seconds: None,
-            present_since: None,
-            drift: None,
+            ..crate::report::test_image("docker.io/library/x:latest", false, state)
         }
     }
 
