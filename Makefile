@@ -30,6 +30,7 @@ build: setup
 lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	python3 hack/check-release-features.py
 
 ## test: formatting, clippy, unit tests and the integration tests on real containerd + registry,
 ## then the deploy manifests and the container image (deploy-check, image-check)
