@@ -56,7 +56,10 @@ async fn main() {
     let pid = agent.id().unwrap();
     let started = Instant::now();
     loop {
-        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await
+        if let Ok(r) = support::http_client()
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
             && r.status().is_success()
         {
             break;

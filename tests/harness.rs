@@ -118,7 +118,10 @@ async fn registry_stop_and_restart_keeps_port_and_storage() {
     let digest = push_image(&host, "harness/r", "1", 7, 64 << 10).await;
 
     reg.stop();
-    let down = reqwest::get(format!("http://{host}/v2/")).await;
+    let down = support::http_client()
+        .get(format!("http://{host}/v2/"))
+        .send()
+        .await;
     assert!(down.is_err(), "registry still answers after stop");
 
     let t = Instant::now();

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::support::{Sandbox, free_port, log_tail, prepuller_bin};
+use crate::support::{Sandbox, free_port, http_client, log_tail, prepuller_bin};
 
 /// Generous: a 2-core CI machine runs several sandboxes at once.
 pub const AGENT_CONVERGE: Duration = Duration::from_secs(60);
@@ -62,7 +62,11 @@ impl AgentProc {
     }
 
     pub async fn get(&self, path: &str) -> Option<(u16, String)> {
-        let r = reqwest::get(format!("{}{path}", self.base)).await.ok()?;
+        let r = http_client()
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .ok()?;
         let code = r.status().as_u16();
         Some((code, r.text().await.ok()?))
     }
