@@ -8,7 +8,8 @@
 //!   by `type` (other lists are replaced, as `spec.taints`, which has no merge key);
 //! - `PATCH nodes/{name}/status` changes only `status`, `PATCH nodes/{name}` everything else.
 //!
-//! Every request is logged, so tests can count writes.
+//! Every request is logged, so tests can count writes. `tls` serves the same API over TLS with a
+//! bearer token, for the acceptance tests' separate process (`examples/fake_apiserver.rs`).
 
 #![allow(dead_code)]
 
@@ -25,6 +26,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
+
+pub mod tls;
 
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -47,6 +50,8 @@ struct Inner {
     rv: u64,
     nodes: BTreeMap<String, Value>,
     events: BTreeMap<String, Value>,
+    /// Secrets by "namespace/name", for the `secret:` credential source (read-only).
+    secrets: BTreeMap<String, Value>,
     requests: Vec<Request>,
     /// Before the next node PATCH that changes `spec.taints`, another writer adds this taint
     /// (so the patch's resourceVersion is stale and gets a 409).
@@ -64,12 +69,26 @@ impl FakeApi {
     pub async fn start() -> FakeApi {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let api = FakeApi {
+        let api = FakeApi::new(url);
+        let router = api.router();
+        // Lives as long as the test's runtime.
+        tokio::spawn(async move {
+            axum::serve(listener, router).await.unwrap();
+        });
+        api
+    }
+
+    /// An empty API that will be served at `url` (by `start` or `tls::TlsFakeApi::serve`).
+    fn new(url: String) -> FakeApi {
+        FakeApi {
             inner: Arc::default(),
             changes: broadcast::channel(256).0,
             url,
-        };
-        let router = Router::new()
+        }
+    }
+
+    fn router(&self) -> Router {
+        Router::new()
             .route("/api/v1/nodes", get(list_or_watch))
             .route("/api/v1/nodes/{name}", get(get_node).patch(patch_node))
             .route("/api/v1/nodes/{name}/status", patch(patch_status))
@@ -81,12 +100,8 @@ impl FakeApi {
                 "/apis/events.k8s.io/v1/namespaces/{ns}/events/{name}",
                 patch(patch_event),
             )
-            .with_state(api.clone());
-        // Lives as long as the test's runtime.
-        tokio::spawn(async move {
-            axum::serve(listener, router).await.unwrap();
-        });
-        api
+            .route("/api/v1/namespaces/{ns}/secrets/{name}", get(get_secret))
+            .with_state(self.clone())
     }
 
     /// A kubeconfig pointing at this server, for the agent's `KUBECONFIG`.
@@ -122,11 +137,30 @@ impl FakeApi {
         self.inner.lock().unwrap().nodes[name].clone()
     }
 
+    pub fn nodes(&self) -> Vec<Value> {
+        self.inner.lock().unwrap().nodes.values().cloned().collect()
+    }
+
     /// Another writer changes the Node (a new resourceVersion, sent to watchers).
     pub fn edit_node(&self, name: &str, f: impl FnOnce(&mut Value)) {
         let mut node = self.node(name);
         f(&mut node);
         self.put_node(node);
+    }
+
+    /// Adds (or replaces) a Secret; `secret` needs `metadata.namespace` and `metadata.name`.
+    pub fn put_secret(&self, mut secret: Value) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.rv += 1;
+        secret["metadata"]["resourceVersion"] = inner.rv.to_string().into();
+        secret["apiVersion"] = "v1".into();
+        secret["kind"] = "Secret".into();
+        let key = format!(
+            "{}/{}",
+            secret["metadata"]["namespace"].as_str().unwrap(),
+            secret["metadata"]["name"].as_str().unwrap()
+        );
+        inner.secrets.insert(key, secret);
     }
 
     pub fn conflict_on_next_taint_patch(&self, other_taint: Value) {
@@ -460,4 +494,35 @@ async fn patch_event(
     drop(inner);
     api.log(&method, &uri, &headers, &body, 200);
     axum::Json(event).into_response()
+}
+
+async fn get_secret(
+    State(api): State<FakeApi>,
+    UrlPath((ns, name)): UrlPath<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let secret = api
+        .inner
+        .lock()
+        .unwrap()
+        .secrets
+        .get(&format!("{ns}/{name}"))
+        .cloned();
+    api.log(
+        &method,
+        &uri,
+        &headers,
+        &Value::Null,
+        if secret.is_some() { 200 } else { 404 },
+    );
+    match secret {
+        Some(s) => axum::Json(s).into_response(),
+        None => status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("secrets \"{name}\" not found"),
+        ),
+    }
 }

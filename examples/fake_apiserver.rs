@@ -1,0 +1,134 @@
+//! The stateful fake Kubernetes API (`tests/fake_api`) as its own process, over TLS: what the
+//! acceptance tests (`tests/acceptance.rs`) run the shipped binary against.
+//!
+//!   cargo run --example fake_apiserver -- --dir DIR
+//!
+//! Serves the API on `https://127.0.0.1:<free port>` and writes `DIR/kubeconfig` (the CA as
+//! `certificate-authority-data`, a bearer token). A plain-HTTP control listener on another free
+//! loopback port seeds and reads the state:
+//!
+//!   PUT /nodes              body: a Node (JSON), added or replaced
+//!   PUT /secrets            body: a Secret (JSON)
+//!   GET /nodes/{name}       the stored Node
+//!   GET /events             the stored Events
+//!   GET /requests           the request log: [{method, path, query, contentType, body, status}]
+//!
+//! Once both listen it prints one JSON line on stdout, `{"server", "control", "kubeconfig"}`, and
+//! serves until killed.
+
+#[path = "../tests/fake_api/mod.rs"]
+mod fake_api;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use fake_api::FakeApi;
+use fake_api::tls::TlsFakeApi;
+use serde_json::{Value, json};
+
+const USAGE: &str = "usage: fake_apiserver --dir DIR";
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let dir = match args.as_slice() {
+        [flag, dir] if flag == "--dir" => PathBuf::from(dir),
+        [flag] if flag == "-h" || flag == "--help" => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        eprintln!("fake_apiserver: cannot create {}: {e}", dir.display());
+        return ExitCode::FAILURE;
+    }
+    let (api_listener, control_listener) = match (
+        tokio::net::TcpListener::bind("127.0.0.1:0").await,
+        tokio::net::TcpListener::bind("127.0.0.1:0").await,
+    ) {
+        (Ok(a), Ok(c)) => (a, c),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("fake_apiserver: cannot listen on 127.0.0.1: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let tls = TlsFakeApi::serve(api_listener);
+    let kubeconfig = tls.kubeconfig(&dir);
+    let control = format!("http://{}", control_listener.local_addr().unwrap());
+
+    let router = Router::new()
+        .route("/nodes", put(put_node))
+        .route("/secrets", put(put_secret))
+        .route("/nodes/{name}", get(node))
+        .route("/events", get(events))
+        .route("/requests", get(requests))
+        .with_state(tls.api.clone());
+    println!(
+        "{}",
+        json!({"server": tls.api.url, "control": control, "kubeconfig": kubeconfig})
+    );
+    if let Err(e) = axum::serve(control_listener, router).await {
+        eprintln!("fake_apiserver: control listener failed: {e}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+async fn put_node(State(api): State<FakeApi>, axum::Json(node): axum::Json<Value>) -> Response {
+    if !node["metadata"]["name"].is_string() {
+        return (StatusCode::BAD_REQUEST, "a Node needs metadata.name\n").into_response();
+    }
+    api.put_node(node);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn put_secret(State(api): State<FakeApi>, axum::Json(secret): axum::Json<Value>) -> Response {
+    if !secret["metadata"]["name"].is_string() || !secret["metadata"]["namespace"].is_string() {
+        return (
+            StatusCode::BAD_REQUEST,
+            "a Secret needs metadata.namespace and metadata.name\n",
+        )
+            .into_response();
+    }
+    api.put_secret(secret);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn node(State(api): State<FakeApi>, Path(name): Path<String>) -> Response {
+    // FakeApi::node panics on an unknown name; the control surface answers 404 instead.
+    match api
+        .nodes()
+        .into_iter()
+        .find(|n| n["metadata"]["name"] == name.as_str())
+    {
+        Some(n) => axum::Json(n).into_response(),
+        None => (StatusCode::NOT_FOUND, format!("no node {name}\n")).into_response(),
+    }
+}
+
+async fn events(State(api): State<FakeApi>) -> Response {
+    axum::Json(api.events()).into_response()
+}
+
+async fn requests(State(api): State<FakeApi>) -> Response {
+    let log: Vec<Value> = api
+        .requests()
+        .into_iter()
+        .map(|r| {
+            json!({
+                "method": r.method, "path": r.path, "query": r.query,
+                "contentType": r.content_type, "body": r.body, "status": r.status,
+            })
+        })
+        .collect();
+    axum::Json(log).into_response()
+}

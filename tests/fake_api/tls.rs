@@ -1,0 +1,172 @@
+//! The fake API served as a cluster serves it: over TLS, with a certificate for 127.0.0.1 and
+//! localhost signed by a CA made here (rcgen), and a bearer token required on every request
+//! (401 without it, logged like any request). The kubeconfig carries both, as a real one does
+//! (`certificate-authority-data`, `token`), so a client must do real TLS to get in: the
+//! acceptance tests check that the shipped binary can.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::Request as HttpRequest;
+use axum::http::StatusCode;
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::{self, Next};
+use base64::Engine;
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio_rustls::server::TlsStream;
+
+use super::{FakeApi, status};
+
+/// A client that connects and never finishes its handshake is dropped after this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct TlsFakeApi {
+    /// Its `url` is `https://<listener's address>`.
+    pub api: FakeApi,
+    ca_pem: String,
+    token: String,
+}
+
+impl TlsFakeApi {
+    /// Serves a new, empty API on `listener` (bound to 127.0.0.1 or localhost, the names the
+    /// certificate is for) until the runtime ends.
+    pub fn serve(listener: TcpListener) -> TlsFakeApi {
+        let addr = listener.local_addr().expect("listener address");
+        let (ca_pem, cert, key) = certificates();
+        let token = format!("fake-api-token-{:016x}", rand::random::<u64>());
+        let api = FakeApi::new(format!("https://{addr}"));
+
+        // ring, the provider the shipped binary uses, named explicitly: no process default needed.
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .expect("server certificate");
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+
+        let expected = format!("Bearer {token}");
+        let logger = api.clone();
+        let router =
+            api.router()
+                .layer(middleware::from_fn(move |req: HttpRequest, next: Next| {
+                    let expected = expected.clone();
+                    let api = logger.clone();
+                    async move {
+                        let header = req
+                            .headers()
+                            .get(AUTHORIZATION)
+                            .and_then(|v| v.to_str().ok());
+                        if header == Some(expected.as_str()) {
+                            return next.run(req).await;
+                        }
+                        api.log(req.method(), req.uri(), req.headers(), &Value::Null, 401);
+                        status(
+                            StatusCode::UNAUTHORIZED,
+                            "Unauthorized",
+                            "Unauthorized".into(),
+                        )
+                    }
+                }));
+
+        // Handshakes run concurrently, off the accept loop, so one stalled client blocks no other.
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, peer)) = listener.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, peer)).await;
+                        }
+                        Ok(Err(e)) => eprintln!("fake API: TLS handshake with {peer} failed: {e}"),
+                        Err(_) => eprintln!("fake API: TLS handshake with {peer} timed out"),
+                    }
+                });
+            }
+        });
+        tokio::spawn(async move {
+            axum::serve(TlsListener { rx, addr }, router).await.unwrap();
+        });
+        TlsFakeApi { api, ca_pem, token }
+    }
+
+    /// A kubeconfig for this server (mode 0600: it holds the token), for `KUBECONFIG`.
+    pub fn kubeconfig(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("kubeconfig");
+        let ca = base64::engine::general_purpose::STANDARD.encode(&self.ca_pem);
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\nusers:\n- name: fake\n  user:\n    token: {}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\n",
+                self.api.url, self.token
+            ),
+        )
+        .expect("write kubeconfig");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod kubeconfig");
+        path
+    }
+
+    /// The CA certificate (PEM) that signed the server's.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+}
+
+/// (CA certificate PEM, server certificate for 127.0.0.1 and localhost, its key).
+fn certificates() -> (String, CertificateDer<'static>, PrivateKeyDer<'static>) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "prepuller fake API CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &Issuer::new(ca_params, &ca_key))
+        .unwrap();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    (ca_cert.pem(), cert.der().clone(), key)
+}
+
+/// Connections whose TLS handshake is done, for `axum::serve`.
+struct TlsListener {
+    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    addr: SocketAddr,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(conn) => conn,
+            // The accept loop never ends while the runtime runs.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.addr)
+    }
+}
