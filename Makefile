@@ -8,7 +8,7 @@ APT_PACKAGES := containerd docker-registry protobuf-compiler skopeo umoci nginx 
 # The commands those packages provide, checked to decide whether setup has work to do.
 NEEDED_COMMANDS := containerd ctr docker-registry protoc skopeo umoci nginx htpasswd curl
 
-.PHONY: setup test demo demo-down build lint bench deploy-check image image-check
+.PHONY: setup test demo demo-down build lint bench deploy-check image image-check acceptance
 
 ## setup: install what the build, the tests and the demo need (apt packages, rustfmt, clippy,
 ## and for the deploy checks: .venv/ with kubernetes-validate, kubectl if the machine has none)
@@ -33,11 +33,12 @@ lint: setup
 	python3 hack/check-release-features.py
 
 ## test: formatting, clippy, unit tests and the integration tests on real containerd + registry,
-## then the deploy manifests and the container image (deploy-check, image-check)
+## then the deploy manifests and the container image (deploy-check, image-check), and the image's
+## own binary end to end (acceptance)
 ## (benches/ are compiled by clippy above and run by `make bench`, not here: they measure, not test)
 test: lint
 	$(CARGO) test --lib --bins --tests --examples
-	@$(MAKE) --no-print-directory deploy-check image-check
+	@$(MAKE) --no-print-directory deploy-check image-check acceptance
 
 # kubectl: the machine's, else the one `make setup` put in .tools/bin.
 DEPLOY_PATH = PATH="$$PATH:$(CURDIR)/.tools/bin"
@@ -59,6 +60,18 @@ image: setup
 ## binary runs from the image's own root filesystem
 image-check: image
 	.venv/bin/python hack/check-image.py $(IMAGE_DIR)/oci
+
+## acceptance: the release binary taken out of the image's root filesystem, run as a separate process
+## end to end (tests/acceptance.rs): real containerd + registry, and the fake Kubernetes API in its
+## own process over TLS (examples/fake_apiserver.rs)
+VERSION = $(shell sed -n 's/^version *= *"\(.*\)"/\1/p' Cargo.toml | head -1)
+ACCEPTANCE_ROOTFS = $(IMAGE_DIR)/rootfs
+acceptance: image
+	rm -rf $(ACCEPTANCE_ROOTFS)
+	umoci raw unpack --image $(IMAGE_DIR)/oci:$(VERSION) $(ACCEPTANCE_ROOTFS)
+	$(CARGO) build -q --example fake_apiserver --test acceptance
+	PREPULLER_ACCEPTANCE_BIN=$(CURDIR)/$(ACCEPTANCE_ROOTFS)/usr/local/bin/prepuller \
+		$(CARGO) test --test acceptance -- --ignored --test-threads=1 --nocapture
 
 ## bench: the cost figures in the README (resync CPU and runtime calls; idle memory on containerd)
 bench: setup
