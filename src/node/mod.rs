@@ -825,8 +825,11 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 /// Follows one Node: GET, then WATCH from its resourceVersion with a `metadata.name` field
-/// selector (RBAC `get` and `watch` on nodes, no `list`). A watch that ends is resumed; one
-/// that is too old (410) starts over with a GET.
+/// selector (RBAC `get` and `watch` on nodes, no `list`). A watch that ends is resumed from
+/// the last resourceVersion seen (an event's or a bookmark's). One that is too old (410: the
+/// server's history no longer reaches back to it, which can also be true of a GET's
+/// resourceVersion) starts again without one: the server then sends the current Node as
+/// ADDED, and its changes after that.
 async fn watch_node(
     api: Api<Node>,
     name: String,
@@ -863,7 +866,14 @@ async fn watch_node(
                             n = stream.try_next() => n,
                         };
                         match next {
-                            Ok(Some(WatchEvent::Added(n) | WatchEvent::Modified(n))) => {
+                            Ok(Some(WatchEvent::Added(n))) => {
+                                // A Node is added only as the current state of a fresh watch.
+                                rv = n.metadata.resource_version.clone().unwrap_or_default();
+                                if tx.send(Seen::Read(n)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(Some(WatchEvent::Modified(n))) => {
                                 rv = n.metadata.resource_version.clone().unwrap_or_default();
                                 if tx.send(Seen::Event(n)).await.is_err() {
                                     return;
@@ -872,8 +882,14 @@ async fn watch_node(
                             Ok(Some(WatchEvent::Bookmark(b))) => rv = b.metadata.resource_version,
                             Ok(Some(WatchEvent::Deleted(_))) => {}
                             Ok(Some(WatchEvent::Error(s))) if s.code == 410 => {
-                                // Too old to resume: read the Node again.
-                                break 'watch String::new();
+                                // Too old to resume: from the current state, once. A second
+                                // 410 in a row starts over with a GET, after a pause.
+                                if rv.is_empty() {
+                                    break 'watch String::new();
+                                }
+                                tracing::debug!(node = %name, "watch too old ({}); watching from the current state", s.message);
+                                rv.clear();
+                                continue 'watch;
                             }
                             Ok(Some(WatchEvent::Error(s))) => {
                                 break 'watch format!("watch nodes: {} ({})", s.message, s.code);
