@@ -152,12 +152,14 @@ impl FakeApi {
         self.inner.lock().unwrap().watch_timeout = Some(d);
     }
 
-    /// Forgets the history (as etcd's compaction and the watch cache's window do) and ends
-    /// every open watch: a watcher resuming from where it was gets 410 Gone.
+    /// Changes elsewhere in the cluster move the watch window past every version seen so far
+    /// (as etcd's compaction and the watch cache's window do), and every open watch ends: a
+    /// watcher resuming from where it was gets 410 Gone; a bookmark sent later is current.
     pub fn compact(&self) {
         let mut inner = self.inner.lock().unwrap();
         inner.history.clear();
-        inner.compacted = inner.rv + 1;
+        inner.rv += 1;
+        inner.compacted = inner.rv;
         let _ = self.changes.send(Value::Null); // ends the open watches
     }
 
@@ -305,17 +307,14 @@ fn watch(
                 .map(|n| json!({"type": "ADDED", "object": n}))
                 .collect(),
             rv => match rv.parse::<u64>() {
-                Ok(rv) if rv + 1 >= inner.compacted => inner
+                Ok(rv) if rv >= inner.compacted => inner
                     .history
                     .iter()
                     .filter(|(v, _, _)| *v > rv)
                     .map(|(_, t, n)| json!({"type": t, "object": n}))
                     .collect(),
                 _ => {
-                    let message = format!(
-                        "too old resource version: {rv} ({})",
-                        inner.compacted.saturating_sub(1)
-                    );
+                    let message = format!("too old resource version: {rv} ({})", inner.compacted);
                     vec![json!({"type": "ERROR", "object": {
                         "kind": "Status", "apiVersion": "v1", "metadata": {},
                         "status": "Failure", "message": message, "reason": "Expired", "code": 410,
@@ -646,17 +645,17 @@ async fn create_event(
     let errors = validate_event(&body);
     let r = {
         let mut inner = api.inner.lock().unwrap();
-        if inner.events.contains_key(&name) {
-            status(
+        match inner.events.entry(name.clone()) {
+            std::collections::btree_map::Entry::Occupied(_) => status(
                 StatusCode::CONFLICT,
                 "AlreadyExists",
                 format!("events.events.k8s.io \"{name}\" already exists"),
-            )
-        } else if !errors.is_empty() {
-            invalid_event(&name, errors)
-        } else {
-            inner.events.insert(name, body.clone());
-            (StatusCode::CREATED, axum::Json(body.clone())).into_response()
+            ),
+            _ if !errors.is_empty() => invalid_event(&name, errors),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(body.clone());
+                (StatusCode::CREATED, axum::Json(body.clone())).into_response()
+            }
         }
     };
     api.log(&method, &uri, &headers, &body, r.status().as_u16());
