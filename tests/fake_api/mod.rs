@@ -3,10 +3,21 @@
 //! the real semantics that matter here:
 //!
 //! - every change bumps a cluster-wide resourceVersion and is sent to watchers;
+//! - a watch replays the changes after its `resourceVersion` (none: the current objects as
+//!   ADDED), ends after `timeoutSeconds` (capped by [`FakeApi::set_watch_timeout`]), sends a
+//!   BOOKMARK when `allowWatchBookmarks` asks (every [`BOOKMARK_EVERY`] and before it ends),
+//!   and answers a resourceVersion older than its history (see [`FakeApi::compact`]) with an
+//!   ERROR event carrying a 410 Expired Status, as the real server does;
 //! - a patch carrying `metadata.resourceVersion` that is not current is answered 409;
 //! - merge patches (RFC 7386) replace lists; strategic-merge patches merge `status.conditions`
 //!   by `type` (other lists are replaced, as `spec.taints`, which has no merge key);
-//! - `PATCH nodes/{name}/status` changes only `status`, `PATCH nodes/{name}` everything else.
+//! - `PATCH nodes/{name}/status` changes only `status`, `PATCH nodes/{name}` everything else;
+//! - Events (`events.k8s.io/v1`) follow the API server's validation
+//!   (`pkg/apis/core/validation/events.go`): a create of an existing name is 409
+//!   AlreadyExists; an update that changes an immutable field (`note`, `reason`, `type`,
+//!   `regarding`, `related`, `action`, `eventTime`, `reportingController`,
+//!   `reportingInstance`, the `deprecated*` fields) or sets a `series` with a count below 2
+//!   or no `lastObservedTime` is 422 Invalid.
 //!
 //! Every request is logged, so tests can count writes. `tls` serves the same API over TLS with a
 //! bearer token, for the acceptance tests' separate process (`examples/fake_apiserver.rs`).
@@ -17,6 +28,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -24,6 +36,7 @@ use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
+use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
@@ -45,10 +58,21 @@ impl Request {
     }
 }
 
+/// How often a watch that asked for bookmarks gets one (the real server: about a minute).
+pub const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
+/// The real server's default for a watch without `timeoutSeconds` is 30 to 60 minutes.
+const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
+
 #[derive(Default)]
 struct Inner {
     rv: u64,
     nodes: BTreeMap<String, Value>,
+    /// Node changes in order, `(resourceVersion, type, object)`, from `compacted` on.
+    history: Vec<(u64, &'static str, Value)>,
+    /// A watch from a resourceVersion below this is answered 410.
+    compacted: u64,
+    /// The longest a watch lasts, whatever it asks; `None`: as asked.
+    watch_timeout: Option<Duration>,
     events: BTreeMap<String, Value>,
     /// Secrets by "namespace/name", for the `secret:` credential source (read-only).
     secrets: BTreeMap<String, Value>,
@@ -129,8 +153,29 @@ impl FakeApi {
         }
         node["apiVersion"] = "v1".into();
         node["kind"] = "Node".into();
+        let type_ = if inner.nodes.contains_key(&name) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
         inner.nodes.insert(name, node.clone());
-        let _ = self.changes.send(node);
+        record(&mut inner, &self.changes, type_, node);
+    }
+
+    /// Watches end after `d` at most (the real server ends them after its request timeout).
+    pub fn set_watch_timeout(&self, d: Duration) {
+        self.inner.lock().unwrap().watch_timeout = Some(d);
+    }
+
+    /// Changes elsewhere in the cluster move the watch window past every version seen so far
+    /// (as etcd's compaction and the watch cache's window do), and every open watch ends: a
+    /// watcher resuming from where it was gets 410 Gone; a bookmark sent later is current.
+    pub fn compact(&self) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.history.clear();
+        inner.rv += 1;
+        inner.compacted = inner.rv;
+        let _ = self.changes.send(Value::Null); // ends the open watches
     }
 
     pub fn node(&self, name: &str) -> Value {
@@ -197,6 +242,13 @@ impl FakeApi {
     }
 }
 
+/// Records a Node change and sends it to the watchers (under the lock, so that a watch that
+/// starts reads the history and subscribes atomically).
+fn record(inner: &mut Inner, changes: &broadcast::Sender<Value>, type_: &'static str, node: Value) {
+    inner.history.push((inner.rv, type_, node.clone()));
+    let _ = changes.send(json!({"type": type_, "object": node}));
+}
+
 fn status(code: StatusCode, reason: &str, message: String) -> Response {
     (
         code,
@@ -227,7 +279,10 @@ async fn list_or_watch(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    api.log(&method, &uri, &headers, &Value::Null, 200);
+    let is_watch = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
+    if !is_watch {
+        api.log(&method, &uri, &headers, &Value::Null, 200);
+    }
     let name = q
         .get("fieldSelector")
         .and_then(|f| f.strip_prefix("metadata.name="))
@@ -237,51 +292,7 @@ async fn list_or_watch(
             .is_none_or(|name| n["metadata"]["name"] == name.as_str())
     };
     if matches!(q.get("watch").map(String::as_str), Some("true" | "1")) {
-        let since: u64 = q
-            .get("resourceVersion")
-            .and_then(|r| r.parse().ok())
-            .unwrap_or(0);
-        let rx = api.changes.subscribe();
-        // No history is kept: a watcher that is behind gets the current object first.
-        let current: Vec<Value> = {
-            let inner = api.inner.lock().unwrap();
-            inner
-                .nodes
-                .values()
-                .filter(|n| selected(n))
-                .filter(|n| {
-                    n["metadata"]["resourceVersion"]
-                        .as_str()
-                        .and_then(|r| r.parse::<u64>().ok())
-                        .is_some_and(|r| r > since)
-                })
-                .cloned()
-                .collect()
-        };
-        let initial = futures::stream::iter(current);
-        let updates = futures::stream::unfold(rx, |mut rx| async move {
-            loop {
-                match rx.recv().await {
-                    Ok(n) => return Some((n, rx)),
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                }
-            }
-        });
-        use futures::StreamExt;
-        let stream = initial.chain(updates).filter_map(move |n| {
-            let keep = selected(&n);
-            async move {
-                keep.then(|| {
-                    let line = json!({"type": "MODIFIED", "object": n}).to_string() + "\n";
-                    Ok::<_, Infallible>(Bytes::from(line))
-                })
-            }
-        });
-        return Response::builder()
-            .header("content-type", "application/json")
-            .body(Body::from_stream(stream))
-            .unwrap();
+        return watch(api, &q, &uri, selected);
     }
     let inner = api.inner.lock().unwrap();
     let items: Vec<Value> = inner
@@ -300,6 +311,115 @@ async fn list_or_watch(
         "items": items,
     }))
     .into_response()
+}
+
+/// A watch of Nodes; logged with status 410 when it is answered with the Expired error.
+fn watch(
+    api: FakeApi,
+    q: &BTreeMap<String, String>,
+    uri: &Uri,
+    selected: impl Fn(&Value) -> bool + Send + 'static,
+) -> Response {
+    let asked = q
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_WATCH_TIMEOUT);
+    let bookmarks = q.get("allowWatchBookmarks").map(String::as_str) == Some("true");
+    let since = q.get("resourceVersion").map(String::as_str).unwrap_or("");
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let line = |v: Value| Bytes::from(v.to_string() + "\n");
+    let (first, mut changes, timeout, expired) = {
+        let mut inner = api.inner.lock().unwrap();
+        let timeout = inner.watch_timeout.map_or(asked, |cap| asked.min(cap));
+        let changes = api.changes.subscribe();
+        // The server's resourceVersions are numbers; clients must not assume so.
+        let first: Vec<Value> = match since {
+            "" | "0" => inner
+                .nodes
+                .values()
+                .map(|n| json!({"type": "ADDED", "object": n}))
+                .collect(),
+            rv => match rv.parse::<u64>() {
+                Ok(rv) if rv >= inner.compacted => inner
+                    .history
+                    .iter()
+                    .filter(|(v, _, _)| *v > rv)
+                    .map(|(_, t, n)| json!({"type": t, "object": n}))
+                    .collect(),
+                _ => {
+                    let message = format!("too old resource version: {rv} ({})", inner.compacted);
+                    vec![json!({"type": "ERROR", "object": {
+                        "kind": "Status", "apiVersion": "v1", "metadata": {},
+                        "status": "Failure", "message": message, "reason": "Expired", "code": 410,
+                    }})]
+                }
+            },
+        };
+        let expired = first.first().is_some_and(|e| e["type"] == "ERROR");
+        inner.requests.push(Request {
+            method: "GET".into(),
+            path: uri.path().to_string(),
+            query: uri.query().unwrap_or("").to_string(),
+            content_type: String::new(),
+            body: Value::Null,
+            status: if expired { 410 } else { 200 },
+        });
+        (first, changes, timeout, expired)
+    };
+    let inner = api.inner.clone();
+    tokio::spawn(async move {
+        for e in first {
+            let keep = e["type"] == "ERROR" || selected(&e["object"]);
+            if keep && tx.send(line(e)).await.is_err() {
+                return;
+            }
+        }
+        if expired {
+            return;
+        }
+        let bookmark = |inner: &Arc<Mutex<Inner>>| {
+            let rv = inner.lock().unwrap().rv;
+            line(json!({"type": "BOOKMARK", "object": {
+                "kind": "Node", "apiVersion": "v1",
+                "metadata": {"resourceVersion": rv.to_string()},
+            }}))
+        };
+        let end = tokio::time::Instant::now() + timeout;
+        let mut tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + BOOKMARK_EVERY, BOOKMARK_EVERY);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(end) => {
+                    if bookmarks {
+                        let _ = tx.send(bookmark(&inner)).await;
+                    }
+                    return;
+                }
+                _ = tick.tick(), if bookmarks => {
+                    if tx.send(bookmark(&inner)).await.is_err() {
+                        return;
+                    }
+                }
+                _ = tx.closed() => return,
+                change = changes.recv() => match change {
+                    Ok(Value::Null) | Err(broadcast::error::RecvError::Closed) => return,
+                    Ok(e) => {
+                        if selected(&e["object"]) && tx.send(line(e)).await.is_err() {
+                            return;
+                        }
+                    }
+                    // A watcher that falls this far behind is ended, as the real one is.
+                    Err(broadcast::error::RecvError::Lagged(_)) => return,
+                },
+            }
+        }
+    });
+    let body = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, Infallible>);
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Body::from_stream(body))
+        .unwrap()
 }
 
 async fn get_node(
@@ -413,8 +533,12 @@ fn apply_patch(
             ),
         );
     }
+    let before = node.clone();
     // The status subresource changes only status; the main resource everything but status.
     let mut effective = patch.clone();
+    if let Some(m) = effective["metadata"].as_object_mut() {
+        m.remove("resourceVersion"); // a precondition, checked above
+    }
     if let Some(o) = effective.as_object_mut() {
         if subresource_status {
             o.retain(|k, _| k == "status");
@@ -423,10 +547,14 @@ fn apply_patch(
         }
     }
     merge(&mut node, &effective, strategic, "");
+    if node == before {
+        // A patch that changes nothing: no new resourceVersion, no watch event.
+        return axum::Json(node).into_response();
+    }
     inner.rv += 1;
     node["metadata"]["resourceVersion"] = inner.rv.to_string().into();
     inner.nodes.insert(name.to_string(), node.clone());
-    let _ = api.changes.send(node.clone());
+    record(&mut inner, &api.changes, "MODIFIED", node.clone());
     axum::Json(node).into_response()
 }
 
@@ -456,6 +584,88 @@ async fn patch_status(
     r
 }
 
+/// `Event.events.k8s.io "NAME" is invalid: ...`, 422, as the API server words it.
+fn invalid_event(name: &str, errors: Vec<(&str, String)>) -> Response {
+    let causes: Vec<Value> = errors
+        .iter()
+        .map(|(field, message)| json!({"reason": "FieldValueInvalid", "message": message, "field": field}))
+        .collect();
+    let summary: Vec<String> = errors.iter().map(|(f, m)| format!("{f}: {m}")).collect();
+    (
+        StatusCode::UNPROCESSABLE_ENTITY,
+        axum::Json(json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": format!("Event.events.k8s.io \"{name}\" is invalid: {}", summary.join(", ")),
+            "reason": "Invalid", "code": 422,
+            "details": {"name": name, "group": "events.k8s.io", "kind": "Event", "causes": causes},
+        })),
+    )
+        .into_response()
+}
+
+/// The checks of `ValidateEventCreate` that an events.k8s.io/v1 client can get wrong.
+fn validate_event(e: &Value) -> Vec<(&'static str, String)> {
+    let mut errors = Vec::new();
+    for field in [
+        "eventTime",
+        "reportingController",
+        "reportingInstance",
+        "action",
+        "reason",
+    ] {
+        if e[field].as_str().is_none_or(str::is_empty) {
+            errors.push((field, "Required value".to_string()));
+        }
+    }
+    if !matches!(e["type"].as_str(), Some("Normal" | "Warning")) {
+        errors.push((
+            "type",
+            format!("Invalid value: \"\": has invalid value: {}", e["type"]),
+        ));
+    }
+    if e["note"].as_str().is_some_and(|n| n.len() > 1024) {
+        errors.push((
+            "note",
+            "Invalid value: \"\": can have at most 1024 characters".into(),
+        ));
+    }
+    errors.extend(validate_series(e));
+    errors
+}
+
+fn validate_series(e: &Value) -> Vec<(&'static str, String)> {
+    let mut errors = Vec::new();
+    if e["series"].is_object() {
+        if e["series"]["count"].as_i64().is_none_or(|c| c < 2) {
+            errors.push((
+                "series.count",
+                "Invalid value: \"\": should be at least 2".into(),
+            ));
+        }
+        if e["series"]["lastObservedTime"].is_null() {
+            errors.push(("series.lastObservedTime", "Required value".into()));
+        }
+    }
+    errors
+}
+
+/// Fields an update must not change (`ValidateEventUpdate`, in events.k8s.io/v1 names).
+const IMMUTABLE_EVENT_FIELDS: &[&str] = &[
+    "regarding",
+    "related",
+    "reason",
+    "note",
+    "type",
+    "action",
+    "eventTime",
+    "reportingController",
+    "reportingInstance",
+    "deprecatedSource",
+    "deprecatedFirstTimestamp",
+    "deprecatedLastTimestamp",
+    "deprecatedCount",
+];
+
 async fn create_event(
     State(api): State<FakeApi>,
     UrlPath(ns): UrlPath<String>,
@@ -464,11 +674,26 @@ async fn create_event(
     headers: HeaderMap,
     axum::Json(mut body): axum::Json<Value>,
 ) -> Response {
-    api.log(&method, &uri, &headers, &body, 201);
     let name = body["metadata"]["name"].as_str().unwrap_or("").to_string();
     body["metadata"]["namespace"] = ns.into();
-    api.inner.lock().unwrap().events.insert(name, body.clone());
-    (StatusCode::CREATED, axum::Json(body)).into_response()
+    let errors = validate_event(&body);
+    let r = {
+        let mut inner = api.inner.lock().unwrap();
+        match inner.events.entry(name.clone()) {
+            std::collections::btree_map::Entry::Occupied(_) => status(
+                StatusCode::CONFLICT,
+                "AlreadyExists",
+                format!("events.events.k8s.io \"{name}\" already exists"),
+            ),
+            _ if !errors.is_empty() => invalid_event(&name, errors),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(body.clone());
+                (StatusCode::CREATED, axum::Json(body.clone())).into_response()
+            }
+        }
+    };
+    api.log(&method, &uri, &headers, &body, r.status().as_u16());
+    r
 }
 
 async fn patch_event(
@@ -479,21 +704,41 @@ async fn patch_event(
     headers: HeaderMap,
     axum::Json(body): axum::Json<Value>,
 ) -> Response {
-    let mut inner = api.inner.lock().unwrap();
-    let Some(event) = inner.events.get_mut(&name) else {
-        drop(inner);
-        api.log(&method, &uri, &headers, &body, 404);
-        return status(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            format!("events \"{name}\" not found"),
-        );
+    let r = {
+        let mut inner = api.inner.lock().unwrap();
+        match inner.events.get_mut(&name) {
+            None => status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("events.events.k8s.io \"{name}\" not found"),
+            ),
+            Some(event) => {
+                let mut updated = event.clone();
+                merge(&mut updated, &body, false, "");
+                let mut errors: Vec<(&str, String)> = IMMUTABLE_EVENT_FIELDS
+                    .iter()
+                    .filter(|f| updated[**f] != event[**f])
+                    .map(|f| {
+                        (
+                            *f,
+                            format!("Invalid value: {}: field is immutable", updated[*f]),
+                        )
+                    })
+                    .collect();
+                if updated["series"] != event["series"] {
+                    errors.extend(validate_series(&updated));
+                }
+                if errors.is_empty() {
+                    *event = updated.clone();
+                    axum::Json(updated).into_response()
+                } else {
+                    invalid_event(&name, errors)
+                }
+            }
+        }
     };
-    merge(event, &body, false, "");
-    let event = event.clone();
-    drop(inner);
-    api.log(&method, &uri, &headers, &body, 200);
-    axum::Json(event).into_response()
+    api.log(&method, &uri, &headers, &body, r.status().as_u16());
+    r
 }
 
 async fn get_secret(
