@@ -56,6 +56,14 @@ impl AgentProc {
         }
     }
 
+    /// Its HTTP listener's address.
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        self.base
+            .trim_start_matches("http://")
+            .parse()
+            .expect("a socket address")
+    }
+
     /// The last 60 lines of its log.
     pub fn log(&self) -> String {
         log_tail(&self.log, 60)
