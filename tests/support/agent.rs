@@ -29,6 +29,16 @@ impl AgentProc {
     }
 
     pub fn start_with_kubeconfig(sb: &Sandbox, config: &Path, kubeconfig: &Path) -> AgentProc {
+        Self::start_with(sb, config, kubeconfig, &[])
+    }
+
+    /// With extra environment variables (`PREPULLER_LOG`, …).
+    pub fn start_with(
+        sb: &Sandbox,
+        config: &Path,
+        kubeconfig: &Path,
+        env: &[(&str, &str)],
+    ) -> AgentProc {
         let port = free_port();
         let log = sb.path().join(format!("agent-{port}.log"));
         let child = tokio::process::Command::new(prepuller_bin!())
@@ -44,6 +54,7 @@ impl AgentProc {
             .env("NODE_NAME", "node-a")
             .env("KUBECONFIG", kubeconfig)
             .env_remove("KUBERNETES_SERVICE_HOST")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).unwrap())
             .kill_on_drop(true)
