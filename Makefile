@@ -53,14 +53,16 @@ FUZZ_SECONDS ?= 120
 # assertions are on, so an arithmetic overflow is a crash.
 FUZZ_FLAGS = -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=512 -malloc_limit_mb=64 -max_len=65536 -print_final_stats=1
 
-## fuzz: run each fuzz target for FUZZ_SECONDS (default 120); crashes land in fuzz/artifacts/
+## fuzz: run each fuzz target for FUZZ_SECONDS (default 120), from the seeds in fuzz/seeds/ and
+## what earlier runs found (fuzz/corpus/, not committed); crashes land in fuzz/artifacts/
 fuzz: setup
 	@if ! $(HAS_NIGHTLY); then echo "fuzz: skipped, no nightly toolchain (rustup toolchain install nightly)"; exit 0; fi; \
 	cargo +nightly fuzz build -s none --debug-assertions && \
 	for t in $(FUZZ_TARGETS); do \
 		echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
-		log=fuzz/target/$$t.log; \
-		cargo +nightly fuzz run -s none --debug-assertions $$t -- $(FUZZ_FLAGS) >$$log 2>&1; rc=$$?; \
+		log=fuzz/target/$$t.log; mkdir -p fuzz/corpus/$$t; \
+		cargo +nightly fuzz run -s none --debug-assertions $$t \
+			$(CURDIR)/fuzz/corpus/$$t $(CURDIR)/fuzz/seeds/$$t -- $(FUZZ_FLAGS) >$$log 2>&1; rc=$$?; \
 		grep -E '^Done [0-9]+ runs|^stat::(number_of_executed_units|peak_rss_mb)' $$log; \
 		if [ $$rc -ne 0 ]; then tail -n 40 $$log; echo "fuzz: $$t failed (input in fuzz/artifacts/$$t/)"; exit 1; fi; \
 	done

@@ -15,7 +15,10 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut keyring = Keyring::default();
     keyring.add("fuzz", entries);
-    for image in ["docker.io/library/nginx", "registry.example.com:5000/team/app"] {
+    for image in [
+        "docker.io/library/nginx",
+        "registry.example.com:5000/team/app",
+    ] {
         let _ = keyring.lookup(image);
     }
 });
