@@ -8,7 +8,7 @@ APT_PACKAGES := containerd docker-registry protobuf-compiler skopeo umoci nginx 
 # The commands those packages provide, checked to decide whether setup has work to do.
 NEEDED_COMMANDS := containerd ctr docker-registry protoc skopeo umoci nginx htpasswd curl
 
-.PHONY: setup test demo demo-down build lint bench deploy-check image image-check acceptance
+.PHONY: setup test demo demo-down build lint bench deploy-check image image-check acceptance fuzz fuzz-smoke
 
 ## setup: install what the build, the tests and the demo need (apt packages, rustfmt, clippy,
 ## and for the deploy checks: .venv/ with kubernetes-validate, kubectl if the machine has none)
@@ -23,6 +23,10 @@ setup:
 		rustup component list --installed 2>/dev/null | grep -q "^$$comp" || rustup component add $$comp; \
 	done
 	@bash hack/setup-deploy-tools.sh
+	@if $(HAS_NIGHTLY) && ! $(CARGO) fuzz --version >/dev/null 2>&1; then \
+		echo "setup: installing cargo-fuzz (a nightly toolchain is present)"; \
+		$(CARGO) install cargo-fuzz --locked; \
+	fi
 
 build: setup
 	$(CARGO) build --all-targets
@@ -38,7 +42,35 @@ lint: setup
 ## (benches/ are compiled by clippy above and run by `make bench`, not here: they measure, not test)
 test: lint
 	$(CARGO) test --lib --bins --tests --examples
-	@$(MAKE) --no-print-directory deploy-check image-check acceptance
+	@$(MAKE) --no-print-directory deploy-check image-check acceptance fuzz-smoke
+
+# Fuzzing (fuzz/): libFuzzer through cargo-fuzz, which needs a nightly toolchain.
+HAS_NIGHTLY = rustup toolchain list 2>/dev/null | grep -q '^nightly'
+FUZZ_TARGETS := reference config_yaml config_dir docker_config
+FUZZ_SECONDS ?= 120
+# Per target: bounded time; an input that takes over 10 s is a hang, one allocation over
+# 64 MiB or a total over 512 MiB a failure; inputs up to 64 KiB (a big config). No sanitizer:
+# the code under test is safe Rust (ASan would double the build for nothing), but debug
+# assertions are on, so an arithmetic overflow is a crash.
+FUZZ_FLAGS = -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=512 -malloc_limit_mb=64 -max_len=65536 -print_final_stats=1
+
+## fuzz: run each fuzz target for FUZZ_SECONDS (default 120), from the seeds in fuzz/seeds/ and
+## what earlier runs found (fuzz/corpus/, not committed); crashes land in fuzz/artifacts/
+fuzz: setup
+	@if ! $(HAS_NIGHTLY); then echo "fuzz: skipped, no nightly toolchain (rustup toolchain install nightly)"; exit 0; fi; \
+	cargo +nightly fuzz build -s none --debug-assertions && \
+	for t in $(FUZZ_TARGETS); do \
+		echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
+		log=fuzz/target/$$t.log; mkdir -p fuzz/corpus/$$t; \
+		cargo +nightly fuzz run -s none --debug-assertions $$t \
+			$(CURDIR)/fuzz/corpus/$$t $(CURDIR)/fuzz/seeds/$$t -- $(FUZZ_FLAGS) >$$log 2>&1; rc=$$?; \
+		grep -E '^Done [0-9]+ runs|^stat::(number_of_executed_units|peak_rss_mb)' $$log; \
+		if [ $$rc -ne 0 ]; then tail -n 40 $$log; echo "fuzz: $$t failed (input in fuzz/artifacts/$$t/)"; exit 1; fi; \
+	done
+
+## fuzz-smoke: `make fuzz` for 20 s a target (part of `make test`)
+fuzz-smoke:
+	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=20
 
 # kubectl: the machine's, else the one `make setup` put in .tools/bin.
 DEPLOY_PATH = PATH="$$PATH:$(CURDIR)/.tools/bin"

@@ -804,18 +804,28 @@ async fn labels_changed(node: &mut Option<AgentLink>) -> Option<()> {
 
 /// Watches the config path for changes. For a file, its directory is watched: editors and
 /// the kubelet replace files (and the `..data` link of a ConfigMap) rather than write them.
+/// Only events on the config itself wake the agent: that file (or, for a directory, its
+/// `*.yaml`/`*.yml` files) and `..data`. Anything else there, such as a log file the agent
+/// itself writes, would otherwise wake it on every write.
 fn watch(path: &Path, tx: mpsc::Sender<()>) -> notify::Result<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher};
-    let dir = if path.is_dir() {
-        path.to_path_buf()
+    let interest = if path.is_dir() {
+        Interest::ConfigDir(path.to_path_buf())
     } else {
-        path.parent()
+        let dir = path
+            .parent()
             .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .to_path_buf()
+            .unwrap_or(Path::new("."));
+        Interest::File(
+            dir.to_path_buf(),
+            path.file_name().unwrap_or_default().into(),
+        )
     };
+    let interest = interest.absolute();
+    let dir = interest.dir().to_path_buf();
+    let interests = [interest];
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| !is_read(&e.kind)) {
+        if event.is_ok_and(|e| concerns(&interests, &e)) {
             // A full channel already holds a wake-up; dropping this one loses nothing.
             let _ = tx.try_send(());
         }
@@ -826,40 +836,103 @@ fn watch(path: &Path, tx: mpsc::Sender<()>) -> notify::Result<notify::Recommende
 
 /// Watches the credential files and directories (mounted secrets are swapped like ConfigMaps,
 /// so a directory is watched recursively). `None` when there is nothing to watch or the
-/// watcher fails: each pass still re-reads the sources.
+/// watcher fails: each pass still re-reads the sources. Only the declared files (and a
+/// `..data` swap beside them) and whatever is below a declared directory wake the agent.
 fn watch_credentials(
     sources: &[CredentialSource],
     tx: mpsc::Sender<()>,
 ) -> Option<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher};
-    let paths: Vec<PathBuf> = sources.iter().flat_map(|s| s.watched_paths()).collect();
-    if paths.is_empty() {
+    let mut interests = Vec::new();
+    for path in sources.iter().flat_map(|s| s.watched_paths()) {
+        if path.is_dir() {
+            interests.push(Interest::Tree(path));
+        } else if let (Some(parent), Some(name)) = (path.parent(), path.file_name()) {
+            // The file itself may be replaced (a rename, a `..data` swap): watch its folder.
+            if parent.is_dir() {
+                interests.push(Interest::File(parent.to_path_buf(), name.into()));
+            }
+        }
+    }
+    if interests.is_empty() {
         return None;
     }
+    let interests: Vec<Interest> = interests.into_iter().map(Interest::absolute).collect();
+    let targets: Vec<(PathBuf, RecursiveMode)> = interests
+        .iter()
+        .map(|i| match i {
+            Interest::Tree(dir) => (dir.clone(), RecursiveMode::Recursive),
+            other => (other.dir().to_path_buf(), RecursiveMode::NonRecursive),
+        })
+        .collect();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| !is_read(&e.kind)) {
+        if event.is_ok_and(|e| concerns(&interests, &e)) {
             let _ = tx.try_send(());
         }
     })
     .map_err(|e| tracing::warn!("cannot watch credential files, re-reading them every pass: {e}"))
     .ok()?;
-    for path in paths {
-        let (target, mode) = if path.is_dir() {
-            (path, RecursiveMode::Recursive)
-        } else {
-            // The file itself may be replaced (a rename, a `..data` swap): watch its folder.
-            match path.parent() {
-                Some(parent) if parent.is_dir() => {
-                    (parent.to_path_buf(), RecursiveMode::NonRecursive)
-                }
-                _ => continue,
-            }
-        };
+    for (target, mode) in targets {
         if let Err(e) = watcher.watch(&target, mode) {
             tracing::debug!(path = %target.display(), "not watching: {e}");
         }
     }
     Some(watcher)
+}
+
+/// What a watcher acts on.
+enum Interest {
+    /// One file of a directory (by name), or that directory's `..data` link.
+    File(PathBuf, std::ffi::OsString),
+    /// A config directory: its `*.yaml`/`*.yml` files (not hidden) and its `..data` link.
+    ConfigDir(PathBuf),
+    /// Anything below a directory.
+    Tree(PathBuf),
+}
+
+impl Interest {
+    /// notify reports paths as the watched one joined to the current directory, like this.
+    fn absolute(self) -> Interest {
+        let abs = |p: PathBuf| std::env::current_dir().map(|c| c.join(&p)).unwrap_or(p);
+        match self {
+            Interest::File(dir, name) => Interest::File(abs(dir), name),
+            Interest::ConfigDir(dir) => Interest::ConfigDir(abs(dir)),
+            Interest::Tree(dir) => Interest::Tree(abs(dir)),
+        }
+    }
+
+    fn dir(&self) -> &Path {
+        match self {
+            Interest::File(dir, _) | Interest::ConfigDir(dir) | Interest::Tree(dir) => dir,
+        }
+    }
+
+    fn covers(&self, path: &Path) -> bool {
+        let name = path.file_name().unwrap_or_default();
+        let beside = || path.parent() == Some(self.dir());
+        match self {
+            Interest::File(_, file) => beside() && (name == file.as_os_str() || name == "..data"),
+            Interest::ConfigDir(_) => {
+                let name = name.to_string_lossy();
+                beside()
+                    && (name == "..data"
+                        || !name.starts_with('.')
+                            && (name.ends_with(".yaml") || name.ends_with(".yml")))
+            }
+            Interest::Tree(dir) => path.starts_with(dir),
+        }
+    }
+}
+
+/// Whether an event concerns the watched files. An event without paths (the kernel's queue
+/// overflowed: some events were lost) counts, so nothing is missed.
+fn concerns(interests: &[Interest], event: &notify::Event) -> bool {
+    !is_read(&event.kind)
+        && (event.paths.is_empty()
+            || event
+                .paths
+                .iter()
+                .any(|p| interests.iter().any(|i| i.covers(p))))
 }
 
 /// Opening and reading files are events too; the agent's own reads must not wake it.

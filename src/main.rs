@@ -179,8 +179,14 @@ fn block_on(f: impl std::future::Future<Output = anyhow::Result<u8>>) -> anyhow:
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PREPULLER_LOG")
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("PREPULLER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // notify traces every inotify event it reads, the agent's own log writes included when the
+    // log lies beside the config: at `trace` each line would log another, without end. Its
+    // traces only when asked for by name (`PREPULLER_LOG=trace,notify=trace`).
+    if !std::env::var("PREPULLER_LOG").is_ok_and(|v| v.contains("notify")) {
+        filter = filter.add_directive("notify=info".parse().expect("a valid directive"));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -2,6 +2,8 @@
 
 #[path = "support/agent.rs"]
 mod agent_proc;
+#[path = "support/hostile.rs"]
+mod hostile;
 mod support;
 
 use std::path::Path;
@@ -374,4 +376,85 @@ fn signal(pid: u32, name: &str) {
         .unwrap()
         .success();
     assert!(ok, "kill -{name} {pid}");
+}
+
+/// Lines in the agent's log so far.
+fn log_lines(agent: &AgentProc) -> usize {
+    std::fs::read(&agent.log).map_or(0, |b| b.split(|c| *c == b'\n').count())
+}
+
+#[tokio::test]
+async fn files_written_beside_the_config_and_credentials_do_not_wake_the_agent() {
+    let sb = Sandbox::start();
+    // The `make demo` layout: config, credentials and the agent's own log in one directory.
+    let dir = sb.path();
+    let config = dir.join("images.yaml");
+    let creds = dir.join("config.json");
+    std::fs::write(&creds, r#"{"auths": {}}"#).unwrap();
+    write_atomically(
+        &config,
+        &format!(
+            "resyncInterval: 1h\ncredentials:\n  - dockerConfig: {}\nimages: []\n",
+            creds.display()
+        ),
+    );
+    let agent = AgentProc::start_with(
+        &sb,
+        &config,
+        Path::new("/nonexistent/kubeconfig"),
+        &[("PREPULLER_LOG", "trace")],
+    );
+    assert_eq!(
+        agent.log.parent(),
+        Some(dir),
+        "the log lies beside the config"
+    );
+    let addr = agent.http_addr();
+    let deadline = Instant::now() + agent_proc::AGENT_CONVERGE;
+    while hostile::get(addr, "/readyz").await.map(|r| r.0) != Some(200) {
+        assert!(Instant::now() < deadline, "never ready\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let quiet_start = log_lines(&agent);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle = log_lines(&agent) - quiet_start;
+
+    // Another program's file beside them, written every 100 ms for 3 s.
+    let before = log_lines(&agent);
+    for n in 0..30 {
+        std::fs::write(dir.join("unrelated.txt"), format!("write {n}\n")).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let during = log_lines(&agent) - before;
+    eprintln!("trace log: {idle} lines in 3 s idle, {during} in 4 s of unrelated writes");
+    // A pass at trace level logs its runtime call (dozens of gRPC lines); 30 wake-ups would
+    // log hundreds, a self-feeding log thousands. Idle, the agent logs next to nothing.
+    assert!(
+        during <= idle + 20,
+        "{during} log lines while an unrelated file was written (idle: {idle})\n{}",
+        agent.log()
+    );
+
+    // The config itself still wakes it.
+    write_atomically(
+        &config,
+        &format!(
+            "resyncInterval: 1h\ncredentials:\n  - dockerConfig: {}\nimages: []\nparallelism: 2\n",
+            creds.display()
+        ),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&agent.log)
+        .unwrap()
+        .contains("generation=2")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the config change was not applied\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -29,6 +29,16 @@ impl AgentProc {
     }
 
     pub fn start_with_kubeconfig(sb: &Sandbox, config: &Path, kubeconfig: &Path) -> AgentProc {
+        Self::start_with(sb, config, kubeconfig, &[])
+    }
+
+    /// With extra environment variables (`PREPULLER_LOG`, …).
+    pub fn start_with(
+        sb: &Sandbox,
+        config: &Path,
+        kubeconfig: &Path,
+        env: &[(&str, &str)],
+    ) -> AgentProc {
         let port = free_port();
         let log = sb.path().join(format!("agent-{port}.log"));
         let child = tokio::process::Command::new(prepuller_bin!())
@@ -44,6 +54,7 @@ impl AgentProc {
             .env("NODE_NAME", "node-a")
             .env("KUBECONFIG", kubeconfig)
             .env_remove("KUBERNETES_SERVICE_HOST")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).unwrap())
             .kill_on_drop(true)
@@ -54,6 +65,14 @@ impl AgentProc {
             base: format!("http://127.0.0.1:{port}"),
             log,
         }
+    }
+
+    /// Its HTTP listener's address.
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        self.base
+            .trim_start_matches("http://")
+            .parse()
+            .expect("a socket address")
     }
 
     /// The last 60 lines of its log.
