@@ -1,10 +1,14 @@
 //! Events on the agent's Node (`kubectl describe node` shows them), aggregated and
 //! rate-limited so that a failing image cannot flood the API server.
 //!
-//! Occurrences with the same reason and subject (image) form one `events.k8s.io/v1` Event
-//! whose `series.count` grows; a repeat is written at most once per [`SERIES_INTERVAL`] (the
-//! count carries what was held back), and every write takes a token from a per-node bucket
-//! with the kubelet's own event spam-filter numbers (burst 25, one token per 5 minutes).
+//! Occurrences with the same reason, subject (image) and note form one `events.k8s.io/v1`
+//! Event whose `series.count` grows; a repeat is written at most once per [`SERIES_INTERVAL`]
+//! (the count carries what was held back), and every write takes a token from a per-node
+//! bucket with the kubelet's own event spam-filter numbers (burst 25, one token per 5 minutes).
+//!
+//! The API server refuses an update of an Event that changes its `note` (or `reason`, `type`,
+//! `regarding`, `action`, `eventTime`, the reporting fields): a repeat updates only `series`,
+//! and an occurrence with another note starts a new Event.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -64,6 +68,16 @@ struct Bucket {
 }
 
 impl Bucket {
+    /// When [`Bucket::take`] will succeed.
+    fn next_token(&self) -> Instant {
+        if self.tokens >= 1.0 {
+            return self.at;
+        }
+        // Rounded up by a millisecond, so that the token is whole when woken for it.
+        let wait = (1.0 - self.tokens) * REFILL_EVERY.as_secs_f64() + 0.001;
+        self.at + Duration::from_secs_f64(wait)
+    }
+
     fn take(&mut self, now: Instant) -> bool {
         let refill = now.duration_since(self.at).as_secs_f64() / REFILL_EVERY.as_secs_f64();
         self.tokens = (self.tokens + refill).min(BURST);
@@ -108,16 +122,20 @@ impl EventSink {
         if let Some(s) = self
             .series
             .get_mut(&key)
-            .filter(|s| now.duration_since(s.last_seen) < SERIES_TTL)
+            .filter(|s| now.duration_since(s.last_seen) < SERIES_TTL && s.note == note)
         {
             s.count += 1;
             s.pending = true;
-            s.note = note;
             s.last_seen = now;
             if now.duration_since(s.last_write) >= SERIES_INTERVAL {
                 self.flush_one(&key, now).await;
             }
             return;
+        }
+        // Another note for the same reason and image: the old series' held-back count is
+        // written before a new Event replaces it.
+        if self.series.get(&key).is_some_and(|s| s.pending) {
+            self.flush_one(&key, now).await;
         }
         if !self.bucket.take(now) {
             self.dropped += 1;
@@ -199,13 +217,16 @@ impl EventSink {
         }
     }
 
-    /// When [`EventSink::flush`] has something to do, if ever.
+    /// When [`EventSink::flush`] has something to do, if ever: a series is due and the
+    /// bucket has a token for it (not before, or the caller would spin on an empty bucket).
     pub fn next_flush(&self) -> Option<Instant> {
-        self.series
+        let due = self
+            .series
             .values()
             .filter(|s| s.pending)
             .map(|s| s.last_write + SERIES_INTERVAL)
-            .min()
+            .min()?;
+        Some(due.max(self.bucket.next_token()))
     }
 
     async fn flush_one(&mut self, key: &(&'static str, String), now: Instant) {
@@ -216,8 +237,8 @@ impl EventSink {
         let Some(s) = self.series.get_mut(key) else {
             return;
         };
+        // `series` only: the rest of an Event is immutable.
         let patch = serde_json::json!({
-            "note": s.note,
             "series": {
                 "count": s.count,
                 "lastObservedTime": MicroTime(Timestamp::now()),

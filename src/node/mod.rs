@@ -28,7 +28,7 @@ use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::{Node, NodeCondition, ObjectReference};
 use kube::Api;
 use kube::api::{Patch, PatchParams, WatchEvent, WatchParams};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -49,6 +49,8 @@ const RETRY: Duration = Duration::from_secs(10);
 const CONFLICT_RETRIES: usize = 5;
 /// The server ends a watch after this long; it is resumed from the last resourceVersion.
 const WATCH_TIMEOUT_SECS: u32 = 290;
+/// A watch that ends sooner than this (or is refused as too old) is not resumed at once.
+const MIN_WATCH: Duration = Duration::from_secs(1);
 const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
 
 pub mod reason {
@@ -252,10 +254,6 @@ fn label<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
     node.metadata.labels.as_ref()?.get(key).map(String::as_str)
 }
 
-fn resource_version(node: &Node) -> Option<u64> {
-    node.metadata.resource_version.as_deref()?.parse().ok()
-}
-
 fn to_system_time(t: &k8s_openapi::jiff::Timestamp) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(t.as_second().max(0) as u64)
 }
@@ -322,10 +320,17 @@ pub struct Reporter {
     fail_open: Option<String>,
     /// After a failed write, no write before this.
     retry_at: Option<Instant>,
+    /// When [`Reporter::reconcile`] last ran: a deadline up to then has been acted on.
+    reconciled_at: Option<Instant>,
+    /// The resourceVersion of the last write's answer, until the watch delivers it.
+    echo: Option<String>,
     /// The last error logged, so a persistent one is logged once.
     last_error: Option<String>,
     /// A taint that came back after prepuller removed it in this boot was logged.
     taint_back_logged: bool,
+    /// Iterations of the run loop, for the tests that guard against spinning.
+    #[cfg(test)]
+    loops: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Reporter {
@@ -349,14 +354,20 @@ impl Reporter {
             taint_deadline: None,
             fail_open: None,
             retry_at: None,
+            reconciled_at: None,
+            echo: None,
             last_error: None,
             taint_back_logged: false,
+            #[cfg(test)]
+            loops: Arc::default(),
         }
     }
 
     /// Runs until `cancel`.
     pub async fn run(mut self, cancel: CancellationToken) {
-        let (node_tx, mut node_rx) = watch::channel::<Option<Node>>(None);
+        // Ordered and lossless (a `watch` channel would coalesce): [`Reporter::observe_event`]
+        // relies on seeing every event of a watch stream in order.
+        let (node_tx, mut node_rx) = mpsc::channel::<Seen>(64);
         let watcher = tokio::spawn(watch_node(
             self.nodes.clone(),
             self.name.clone(),
@@ -366,23 +377,30 @@ impl Reporter {
         let mut changes = self.hub.changes();
         let mut agent_events = self.hub.subscribe();
         let mut settings = self.link.settings.clone();
+        // The agent may drop its side first: then there are no more settings to wait for.
+        let mut settings_open = true;
         loop {
+            #[cfg(test)]
+            self.loops
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let wake = self.next_wake();
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
-                r = node_rx.changed() => {
-                    if r.is_err() {
-                        break;
-                    }
-                    let node = node_rx.borrow_and_update().clone();
-                    if let Some(node) = node {
-                        self.observe(node);
-                    }
-                }
+                seen = node_rx.recv() => match seen {
+                    None => break,
+                    Some(Seen::Read(node)) => self.observe(node),
+                    Some(Seen::Event(node)) => self.observe_event(node),
+                },
                 e = agent_events.recv() => {
                     match e {
-                        Ok(e) => self.on_agent_event(e.kind).await,
+                        Ok(e) => {
+                            tokio::select! {
+                                biased;
+                                _ = cancel.cancelled() => break,
+                                _ = self.on_agent_event(e.kind) => {}
+                            }
+                        }
                         Err(broadcast::error::RecvError::Lagged(n)) => {
                             tracing::debug!("{n} agent events not turned into Node events (lagging)");
                         }
@@ -394,45 +412,89 @@ impl Reporter {
                     if r.is_err() {
                         break;
                     }
-                    tokio::time::sleep(DEBOUNCE).await;
+                    // Debounce, but a SIGTERM during it ends the reporter at once.
+                    tokio::select! {
+                        biased;
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(DEBOUNCE) => {}
+                    }
                     changes.borrow_and_update();
                 }
-                _ = settings.changed() => {}
-                _ = tokio::time::sleep_until(wake) => {
-                    self.events.flush().await;
+                r = settings.changed(), if settings_open => settings_open = r.is_ok(),
+                _ = sleep_until(wake) => {
+                    tokio::select! {
+                        biased;
+                        _ = cancel.cancelled() => break,
+                        _ = self.events.flush() => {}
+                    }
                 }
             }
-            self.reconcile().await;
+            // An API call that hangs must not hold the shutdown up.
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                _ = self.reconcile() => {}
+            }
         }
         watcher.abort();
     }
 
-    fn next_wake(&self) -> Instant {
-        let far = Instant::now() + Duration::from_secs(24 * 3600);
-        [
+    /// When the loop has something to do without being told, if ever. Every time returned is
+    /// one that a reconcile (or a flush) has not yet seen: a deadline that has passed and was
+    /// acted on (or could not be) is not a wake, or the loop would spin on it.
+    fn next_wake(&self) -> Option<Instant> {
+        let reconcile = [
             self.condition_written.map(|t| t + HEARTBEAT),
             self.taint_deadline
                 .filter(|_| self.fail_open.is_none())
                 .map(|(_, _, t)| t),
             self.retry_at,
-            self.events.next_flush(),
         ]
         .into_iter()
         .flatten()
-        .min()
-        .unwrap_or(far)
+        // Nothing is written before `retry_at`, whatever falls due before it.
+        .map(|t| self.retry_at.map_or(t, |r| t.max(r)))
+        .filter(|t| self.reconciled_at.is_none_or(|r| *t > r))
+        .min();
+        [reconcile, self.events.next_flush()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
-    /// Takes a newer Node and passes its labels to the agent. An older one (a watch event
-    /// behind a write's answer) is ignored.
+    /// Takes the Node as read (a GET): the newest there is, whatever was seen before.
     pub fn observe(&mut self, node: Node) {
-        if let (Some(old), Some(new)) = (
-            self.observed.as_ref().and_then(resource_version),
-            resource_version(&node),
-        ) && new < old
-        {
-            return;
+        self.echo = None;
+        self.take(node);
+    }
+
+    /// Takes a Node from the watch. resourceVersion is opaque (never compared as a number):
+    /// a watch delivers a Node's changes in order, so after a write the events up to the one
+    /// carrying the write's answer are older than what the agent holds and are skipped.
+    fn observe_event(&mut self, node: Node) {
+        if let Some(echo) = &self.echo {
+            if node.metadata.resource_version.as_ref() != Some(echo) {
+                return;
+            }
+            self.echo = None;
         }
+        self.take(node);
+    }
+
+    /// Takes a write's answer; its watch event is awaited (unless the write changed nothing,
+    /// when no event comes).
+    fn observe_written(&mut self, node: Node) {
+        let before = self
+            .observed
+            .as_ref()
+            .and_then(|n| n.metadata.resource_version.as_ref());
+        if node.metadata.resource_version.as_ref() != before {
+            self.echo = node.metadata.resource_version.clone();
+        }
+        self.take(node);
+    }
+
+    fn take(&mut self, node: Node) {
         let labels: Labels = node.metadata.labels.clone().unwrap_or_default();
         self.link.labels.send_if_modified(|l| {
             if l.as_ref() == Some(&labels) {
@@ -463,21 +525,18 @@ impl Reporter {
             return;
         }
         let occurrence = match kind {
+            // The note is immutable once written: no attempt number or retry time (they are
+            // in `/status`); the series count says how often, and another error makes
+            // another Event.
             AgentEventKind::AttemptFailed {
                 image,
-                attempt,
+                class,
                 error,
-                next_retry_at,
                 ..
             } => Occurrence {
                 type_: Type::Warning,
                 reason: "ImagePullFailed",
-                note: match next_retry_at {
-                    Some(at) => format!(
-                        "Failed to pull image {image} (attempt {attempt}): {error}; retrying at {at}"
-                    ),
-                    None => format!("Failed to pull image {image} (attempt {attempt}): {error}"),
-                },
+                note: format!("Failed to pull image {image} ({class}): {error}"),
                 subject: image,
             },
             AgentEventKind::Drift { image, from, to } => Occurrence {
@@ -494,6 +553,7 @@ impl Reporter {
 
     /// Compares what the Node shows with what it should show, and writes the difference.
     pub async fn reconcile(&mut self) {
+        self.reconciled_at = Some(Instant::now());
         if self.observed.is_none() || !self.hub.is_synced() {
             return; // before the first resync the images' states are not known yet
         }
@@ -598,7 +658,7 @@ impl Reporter {
             tracing::info!(node = %self.name, status, reason = desired.reason, "{CONDITION_TYPE}: {message}");
         }
         self.condition_written = Some(Instant::now());
-        self.observe(node);
+        self.observe_written(node);
         if became_warm && self.link.settings.borrow().events {
             let node = self.node_ref();
             self.events
@@ -643,7 +703,7 @@ impl Reporter {
             .await
             .map_err(|e| explain(&e, "patch", "nodes"))?;
         self.managed_label = settings.label.clone();
-        self.observe(node);
+        self.observe_written(node);
         Ok(())
     }
 
@@ -671,14 +731,17 @@ impl Reporter {
 
     async fn reconcile_taint(&mut self, settings: &NodeSettings, warm: bool) -> Result<(), String> {
         let Some(key) = settings.startup_taint.clone() else {
+            self.taint_deadline = None; // turned off: nothing will be removed
             return Ok(());
         };
         for _ in 0..CONFLICT_RETRIES {
             let node = self.observed.as_ref().expect("checked by reconcile");
             if !has_taint(node, &key) {
+                self.taint_deadline = None; // gone: nothing to fail open
                 return Ok(());
             }
             if annotation(node, BOOT_ANNOTATION) == Some(self.boot.id.as_str()) {
+                self.taint_deadline = None; // removed once this boot: left alone
                 if !self.taint_back_logged {
                     tracing::info!(node = %self.name, taint = %key, "the startup taint is back after prepuller removed it in this boot; leaving it (it is removed once per boot)");
                     self.taint_back_logged = true;
@@ -724,7 +787,7 @@ impl Reporter {
                     } else {
                         tracing::info!(node = %self.name, taint = %key, "node warm: startup taint removed");
                     }
-                    self.observe(node);
+                    self.observe_written(node);
                     return Ok(());
                 }
                 Err(e) if is_conflict(&e) => {
@@ -745,13 +808,29 @@ impl Reporter {
     }
 }
 
+/// The Node as the watcher saw it.
+enum Seen {
+    /// Read with a GET: the current Node.
+    Read(Node),
+    /// From the watch, in the order of its changes.
+    Event(Node),
+}
+
+/// Sleeps until `at`; forever without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Follows one Node: GET, then WATCH from its resourceVersion with a `metadata.name` field
 /// selector (RBAC `get` and `watch` on nodes, no `list`). A watch that ends is resumed; one
 /// that is too old (410) starts over with a GET.
 async fn watch_node(
     api: Api<Node>,
     name: String,
-    tx: watch::Sender<Option<Node>>,
+    tx: mpsc::Sender<Seen>,
     cancel: CancellationToken,
 ) {
     let mut delay = Duration::from_secs(1);
@@ -764,12 +843,15 @@ async fn watch_node(
             Err(e) => explain(&e, "get", "nodes"),
             Ok(node) => {
                 let mut rv = node.metadata.resource_version.clone().unwrap_or_default();
-                let _ = tx.send(Some(node));
+                if tx.send(Seen::Read(node)).await.is_err() {
+                    return;
+                }
                 delay = Duration::from_secs(1);
                 if last_error.take().is_some() {
                     tracing::info!(node = %name, "reading the Node again");
                 }
                 'watch: loop {
+                    let opened = Instant::now();
                     let stream = match api.watch(&params, &rv).await {
                         Ok(s) => s,
                         Err(e) => break 'watch explain(&e, "watch", "nodes"),
@@ -783,34 +865,57 @@ async fn watch_node(
                         match next {
                             Ok(Some(WatchEvent::Added(n) | WatchEvent::Modified(n))) => {
                                 rv = n.metadata.resource_version.clone().unwrap_or_default();
-                                let _ = tx.send(Some(n));
+                                if tx.send(Seen::Event(n)).await.is_err() {
+                                    return;
+                                }
                             }
                             Ok(Some(WatchEvent::Bookmark(b))) => rv = b.metadata.resource_version,
                             Ok(Some(WatchEvent::Deleted(_))) => {}
                             Ok(Some(WatchEvent::Error(s))) if s.code == 410 => {
+                                // Too old to resume: read the Node again.
                                 break 'watch String::new();
                             }
                             Ok(Some(WatchEvent::Error(s))) => {
                                 break 'watch format!("watch nodes: {} ({})", s.message, s.code);
                             }
-                            Ok(None) => continue 'watch, // the server's timeout: resume
+                            Ok(None) => {
+                                // The server's timeout: resume. A server that ends every
+                                // watch at once is not asked again in a tight loop.
+                                if opened.elapsed() < MIN_WATCH && !pause(&cancel, MIN_WATCH).await
+                                {
+                                    return;
+                                }
+                                continue 'watch;
+                            }
                             Err(e) => break 'watch explain(&e, "watch", "nodes"),
                         }
                     }
                 }
             }
         };
-        if !error.is_empty() {
-            if last_error.as_deref() != Some(error.as_str()) {
-                tracing::warn!(node = %name, "cannot follow the Node, retrying: {error}");
-                last_error = Some(error);
+        if error.is_empty() {
+            // 410: read again at once, but not in a tight loop.
+            if !pause(&cancel, MIN_WATCH).await {
+                return;
             }
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(delay) => {}
-            }
-            delay = (delay * 2).min(Duration::from_secs(60));
+            continue;
         }
+        if last_error.as_deref() != Some(error.as_str()) {
+            tracing::warn!(node = %name, "cannot follow the Node, retrying: {error}");
+            last_error = Some(error);
+        }
+        if !pause(&cancel, delay).await {
+            return;
+        }
+        delay = (delay * 2).min(Duration::from_secs(60));
+    }
+}
+
+/// Sleeps `d`; false when cancelled meanwhile.
+async fn pause(cancel: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
     }
 }
 

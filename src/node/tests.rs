@@ -1,6 +1,9 @@
 //! The Reporter's requests and their effects, on kube's client over a `tower-test` mock with
 //! explicit scenarios (as kube-rs's controller examples do). Time is paused: the heartbeat
 //! and the taint timeout are crossed with `tokio::time::advance`.
+//!
+//! A request the scenario does not expect fails the test (see [`quiet`]), and one that never
+//! comes fails it after [`PATIENCE`] of virtual time (see [`next`]): neither hangs.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -53,10 +56,15 @@ fn node(rv: u64, taints: Value) -> Value {
     })
 }
 
-fn reporter(hub: Arc<StatusHub>, settings: NodeSettings) -> (Reporter, MockHandle) {
+/// How long (virtual) a scenario waits for a request it expects.
+const PATIENCE: Duration = Duration::from_secs(3600);
+
+/// A reporter on a mock API, and the agent's side of its link (kept: dropping it is the
+/// agent going away).
+fn reporter(hub: Arc<StatusHub>, settings: NodeSettings) -> (Reporter, MockHandle, AgentLink) {
     let (svc, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(svc, "default");
-    let (_agent, link) = link(settings);
+    let (agent, link) = link(settings);
     let boot = Boot {
         id: "boot-1".into(),
         at: SystemTime::UNIX_EPOCH,
@@ -64,14 +72,39 @@ fn reporter(hub: Arc<StatusHub>, settings: NodeSettings) -> (Reporter, MockHandl
     (
         Reporter::new(client, "node-a".into(), boot, hub, link),
         handle,
+        agent,
     )
 }
 
-/// The next request: method, path and JSON body.
+/// Runs `f`, failing at once if it makes a request (the mock would otherwise leave it
+/// waiting for an answer forever) or if it does not end within [`PATIENCE`].
+async fn quiet<F: std::future::Future>(handle: &mut MockHandle, f: F) -> F::Output {
+    tokio::select! {
+        biased;
+        out = tokio::time::timeout(PATIENCE, f) => out.expect("stuck without making a request"),
+        r = handle.next_request() => {
+            let what = r.map(|(req, _)| format!("{} {}", req.method(), req.uri()));
+            panic!("unexpected request: {what:?}")
+        }
+    }
+}
+
+/// Runs the reporter's side of a scenario: fails after [`PATIENCE`] if it is left waiting
+/// for an answer the scenario never gives (a request it did not expect).
+async fn bounded<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(PATIENCE, f)
+        .await
+        .expect("stuck on a request the scenario did not answer")
+}
+
+/// The next request: method, path and JSON body; fails after [`PATIENCE`] without one.
 async fn next(
     handle: &mut MockHandle,
 ) -> (Method, String, Value, mock::SendResponse<Response<Body>>) {
-    let (req, send) = handle.next_request().await.expect("a request");
+    let (req, send) = tokio::time::timeout(PATIENCE, handle.next_request())
+        .await
+        .expect("no request came")
+        .expect("a request");
     let (parts, body) = req.into_parts();
     let bytes = body.collect_bytes().await.unwrap();
     let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
@@ -98,13 +131,25 @@ fn apply(node: &mut Value, path: &str, body: &Value) {
         for (k, v) in body["metadata"]["labels"].as_object().into_iter().flatten() {
             node["metadata"]["labels"][k] = v.clone();
         }
+        for (k, v) in body["metadata"]["annotations"]
+            .as_object()
+            .into_iter()
+            .flatten()
+        {
+            node["metadata"]["annotations"][k] = v.clone();
+        }
+        if let Some(t) = body["spec"].get("taints") {
+            node["spec"]["taints"] = t.clone();
+        }
     }
-    let rv: u64 = node["metadata"]["resourceVersion"]
+    // The tests' own versions are numbers (a real server's are opaque); others are left to
+    // the scenario.
+    if let Some(rv) = node["metadata"]["resourceVersion"]
         .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    node["metadata"]["resourceVersion"] = (rv + 1).to_string().into();
+        .and_then(|r| r.parse::<u64>().ok())
+    {
+        node["metadata"]["resourceVersion"] = (rv + 1).to_string().into();
+    }
 }
 
 /// Serves condition and label patches until `n` were seen, and returns them; Events created
@@ -136,10 +181,10 @@ fn observe(r: &mut Reporter, node: &Value) {
 #[tokio::test(start_paused = true)]
 async fn writes_only_on_change_and_a_heartbeat_every_five_minutes() {
     let hub = hub(&[ImageState::Present, ImageState::Present]);
-    let (mut r, mut handle) = reporter(hub.clone(), NodeSettings::default());
+    let (mut r, mut handle, _agent) = reporter(hub.clone(), NodeSettings::default());
     let mut node = node(1, json!([]));
     observe(&mut r, &node);
-    let (_, seen) = tokio::join!(r.reconcile(), serve(&mut handle, &mut node, 2));
+    let (_, seen) = tokio::join!(bounded(r.reconcile()), serve(&mut handle, &mut node, 2));
     assert_eq!(seen[0].1, "/api/v1/nodes/node-a/status");
     let c = &seen[0].2["status"]["conditions"][0];
     assert_eq!(c["type"], "ImagesPrePulled");
@@ -155,16 +200,12 @@ async fn writes_only_on_change_and_a_heartbeat_every_five_minutes() {
             json!({"metadata": {"labels": {"prepuller.dev/ready": "true"}}})
         )
     );
-    // Nothing changed: no request (the mock would hang the call if one were made).
+    // Nothing changed: no request until the heartbeat, which the README gives as 5 minutes.
     hub.update(|_| {});
-    tokio::time::advance(HEARTBEAT - Duration::from_secs(1)).await;
-    r.reconcile().await;
-    assert!(
-        handle.next_request().now_or_never().is_none(),
-        "a write before the heartbeat"
-    );
+    tokio::time::advance(Duration::from_secs(5 * 60 - 1)).await;
+    quiet(&mut handle, r.reconcile()).await;
     tokio::time::advance(Duration::from_secs(1)).await;
-    let (_, seen) = tokio::join!(r.reconcile(), serve(&mut handle, &mut node, 1));
+    let (_, seen) = tokio::join!(bounded(r.reconcile()), serve(&mut handle, &mut node, 1));
     let c = &seen[0].2["status"]["conditions"][0];
     assert_eq!(c["status"], "True");
     assert_eq!(
@@ -173,7 +214,7 @@ async fn writes_only_on_change_and_a_heartbeat_every_five_minutes() {
     );
     // A status change is written at once, with a new transition time.
     hub.update(|s| s.images[1].state = ImageState::Pulling);
-    let (_, seen) = tokio::join!(r.reconcile(), serve(&mut handle, &mut node, 2));
+    let (_, seen) = tokio::join!(bounded(r.reconcile()), serve(&mut handle, &mut node, 2));
     let c = &seen[0].2["status"]["conditions"][0];
     assert_eq!(
         (c["status"].as_str(), c["reason"].as_str()),
@@ -203,10 +244,9 @@ async fn a_restarted_agent_finding_the_node_as_it_should_be_writes_nothing() {
             "lastHeartbeatTime": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             "lastTransitionTime": "2026-01-01T00:00:00Z",
         }));
-    let (mut r, mut handle) = reporter(hub, NodeSettings::default());
+    let (mut r, mut handle, _agent) = reporter(hub, NodeSettings::default());
     observe(&mut r, &node);
-    r.reconcile().await;
-    assert!(handle.next_request().now_or_never().is_none());
+    quiet(&mut handle, r.reconcile()).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -215,10 +255,10 @@ async fn the_taint_goes_when_warm_and_a_conflict_is_read_again_and_retried() {
     let taints =
         json!([{"key": TAINT, "effect": "NoSchedule"}, {"key": "other", "effect": "NoExecute"}]);
     let mut node = node(1, taints);
-    let (mut r, mut handle) = reporter(hub.clone(), NodeSettings::default());
+    let (mut r, mut handle, _agent) = reporter(hub.clone(), NodeSettings::default());
     observe(&mut r, &node);
     // Not warm, before the timeout: condition and label only.
-    let (_, seen) = tokio::join!(r.reconcile(), serve(&mut handle, &mut node, 2));
+    let (_, seen) = tokio::join!(bounded(r.reconcile()), serve(&mut handle, &mut node, 2));
     assert!(seen.iter().all(|(_, _, b)| b["spec"].is_null()), "{seen:?}");
 
     hub.update(|s| s.images[0].state = ImageState::Present);
@@ -271,18 +311,32 @@ async fn the_taint_goes_when_warm_and_a_conflict_is_read_again_and_retried() {
         answer(send, StatusCode::OK, &node);
         serve(&mut handle, &mut node, 2).await
     };
-    let (_, seen) = tokio::join!(r.reconcile(), scenario);
+    let (_, seen) = tokio::join!(bounded(r.reconcile()), scenario);
     assert_eq!(seen[0].2["status"]["conditions"][0]["status"], "True");
 
-    // Put back in the same boot: left alone.
+    // Put back in the same boot: left alone, while the reporter goes on writing the rest
+    // (here the heartbeat), so a reporter that had stopped would fail this.
     node["spec"]["taints"]
         .as_array_mut()
         .unwrap()
         .push(json!({"key": TAINT, "effect": "NoSchedule"}));
     node["metadata"]["resourceVersion"] = "20".into();
     observe(&mut r, &node);
-    r.reconcile().await;
-    assert!(handle.next_request().now_or_never().is_none());
+    quiet(&mut handle, r.reconcile()).await;
+    tokio::time::advance(Duration::from_secs(5 * 60)).await;
+    let (_, seen) = tokio::join!(bounded(r.reconcile()), serve(&mut handle, &mut node, 1));
+    assert_eq!(seen[0].1, "/api/v1/nodes/node-a/status", "the heartbeat");
+    quiet(&mut handle, r.reconcile()).await;
+    assert!(taint_keys(&node).contains(&TAINT.to_string()));
+}
+
+fn taint_keys(node: &Value) -> Vec<String> {
+    node["spec"]["taints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["key"].as_str().map(str::to_string))
+        .collect()
 }
 
 #[tokio::test(start_paused = true)]
@@ -294,16 +348,12 @@ async fn fail_open_after_the_taint_timeout_says_why_in_the_condition() {
         taint_timeout: Duration::from_secs(240),
         ..NodeSettings::default()
     };
-    let (mut r, mut handle) = reporter(hub, settings);
+    let (mut r, mut handle, _agent) = reporter(hub, settings);
     observe(&mut r, &node);
-    let (_, seen) = tokio::join!(r.reconcile(), serve(&mut handle, &mut node, 2));
+    let (_, seen) = tokio::join!(bounded(r.reconcile()), serve(&mut handle, &mut node, 2));
     assert_eq!(seen[0].2["status"]["conditions"][0]["reason"], "PullFailed");
     tokio::time::advance(Duration::from_secs(239)).await;
-    r.reconcile().await;
-    assert!(
-        handle.next_request().now_or_never().is_none(),
-        "removed before the timeout"
-    );
+    quiet(&mut handle, r.reconcile()).await; // not removed before the timeout
     tokio::time::advance(Duration::from_secs(1)).await;
     let scenario = async {
         let (_, path, body, send) = next(&mut handle).await;
@@ -314,7 +364,7 @@ async fn fail_open_after_the_taint_timeout_says_why_in_the_condition() {
         answer(send, StatusCode::OK, &node);
         serve(&mut handle, &mut node, 1).await
     };
-    let (_, seen) = tokio::join!(r.reconcile(), scenario);
+    let (_, seen) = tokio::join!(bounded(r.reconcile()), scenario);
     let c = &seen[0].2["status"]["conditions"][0];
     assert_eq!(c["status"], "False");
     let message = c["message"].as_str().unwrap();
@@ -330,7 +380,7 @@ async fn fail_open_after_the_taint_timeout_says_why_in_the_condition() {
 async fn a_forbidden_write_names_what_the_cluster_role_lacks() {
     let hub = hub(&[ImageState::Present]);
     let node = node(1, json!([]));
-    let (mut r, mut handle) = reporter(hub, NodeSettings::default());
+    let (mut r, mut handle, _agent) = reporter(hub, NodeSettings::default());
     observe(&mut r, &node);
     let scenario = async {
         let (_, _, _, send) = next(&mut handle).await;
@@ -343,12 +393,11 @@ async fn a_forbidden_write_names_what_the_cluster_role_lacks() {
             }),
         );
     };
-    tokio::join!(r.reconcile(), scenario);
+    tokio::join!(bounded(r.reconcile()), scenario);
     let error = r.last_error.clone().unwrap();
     assert!(error.contains("lacks `patch` on `nodes/status`"), "{error}");
     // Retried later, not at once.
-    r.reconcile().await;
-    assert!(handle.next_request().now_or_never().is_none());
+    quiet(&mut handle, r.reconcile()).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -360,11 +409,11 @@ async fn repeated_failures_become_one_event_series_and_cannot_flood() {
         name: Some("node-a".into()),
         ..Default::default()
     };
-    let failure = |n: u32| Occurrence {
+    let failure = |_n: u32| Occurrence {
         type_: Type::Warning,
         reason: "ImagePullFailed",
         subject: "r.example/a:1".into(),
-        note: format!("attempt {n}"),
+        note: "Failed to pull image r.example/a:1 (transient): 503".into(),
     };
     let created = async {
         let (method, path, body, send) = next(&mut handle).await;
@@ -375,15 +424,19 @@ async fn repeated_failures_become_one_event_series_and_cannot_flood() {
         answer(send, StatusCode::CREATED, &body);
         body["metadata"]["name"].as_str().unwrap().to_string()
     };
-    let (_, name) = tokio::join!(sink.publish(&node, failure(1)), created);
+    let (_, name) = tokio::join!(bounded(sink.publish(&node, failure(1))), created);
     // Nine more within a minute: held back, no request.
     for n in 2..=10 {
         tokio::time::advance(Duration::from_secs(5)).await;
         sink.publish(&node, failure(n)).await;
     }
-    assert!(handle.next_request().now_or_never().is_none());
-    // After the series interval, one patch carries the count and the latest note.
-    tokio::time::advance(events::SERIES_INTERVAL).await;
+    quiet(&mut handle, sink.flush()).await;
+    // The README's "at most every 5 minutes", counted from the first write: 4m59s after it,
+    // still nothing; then one patch carries the count, and nothing but the series (the API
+    // server refuses a change of the note or any other field of an Event).
+    tokio::time::advance(Duration::from_secs(5 * 60 - 45 - 1)).await;
+    quiet(&mut handle, sink.flush()).await;
+    tokio::time::advance(Duration::from_secs(1)).await;
     let patched = async {
         let (method, path, body, send) = next(&mut handle).await;
         assert_eq!(method, Method::PATCH);
@@ -391,9 +444,24 @@ async fn repeated_failures_become_one_event_series_and_cannot_flood() {
         answer(send, StatusCode::OK, &json!({}));
         body
     };
-    let (_, body) = tokio::join!(sink.flush(), patched);
+    let (_, body) = tokio::join!(bounded(sink.flush()), patched);
     assert_eq!(body["series"]["count"], 10);
-    assert_eq!(body["note"], "attempt 10");
+    assert_eq!(
+        body.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["series"]
+    );
+    // The same image failing otherwise: a new Event with that note, not a changed one.
+    let mut other = failure(11);
+    other.note = "Failed to pull image r.example/a:1 (permanent): not found".into();
+    let created = async {
+        let (method, _, body, send) = next(&mut handle).await;
+        answer(send, StatusCode::CREATED, &body);
+        (method, body)
+    };
+    let (_, (method, body)) = tokio::join!(bounded(sink.publish(&node, other.clone())), created);
+    assert_eq!(method, Method::POST);
+    assert_eq!(body["note"], other.note);
+    assert_ne!(body["metadata"]["name"], name.as_str());
 
     // Many different images failing at once: the node's bucket (burst 25) caps the creates.
     let creates = async {
@@ -416,8 +484,8 @@ async fn repeated_failures_become_one_event_series_and_cannot_flood() {
     };
     let (_, n) = tokio::join!(publish, creates);
     assert_eq!(
-        n, 24,
-        "a burst of 25, 2 used above, 1 refilled over the 6 minutes"
+        n, 23,
+        "a burst of 25, 3 used above, 1 refilled over the 5 minutes"
     );
 }
 
@@ -458,4 +526,283 @@ fn the_condition_names_the_first_reason_that_keeps_the_node_cold() {
     assert!(desired(&hub.snapshot()).status);
 }
 
-use futures::FutureExt;
+/// Answers the reporter's requests as the API server would: the Node for a GET, writes
+/// applied to it, Events created and patched; a watch is held open without events. Returns
+/// the method and path of every request but the watch.
+fn api_server(mut handle: MockHandle, mut node: Value) -> Arc<std::sync::Mutex<Vec<String>>> {
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = log.clone();
+    tokio::spawn(async move {
+        let mut watches = Vec::new();
+        while let Some((req, send)) = handle.next_request().await {
+            let (parts, body) = req.into_parts();
+            let bytes = body.collect_bytes().await.unwrap();
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let path = parts.uri.path().to_string();
+            if parts.uri.query().is_some_and(|q| q.contains("watch=true")) {
+                watches.push(send);
+                continue;
+            }
+            seen.lock()
+                .unwrap()
+                .push(format!("{} {path}", parts.method));
+            match (parts.method, path.contains("/events")) {
+                (Method::GET, false) => answer(send, StatusCode::OK, &node),
+                (Method::PATCH, false) => {
+                    apply(&mut node, &path, &body);
+                    answer(send, StatusCode::OK, &node);
+                }
+                (Method::POST, true) => answer(send, StatusCode::CREATED, &body),
+                (_, true) => answer(send, StatusCode::OK, &json!({})),
+                (m, _) => panic!("unexpected {m} {path}"),
+            }
+        }
+    });
+    log
+}
+
+/// Advances virtual time by `total` in steps, letting the reporter run between them, and
+/// fails as soon as its loop has run more than `limit` times: a loop that spins never lets
+/// paused time move on by itself, so the clock is driven from here.
+async fn run_for(loops: &std::sync::atomic::AtomicUsize, total: Duration, limit: usize) {
+    let start = loops.load(std::sync::atomic::Ordering::Relaxed);
+    let step = Duration::from_secs(10);
+    let mut elapsed = Duration::ZERO;
+    while elapsed < total {
+        tokio::time::advance(step).await;
+        elapsed += step;
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        let n = loops.load(std::sync::atomic::Ordering::Relaxed) - start;
+        assert!(
+            n <= limit,
+            "the Node reporter's loop ran {n} times in {elapsed:?} (virtual): it spins"
+        );
+    }
+}
+
+/// Starts the reporter's loop; returns its iteration counter.
+fn start(r: Reporter, cancel: &CancellationToken) -> Arc<std::sync::atomic::AtomicUsize> {
+    let loops = r.loops.clone();
+    tokio::spawn(r.run(cancel.clone()));
+    loops
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+/// Over an hour of idle: 12 heartbeats (5 minutes each), plus slack for the writes that follow
+/// one and for the start.
+const IDLE_LOOPS_PER_HOUR: usize = 40;
+
+#[tokio::test(start_paused = true)]
+async fn after_the_taint_is_gone_the_reporter_sleeps_past_the_taint_timeout() {
+    // Warm before the 4-minute deadline: the taint goes as warm, the deadline no longer applies.
+    let hub = hub(&[ImageState::Present]);
+    let settings = NodeSettings {
+        taint_timeout: Duration::from_secs(240),
+        ..NodeSettings::default()
+    };
+    let (r, handle, _agent) = reporter(hub, settings);
+    let requests = api_server(
+        handle,
+        node(1, json!([{"key": TAINT, "effect": "NoSchedule"}])),
+    );
+    let cancel = CancellationToken::new();
+    let loops = start(r, &cancel);
+    run_for(&loops, Duration::from_secs(10), 20).await;
+    let log = requests.lock().unwrap().clone();
+    assert!(
+        log.iter()
+            .filter(|r| *r == "PATCH /api/v1/nodes/node-a")
+            .count()
+            >= 2,
+        "taint and label written: {log:?}"
+    );
+    // An hour past the deadline: the heartbeat, and nothing else wakes it.
+    run_for(&loops, HOUR, IDLE_LOOPS_PER_HOUR).await;
+    let heartbeats = requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| *r == "PATCH /api/v1/nodes/node-a/status")
+        .count();
+    assert!(
+        (12..=14).contains(&heartbeats),
+        "{heartbeats} condition writes"
+    );
+    cancel.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn turning_the_startup_taint_off_after_its_deadline_was_set_leaves_the_reporter_idle() {
+    let hub = hub(&[ImageState::Pulling]);
+    let settings = NodeSettings {
+        taint_timeout: Duration::from_secs(240),
+        ..NodeSettings::default()
+    };
+    let (r, handle, agent) = reporter(hub, settings.clone());
+    let requests = api_server(
+        handle,
+        node(1, json!([{"key": TAINT, "effect": "NoSchedule"}])),
+    );
+    let cancel = CancellationToken::new();
+    let loops = start(r, &cancel);
+    // Cold, before the deadline: the deadline is set, the taint stays.
+    run_for(&loops, Duration::from_secs(60), 20).await;
+    // A hot reload turns the taint removal off.
+    agent.settings.send_replace(NodeSettings {
+        startup_taint: None,
+        ..settings
+    });
+    run_for(&loops, HOUR, IDLE_LOOPS_PER_HOUR).await;
+    let log = requests.lock().unwrap().clone();
+    assert_eq!(
+        log.iter()
+            .filter(|r| *r == "PATCH /api/v1/nodes/node-a")
+            .count(),
+        1,
+        "the label only, never the taint: {log:?}"
+    );
+    cancel.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_due_event_series_with_an_empty_bucket_waits_for_a_token_without_spinning() {
+    let hub = hub(&[ImageState::Present]);
+    let (r, handle, _agent) = reporter(hub.clone(), NodeSettings::default());
+    let requests = api_server(handle, node(1, json!([])));
+    let cancel = CancellationToken::new();
+    let loops = start(r, &cancel);
+    run_for(&loops, Duration::from_secs(10), 20).await;
+    let failed = |n: usize| AgentEventKind::AttemptFailed {
+        image: format!("r.example/img{n}:1"),
+        attempt: 1,
+        class: "transient".into(),
+        reason: "unavailable".into(),
+        error: "503 Service Unavailable".into(),
+        next_retry_at: None,
+    };
+    // 30 images fail: the bucket (25, one used by ImagesPrePulled) empties; two fail again.
+    for n in 0..30 {
+        hub.emit(failed(n));
+    }
+    for _ in 0..3 {
+        hub.emit(failed(0));
+        hub.emit(failed(1));
+    }
+    run_for(&loops, Duration::from_secs(10), 60).await;
+    let creates = |r: &Vec<String>| r.iter().filter(|r| r.starts_with("POST")).count();
+    assert_eq!(creates(&requests.lock().unwrap()), 25, "the burst");
+    // Both series fall due after 5 minutes; tokens come one per 5 minutes, so the second
+    // waits for the next one: the loop sleeps meanwhile.
+    run_for(&loops, HOUR, IDLE_LOOPS_PER_HOUR).await;
+    let log = requests.lock().unwrap().clone();
+    let series = log
+        .iter()
+        .filter(|r| r.starts_with("PATCH /apis/events.k8s.io"))
+        .count();
+    assert_eq!(series, 2, "each held-back series written once: {log:?}");
+    cancel.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_ends_the_loop_at_once_during_the_debounce_and_during_a_hung_write() {
+    let hub = hub(&[ImageState::Present]);
+    let (r, mut handle, _agent) = reporter(hub.clone(), NodeSettings::default());
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(r.run(cancel.clone()));
+    let mut node = node(1, json!([]));
+    // The Node is read; the watch is left pending; the first writes are answered.
+    let (_, _, _, send) = next(&mut handle).await;
+    answer(send, StatusCode::OK, &node);
+    let (_, _, _, watch) = next(&mut handle).await;
+    serve(&mut handle, &mut node, 2).await;
+    // A status change: the reporter is in its debounce when the cancel comes.
+    hub.update(|s| s.images[0].state = ImageState::Pulling);
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    cancel.cancel();
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        task.is_finished(),
+        "still running after the cancel (debounce)"
+    );
+
+    // A write the API server never answers.
+    let (r, mut handle, _agent) = reporter(hub.clone(), NodeSettings::default());
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(r.run(cancel.clone()));
+    let (_, _, _, send) = next(&mut handle).await;
+    answer(send, StatusCode::OK, &node);
+    let (_, _, _, _watch) = next(&mut handle).await;
+    let (method, _, _, _hung) = next(&mut handle).await;
+    assert_eq!(method, Method::PATCH);
+    cancel.cancel();
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        task.is_finished(),
+        "still running after the cancel (hung write)"
+    );
+    drop(watch);
+}
+
+#[tokio::test(start_paused = true)]
+async fn watch_events_older_than_a_write_are_skipped_without_comparing_resource_versions() {
+    let hub = hub(&[ImageState::Present]);
+    let (mut r, mut handle, _agent) = reporter(hub, NodeSettings::default());
+    // resourceVersions are opaque strings: these do not even parse as numbers.
+    let mut node = node(1, json!([]));
+    node["metadata"]["resourceVersion"] = "rv-x".into();
+    observe(&mut r, &node);
+    // Condition and label written: the answers carry new resourceVersions.
+    let scenario = async {
+        let mut seen = Vec::new();
+        for rv in ["rv-b", "rv-a"] {
+            let (mut method, mut path, mut body, mut send) = next(&mut handle).await;
+            while method == Method::POST {
+                answer(send, StatusCode::CREATED, &body); // the ImagesPrePulled Event
+                (method, path, body, send) = next(&mut handle).await;
+            }
+            apply(&mut node, &path, &body);
+            node["metadata"]["resourceVersion"] = rv.into();
+            answer(send, StatusCode::OK, &node);
+            seen.push(node.clone());
+        }
+        seen
+    };
+    let (_, seen) = tokio::join!(bounded(r.reconcile()), scenario);
+    // The watch then delivers the same changes in order: the first is behind the label write.
+    let event = |v: &Value| serde_json::from_value::<Node>(v.clone()).unwrap();
+    r.observe_event(event(&seen[0]));
+    assert_eq!(
+        r.observed
+            .as_ref()
+            .unwrap()
+            .metadata
+            .resource_version
+            .as_deref(),
+        Some("rv-a"),
+        "an event older than the write's answer was taken"
+    );
+    r.observe_event(event(&seen[1]));
+    // From then on every event is taken, in order, whatever its resourceVersion.
+    let mut later = seen[1].clone();
+    later["metadata"]["resourceVersion"] = "rv-0".into();
+    later["metadata"]["labels"]["pool"] = "b".into();
+    r.observe_event(event(&later));
+    assert_eq!(
+        r.observed
+            .as_ref()
+            .unwrap()
+            .metadata
+            .resource_version
+            .as_deref(),
+        Some("rv-0")
+    );
+    quiet(&mut handle, r.reconcile()).await;
+}
