@@ -26,6 +26,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[tokio::main]
 async fn main() {
+    support::install_tls_provider();
     let sb = Sandbox::start();
     let reg = sb.registry.host();
     let mut yaml = String::from("resyncInterval: 1s\nimages:\n");

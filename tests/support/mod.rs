@@ -21,6 +21,8 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use sha2::{Digest, Sha256};
 use tonic::transport::{Channel, Endpoint};
 
+pub mod faults;
+
 /// Generous: the machine has 2 CPUs shared with parallel builds and tests; normal starts take <1 s.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(20);
@@ -1023,7 +1025,14 @@ pub async fn push_image_by_digest(
     image.digest
 }
 
+/// reqwest is built without a crypto provider of its own (Cargo.toml): give it the one the
+/// binary ships, ring. Idempotent; every test client goes through it.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 fn http_client() -> reqwest::Client {
+    install_tls_provider();
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(120))
