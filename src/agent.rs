@@ -93,10 +93,14 @@ pub struct Agent<R: Runtime> {
     names: Vec<Names>,
     puller: Arc<Puller<R>>,
     tracks: HashMap<String, Track>,
-    inflight: HashMap<String, CancellationToken>,
+    /// The pull task of each image, by task id: a cancelled task of an image that was removed
+    /// and declared again must not clear the entry of the task that replaced it.
+    inflight: HashMap<String, (tokio::task::Id, CancellationToken)>,
     tasks: JoinSet<TaskDone>,
     /// The text of the last rejected config error, so a broken file is logged once, not every pass.
     last_config_error: Option<String>,
+    /// When the config was last read: a pass re-reads it only a resync interval later.
+    config_read_at: Instant,
     /// The config texts last read; an unchanged read is not parsed again.
     last_sources: Vec<(PathBuf, String)>,
     /// Reads `secret:` credential sources, when there is a cluster.
@@ -135,6 +139,7 @@ impl<R: Runtime> Agent<R> {
             inflight: HashMap::new(),
             tasks: JoinSet::new(),
             last_config_error: None,
+            config_read_at: Instant::now(),
             last_sources: Config::read_sources(&config_path_for_sources).unwrap_or_default(),
             secrets: None,
             credentials_changed,
@@ -188,7 +193,7 @@ impl<R: Runtime> Agent<R> {
                 ),
                 Some(true) => {}
             }
-            self.reload();
+            self.reload().await;
         }
         let (reload_tx, mut reload_rx) = mpsc::channel::<()>(1);
         let _watcher = match watch(&self.config_path, reload_tx) {
@@ -203,9 +208,9 @@ impl<R: Runtime> Agent<R> {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
-                Some(done) = self.tasks.join_next() => {
+                Some(done) = self.tasks.join_next_with_id() => {
                     match done {
-                        Ok(done) => self.finish(done),
+                        Ok((id, done)) => self.finish(id, done),
                         Err(e) => tracing::error!("a pull task failed: {e}"),
                     }
                 }
@@ -218,7 +223,7 @@ impl<R: Runtime> Agent<R> {
                     next_pass = Instant::now();
                 }
                 Some(()) = labels_changed(&mut self.node) => {
-                    if self.reload() {
+                    if self.reload().await {
                         next_pass = Instant::now();
                     }
                 }
@@ -227,7 +232,7 @@ impl<R: Runtime> Agent<R> {
                         break;
                     }
                     while reload_rx.try_recv().is_ok() {}
-                    if self.reload() {
+                    if self.reload().await {
                         next_pass = Instant::now();
                     }
                 }
@@ -253,7 +258,7 @@ impl<R: Runtime> Agent<R> {
 
     async fn shutdown(mut self) {
         self.hub.begin_shutdown();
-        for token in self.inflight.values() {
+        for (_, token) in self.inflight.values() {
             token.cancel();
         }
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
@@ -268,9 +273,15 @@ impl<R: Runtime> Agent<R> {
 
     /// Re-reads the config; applies it when it is valid and different. Returns whether it was
     /// applied. An invalid config is reported and the last good one keeps running.
-    fn reload(&mut self) -> bool {
+    async fn reload(&mut self) -> bool {
         let labels = self.node.as_ref().and_then(|l| l.labels.borrow().clone());
-        let loaded = Config::read_sources(&self.config_path).and_then(|sources| {
+        self.config_read_at = Instant::now();
+        // Blocking file reads stay off the async worker threads.
+        let path = self.config_path.clone();
+        let read = tokio::task::spawn_blocking(move || Config::read_sources(&path))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        let loaded = read.and_then(|sources| {
             if sources == self.last_sources
                 && self.last_config_error.is_none()
                 && labels == self.node_labels
@@ -344,7 +355,7 @@ impl<R: Runtime> Agent<R> {
         }
         let names: Vec<Names> = config.images.iter().map(Names::of).collect();
         let keys: std::collections::HashSet<&str> = names.iter().map(|n| n.key.as_str()).collect();
-        self.inflight.retain(|key, token| {
+        self.inflight.retain(|key, (_, token)| {
             let keep = keys.contains(key.as_str());
             if !keep {
                 token.cancel();
@@ -404,7 +415,10 @@ impl<R: Runtime> Agent<R> {
     /// do not arrive), then resync. Returns whether the runtime answered. Public for the
     /// benchmark.
     pub async fn pass(&mut self, cancel: &CancellationToken) -> bool {
-        self.reload();
+        // Changes arrive through the watcher; the re-read is a fallback, once per resync.
+        if self.config_read_at.elapsed() >= self.config.resync_interval {
+            self.reload().await;
+        }
         self.retry_if_credentials_changed().await;
         let reachable = self.resync(cancel).await;
         self.hub.mark_synced();
@@ -542,7 +556,7 @@ impl<R: Runtime> Agent<R> {
         cancel: &CancellationToken,
     ) {
         let token = cancel.child_token();
-        self.inflight.insert(key.clone(), token.clone());
+
         let was_present = found.is_some();
         let previous_digest = found
             .as_ref()
@@ -559,7 +573,9 @@ impl<R: Runtime> Agent<R> {
         let puller = self.puller.clone();
         let hub = self.hub.clone();
         let metrics = self.metrics.clone();
-        self.tasks.spawn(async move {
+        let inflight_key = key.clone();
+        let inflight_token = token.clone();
+        let task = self.tasks.spawn(async move {
             let on_event = |e: PullEvent| record_event(&hub, &metrics, &key, was_present, e);
             // `None`: the pass already decided this image needs a pull.
             let outcome = puller.ensure(0, &spec, None, &on_event, &token).await;
@@ -584,11 +600,19 @@ impl<R: Runtime> Agent<R> {
                 refused_with,
             }
         });
+        self.inflight
+            .insert(inflight_key, (task.id(), inflight_token));
     }
 
     /// A task ended: remember what the next passes need, and detect tag drift.
-    fn finish(&mut self, done: TaskDone) {
-        self.inflight.remove(&done.key);
+    fn finish(&mut self, id: tokio::task::Id, done: TaskDone) {
+        match self.inflight.get(&done.key) {
+            Some((current, _)) if *current == id => {
+                self.inflight.remove(&done.key);
+            }
+            // A task cancelled when its image was removed; another may run for it now.
+            _ => return,
+        }
         let Some(track) = self.tracks.get_mut(&done.key) else {
             return; // no longer declared
         };
@@ -946,10 +970,65 @@ mod tests {
     impl<R: Runtime> Agent<R> {
         /// Waits for every pull task and records its end, as the run loop would.
         async fn settle(&mut self) {
-            while let Some(done) = self.tasks.join_next().await {
-                self.finish(done.unwrap());
+            while let Some(done) = self.tasks.join_next_with_id().await {
+                let (id, done) = done.unwrap();
+                self.finish(id, done);
             }
         }
+    }
+
+    /// An image removed (its pull cancelled) and declared again before the cancelled task is
+    /// reaped: the new pull keeps its place, and no second pull of it starts.
+    #[tokio::test(start_paused = true)]
+    async fn a_reaped_cancelled_task_does_not_orphan_the_new_pull_of_its_image() {
+        let mut s = setup("images: [r.example/a:1]");
+        s.rt.set_pull_delay(Duration::from_secs(100));
+        let cancel = CancellationToken::new();
+        s.agent.resync(&cancel).await;
+        tokio::time::sleep(Duration::from_secs(1)).await; // a is pulling
+        std::fs::write(&s.path, "images: [r.example/b:1]").unwrap();
+        assert!(s.agent.reload().await, "a removed: its pull is cancelled");
+        std::fs::write(&s.path, "images: [r.example/a:1]").unwrap();
+        assert!(s.agent.reload().await, "a declared again");
+        s.agent.resync(&cancel).await;
+        // The cancelled task of a ends first, and is reaped.
+        let (id, done) = s.agent.tasks.join_next_with_id().await.unwrap().unwrap();
+        assert!(matches!(done.outcome.result, PullResult::Cancelled(_)));
+        s.agent.finish(id, done);
+        s.agent.resync(&cancel).await;
+        s.agent.settle().await;
+        let stats = s.rt.stats();
+        assert_eq!(stats.max_in_flight, 1, "two pulls of a at once");
+        assert_eq!(
+            stats.pulls.len(),
+            2,
+            "the cut pull, then one: {:?}",
+            stats.pulls
+        );
+    }
+
+    /// The watcher reports changes; a pass re-reads the files only once per resync interval, as
+    /// a fallback, not on every pass (runtime retries, pull wake-ups).
+    #[tokio::test(start_paused = true)]
+    async fn passes_re_read_the_config_once_per_resync_interval() {
+        let mut s = setup("resyncInterval: 1m\nimages: [r.example/a:1]");
+        let cancel = CancellationToken::new();
+        std::fs::write(
+            &s.path,
+            "resyncInterval: 1m\nimages: [r.example/a:1, r.example/b:1]",
+        )
+        .unwrap();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        s.agent.pass(&cancel).await;
+        assert_eq!(
+            s.hub.snapshot().images.len(),
+            1,
+            "re-read before a resync interval"
+        );
+        tokio::time::advance(Duration::from_secs(30)).await;
+        s.agent.pass(&cancel).await;
+        assert_eq!(s.hub.snapshot().images.len(), 2, "the fallback re-read");
+        s.agent.settle().await;
     }
 
     fn state(hub: &StatusHub, key: &str) -> ImageState {
@@ -1055,7 +1134,7 @@ mod tests {
     async fn a_bad_reload_keeps_the_last_good_config() {
         let mut s = setup("images: [r.example/a:1]");
         std::fs::write(&s.path, "images: [r.example/a:1, R.example/Bad:1]\n").unwrap();
-        assert!(!s.agent.reload());
+        assert!(!s.agent.reload().await);
         let status = s.hub.snapshot();
         assert_eq!(status.config.generation, 1);
         assert!(
@@ -1069,12 +1148,12 @@ mod tests {
         assert_eq!(status.images.len(), 1);
         // Putting the old text back clears the error without a new generation.
         std::fs::write(&s.path, "images: [r.example/a:1]").unwrap();
-        assert!(!s.agent.reload());
+        assert!(!s.agent.reload().await);
         let status = s.hub.snapshot();
         assert_eq!(status.config.generation, 1);
         assert_eq!(status.config.last_error, None);
         std::fs::write(&s.path, "images: [r.example/a:1, r.example/b:1]\n").unwrap();
-        assert!(s.agent.reload());
+        assert!(s.agent.reload().await);
         let status = s.hub.snapshot();
         assert_eq!(status.config.generation, 2);
         assert_eq!(status.config.last_error, None);
