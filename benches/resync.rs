@@ -67,7 +67,7 @@ fn main() {
     let after = rt.stats();
     let per = |n: usize| (n as f64) / f64::from(PASSES);
     println!(
-        "resync pass (config re-read, one ListImages, compare), {IMAGES} declared images, all present, in-memory runtime ({PASSES} passes):"
+        "resync pass (one ListImages, compare; the config is re-read once per resyncInterval), {IMAGES} declared images, all present, in-memory runtime ({PASSES} passes):"
     );
     println!(
         "  CPU time per pass:   {:.1} ms",

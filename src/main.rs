@@ -241,6 +241,8 @@ async fn pull_command(
 
     let cancel = CancellationToken::new();
     spawn_signal_handler(cancel.clone());
+    // --timeout bounds the whole run: the wait for the runtime, then the pulls.
+    let deadline = tokio::time::Instant::now() + timeout;
 
     let endpoint = match args.runtime_endpoint {
         Some(e) => e,
@@ -262,16 +264,22 @@ async fn pull_command(
             return Ok(exit::USAGE);
         }
     };
-    let version = match pull::wait_for_runtime(cri.as_ref(), runtime_wait, &cancel, |e, delay| {
+    let wait = runtime_wait.min(timeout);
+    let version = match pull::wait_for_runtime(cri.as_ref(), wait, &cancel, |e, delay| {
         tracing::warn!(endpoint = %endpoint, retry_in = ?delay, "runtime not ready: {e}");
     })
     .await
     {
         Ok(v) => v,
         Err(e) => {
+            let bound = if wait < runtime_wait {
+                "--timeout"
+            } else {
+                "--runtime-wait"
+            };
             eprintln!(
-                "error: container runtime unreachable at {endpoint} (waited {}): {e}",
-                humantime::format_duration(runtime_wait)
+                "error: container runtime unreachable at {endpoint} (waited {}, {bound}): {e}",
+                humantime::format_duration(wait)
             );
             return Ok(exit::RUNTIME_UNREACHABLE);
         }
@@ -284,7 +292,9 @@ async fn pull_command(
         Box::new(LogProgress)
     };
     let secrets = if needs_cluster(&config) {
-        prepuller::credentials::cluster_secret_reader().await
+        until_cancelled(&cancel, prepuller::credentials::cluster_secret_reader())
+            .await
+            .flatten()
     } else {
         None
     };
@@ -292,7 +302,7 @@ async fn pull_command(
         endpoint: &endpoint,
         version,
         settings,
-        timeout: Some(timeout),
+        timeout: Some(deadline.saturating_duration_since(tokio::time::Instant::now())),
         credentials: Arc::new(Credentials::new(
             config.credentials.clone(),
             config.anonymous_fallback,
@@ -390,12 +400,14 @@ async fn agent_command(
         })
     };
     // Connected once: a reload that adds a `secret:` source can use it without a restart.
-    let secrets = prepuller::credentials::cluster_secret_reader().await;
+    let secrets = until_cancelled(&cancel, prepuller::credentials::cluster_secret_reader())
+        .await
+        .flatten();
     let mut agent =
         Agent::new(cri, hub.clone(), metrics, config_path, config).with_secret_reader(secrets);
     let mut reporter = None;
-    if let Some((r, link)) = prepuller::node::setup(node_name.as_deref(), hub, node_settings).await
-    {
+    let node = prepuller::node::setup(node_name.as_deref(), hub, node_settings);
+    if let Some((r, link)) = until_cancelled(&cancel, node).await.flatten() {
         agent = agent.with_node(link);
         reporter = Some(tokio::spawn(r.run(servers.clone())));
     }
@@ -411,6 +423,18 @@ async fn agent_command(
     })
     .await;
     Ok(exit::OK)
+}
+
+/// `None` when `cancel` fires first: nothing at start may hold up a SIGTERM.
+async fn until_cancelled<T>(
+    cancel: &CancellationToken,
+    f: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => None,
+        v = f => Some(v),
+    }
 }
 
 /// SIGINT/SIGTERM cancel the run (in-flight pulls are abandoned cleanly); a second one exits at once.

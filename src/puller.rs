@@ -679,6 +679,54 @@ mod tests {
         }
     }
 
+    /// The lower side of the documented back-off: full jitter is uniform in [0, ceiling], so
+    /// over many images each attempt's delays average half its ceiling and reach close to it.
+    /// A back-off that did not grow, or a jitter that collapsed to 0, fails here.
+    #[tokio::test(start_paused = true)]
+    async fn back_off_delays_spread_over_the_whole_jitter_range() {
+        const IMAGES: usize = 100;
+        let rt = Arc::new(FakeRuntime::new());
+        let refused =
+            "failed to pull and unpack image: dial tcp 127.0.0.1:1: connect: connection refused";
+        let mut yaml = String::from("backoff: {initial: 1s, max: 8s}\nparallelism: 100\nimages:\n");
+        for i in 0..IMAGES {
+            rt.script_pulls(
+                &format!("r.example/a:{i}"),
+                (0..4).map(|_| err(Code::Unknown, refused)),
+            );
+            yaml.push_str(&format!("  - r.example/a:{i}\n"));
+        }
+        let r = run(&rt, &config(&yaml)).await;
+        let ceilings = [1.0, 2.0, 4.0, 8.0];
+        for (n, ceiling) in ceilings.iter().enumerate() {
+            let delays: Vec<f64> = r
+                .events
+                .iter()
+                .filter_map(|e| match e {
+                    PullEvent::AttemptFailed {
+                        attempt, retry_in, ..
+                    } if *attempt as usize == n + 1 => Some(retry_in.as_secs_f64()),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(delays.len(), IMAGES);
+            let mean = delays.iter().sum::<f64>() / IMAGES as f64;
+            let max = delays.iter().cloned().fold(0.0, f64::max);
+            // Uniform on [0, c]: mean c/2 with a standard error of c/35 over 100 samples.
+            assert!(
+                mean > 0.35 * ceiling && mean < 0.65 * ceiling,
+                "attempt {}: mean {mean:.2}s for a {ceiling}s ceiling",
+                n + 1
+            );
+            assert!(
+                max > 0.8 * ceiling,
+                "attempt {}: max {max:.2}s for a {ceiling}s ceiling",
+                n + 1
+            );
+        }
+        assert!(r.outcomes.iter().all(|o| o.result == PullResult::Pulled));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn rate_limits_back_off_hard_and_pause_the_registry() {
         let rt = Arc::new(FakeRuntime::new());
@@ -781,6 +829,28 @@ mod tests {
             image.repo_digest_for(&c.images[0].reference),
             Some(good.as_str())
         );
+    }
+
+    /// A registry that serves other content than the pinned digest: a permanent failure that
+    /// names both digests, not retried.
+    #[tokio::test(start_paused = true)]
+    async fn a_pin_the_registry_does_not_serve_is_a_digest_mismatch() {
+        let rt = Arc::new(FakeRuntime::new());
+        let pinned = format!("sha256:{}", "a".repeat(64));
+        let served = format!("sha256:{}", "b".repeat(64));
+        rt.serve_digest("r.example/pinned", &served);
+        let c = config(&format!("images: [r.example/pinned@{pinned}]"));
+        let r = run(&rt, &c).await;
+        let PullResult::Failed(e) = &r.outcomes[0].result else {
+            panic!("{:?}", r.outcomes[0].result)
+        };
+        assert_eq!(e.kind, ErrorKind::DigestMismatch);
+        assert_eq!(e.kind.class(), "permanent");
+        assert!(
+            e.detail.contains(&format!("expected {pinned}")) && e.detail.contains(&served),
+            "{e}"
+        );
+        assert_eq!(r.outcomes[0].attempts, 1, "not retried");
     }
 
     #[tokio::test(start_paused = true)]

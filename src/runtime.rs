@@ -214,8 +214,26 @@ impl RuntimeError {
     pub fn kind(&self) -> ErrorKind {
         let m = self.message.as_str();
         let has = |needles: &[&str]| needles.iter().any(|n| m.contains(n));
+        // Said by the client stack (tonic, hyper, h2), not relayed from the runtime: the call to
+        // the runtime itself broke (a restart, a closed socket). A registry's own network
+        // errors reach us inside the runtime's "failed to pull" message instead.
+        let lower = m.to_ascii_lowercase();
+        let from_transport = !has(&["failed to pull"])
+            && [
+                "transport error",
+                "h2 protocol error",
+                "connection reset",
+                "broken pipe",
+                "connection closed before message completed",
+                "error trying to connect",
+            ]
+            .iter()
+            .any(|n| lower.contains(n));
         match self.code {
             Code::DeadlineExceeded => return ErrorKind::Timeout,
+            // tonic enforces the call's deadline itself and reports it as Cancelled.
+            Code::Cancelled if has(&["Timeout expired"]) => return ErrorKind::Timeout,
+            _ if from_transport => return ErrorKind::RuntimeUnavailable,
             Code::Unavailable if !has(&["failed to pull"]) => {
                 return ErrorKind::RuntimeUnavailable;
             }
@@ -274,12 +292,22 @@ impl RuntimeError {
 }
 
 impl From<tonic::Status> for RuntimeError {
+    /// Keeps the causes tonic wraps (`transport error` alone says nothing about a reset socket).
     fn from(s: tonic::Status) -> Self {
-        let message = if s.message().is_empty() {
+        let mut message = if s.message().is_empty() {
             s.code().description().to_string()
         } else {
             s.message().to_string()
         };
+        let mut source = std::error::Error::source(&s);
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if !message.contains(&text) {
+                message.push_str(": ");
+                message.push_str(&text);
+            }
+            source = cause.source();
+        }
         RuntimeError::new(s.code(), message)
     }
 }
@@ -562,6 +590,16 @@ mod tests {
             (Code::Unknown, "server is not initialized yet".into(), ErrorKind::RuntimeUnavailable),
             (Code::Unavailable, "cannot reach the runtime at unix:///x.sock: transport error".into(), ErrorKind::RuntimeUnavailable),
             (Code::Unimplemented, "unknown service runtime.v1.ImageService".into(), ErrorKind::RuntimeUnavailable),
+            // What tonic 0.14 returns itself (shared/LAB.md): its own deadline, a restarted runtime.
+            (Code::Cancelled, "Timeout expired".into(), ErrorKind::Timeout),
+            (Code::Unknown, "transport error: connection closed before message completed".into(), ErrorKind::RuntimeUnavailable),
+            (Code::Internal, "h2 protocol error: error reading a body from connection".into(), ErrorKind::RuntimeUnavailable),
+            (Code::Unknown, "transport error: Connection reset by peer (os error 104)".into(), ErrorKind::RuntimeUnavailable),
+            (Code::Internal, "Broken pipe (os error 32)".into(), ErrorKind::RuntimeUnavailable),
+            (Code::Unknown, "transport error: broken pipe".into(), ErrorKind::RuntimeUnavailable),
+            // The registry's resets, relayed by the runtime, stay network errors.
+            (Code::Unknown, format!("{p}failed to copy: read tcp 127.0.0.1:1->127.0.0.1:5000: read: connection reset by peer"), ErrorKind::Network),
+            (Code::Cancelled, "operation cancelled by the caller".into(), ErrorKind::Unknown),
             (Code::Unknown, "something new".into(), ErrorKind::Unknown),
         ];
         for (code, message, want) in cases {

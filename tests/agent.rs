@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use agent_proc::AgentProc;
 use serde_json::Value;
+use support::faults::HungSocket;
 use support::{ConfigMapDir, Sandbox, SecureRegistry, dockerconfigjson, prepuller_bin, push_image};
 
 const MB: usize = 1024 * 1024;
@@ -280,13 +281,53 @@ async fn sigterm_stops_the_agent_promptly_even_mid_pull() {
         .unwrap();
     signal(pid, "CONT");
     assert!(exit.success(), "{exit:?}\n{}", agent.log());
-    // The requirement is 2s; the bound here leaves room for a loaded CI machine.
+    // The documented bound (README: "exits within about two seconds"; the pod's grace is 10 s).
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        started.elapsed() < Duration::from_secs(2),
         "{:?}",
         started.elapsed()
     );
     assert!(agent.log().contains("agent stopped"), "{}", agent.log());
+}
+
+/// A runtime socket that accepts and never answers: the pass waits on ListImages (30 s
+/// deadline), and SIGTERM must still end the agent within the documented 2 s.
+#[tokio::test]
+async fn sigterm_stops_the_agent_promptly_while_the_runtime_hangs() {
+    let dir = tempfile::tempdir().unwrap();
+    let hung = HungSocket::start(&dir.path().join("hung.sock"));
+    let config = dir.path().join("images.yaml");
+    write_atomically(&config, "images: [r.example/team/web:1.0]\n");
+    let mut agent = AgentProc::start_on(
+        dir.path(),
+        &hung.endpoint(),
+        &config,
+        Path::new("/nonexistent/kubeconfig"),
+        &[],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while agent.get("/livez").await.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "agent not serving\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The first pass is now waiting on the hung ListImages.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(agent.get("/readyz").await.unwrap().0, 503);
+
+    signal(agent.child.id().unwrap(), "TERM");
+    let started = Instant::now();
+    let exit = tokio::time::timeout(Duration::from_secs(40), agent.child.wait())
+        .await
+        .expect("agent did not exit after SIGTERM")
+        .unwrap();
+    let took = started.elapsed();
+    eprintln!("SIGTERM to exit, runtime hung: {took:?}");
+    assert!(exit.success(), "{exit:?}\n{}", agent.log());
+    assert!(took < Duration::from_secs(2), "{took:?}\n{}", agent.log());
 }
 
 #[tokio::test]
@@ -310,6 +351,21 @@ async fn a_runtime_restarted_mid_pull_converges() {
             s["runtime"]["reachable"] == false
         })
         .await;
+    // The pull the kill cut reads as "runtime unavailable" (tonic says "transport error:
+    // connection error: stream closed because of a broken pipe"), never as an unknown error
+    // nor as the registry's network (the registry is only stopped, it resets nothing).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let metrics = agent.get("/metrics").await.unwrap().1;
+        if metrics.contains("reason=\"runtime_unavailable\"") {
+            break metrics;
+        }
+        assert!(Instant::now() < deadline, "{metrics}\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for wrong in ["reason=\"unknown\"", "reason=\"network\""] {
+        assert!(!metrics.contains(wrong), "{metrics}\n{}", agent.log());
+    }
     assert_eq!(agent.get("/readyz").await.unwrap().0, 503);
     assert_eq!(agent.get("/livez").await.unwrap().0, 200);
     signal(pid, "CONT");

@@ -7,6 +7,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use serde_json::Value;
+use support::faults::{HungSocket, StallProxy};
 use support::{Sandbox, prepuller_bin, push_image};
 
 const MB: usize = 1024 * 1024;
@@ -382,4 +383,131 @@ async fn check_prints_normalized_references_and_policies() {
             ),
         ]
     );
+}
+
+/// A pull cut by `pullTimeout` (a registry that stalls the blob body, behind a proxy): tonic
+/// ends the call itself with "Timeout expired", which must read as a timeout, not "unknown".
+#[tokio::test]
+async fn a_stalled_blob_is_a_pull_timeout() {
+    let sb = Sandbox::start();
+    push_image(&sb.registry.host(), "team/web", "1.0", 1, MB).await;
+    let proxy = StallProxy::start(&sb.registry.host());
+    let reg = proxy.host();
+    let config = write_config(
+        &sb,
+        "images.yaml",
+        &format!(
+            "pullTimeout: 2s\nbackoff: {{initial: 1s, max: 1s}}\nimages: [{reg}/team/web:1.0]\n"
+        ),
+    );
+    let run = pull(&sb, &config, &["--timeout", "7s"]).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let row = run.row(&format!("{reg}/team/web:1.0"));
+    assert_eq!(row["result"], "timedOut", "{row:#}");
+    assert!(row["attempts"].as_u64().unwrap() >= 2, "{row:#}");
+    assert_eq!(row["errorClass"], "transient", "{row:#}");
+    let reason = row["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("the pull did not finish within pullTimeout")
+            && reason.contains("raise pullTimeout"),
+        "{reason}"
+    );
+    // Every failed attempt was logged as a timeout.
+    assert!(
+        run.stderr.contains("reason=\"timeout\"") || run.stderr.contains("reason=timeout"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("reason=\"unknown\"") && !run.stderr.contains("reason=unknown"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// A runtime that accepts and never answers: SIGTERM ends `prepuller pull` within 2 s.
+#[tokio::test]
+async fn sigterm_ends_the_wait_for_a_hung_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let hung = HungSocket::start(&dir.path().join("hung.sock"));
+    let config = dir.path().join("images.yaml");
+    std::fs::write(&config, "images: [nginx:1.25]\n").unwrap();
+    let child = tokio::process::Command::new(prepuller_bin!())
+        .args(["pull", "--runtime-endpoint", &hung.endpoint(), "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Version is now waiting on the socket.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let started = std::time::Instant::now();
+    let o = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("pull did not exit after SIGTERM")
+        .unwrap();
+    let took = started.elapsed();
+    let run = from_output(o);
+    assert!(took < Duration::from_secs(2), "{took:?}\n{}", run.stderr);
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert!(run.stderr.contains("interrupted"), "{}", run.stderr);
+}
+
+/// A hung runtime is waited for (`--runtime-wait`), not given up on after one call; and
+/// `--timeout` bounds the whole run, the wait for a missing runtime included.
+#[tokio::test]
+async fn the_runtime_wait_and_the_timeout_bound_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let hung = HungSocket::start(&dir.path().join("hung.sock"));
+    let config = dir.path().join("images.yaml");
+    std::fs::write(&config, "images: [nginx:1.25]\n").unwrap();
+    let run_for = |args: Vec<String>| {
+        let config = config.clone();
+        async move {
+            let started = std::time::Instant::now();
+            let o = tokio::process::Command::new(prepuller_bin!())
+                .arg("pull")
+                .args(args)
+                .arg("--config")
+                .arg(&config)
+                .kill_on_drop(true)
+                .output()
+                .await
+                .unwrap();
+            (from_output(o), started.elapsed())
+        }
+    };
+    let (run, took) = run_for(vec![
+        "--runtime-endpoint".into(),
+        hung.endpoint(),
+        "--runtime-wait".into(),
+        "4s".into(),
+    ])
+    .await;
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(6),
+        "{took:?}\n{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("--runtime-wait"), "{}", run.stderr);
+
+    let missing = format!("unix://{}", dir.path().join("missing.sock").display());
+    let (run, took) = run_for(vec![
+        "--runtime-endpoint".into(),
+        missing,
+        "--timeout".into(),
+        "3s".into(),
+    ])
+    .await;
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert!(took < Duration::from_secs(5), "{took:?}\n{}", run.stderr);
+    assert!(run.stderr.contains("--timeout"), "{}", run.stderr);
 }

@@ -36,8 +36,12 @@ struct State {
     digests: HashMap<String, String>,
     /// Registry host → the one user:password it accepts.
     logins: HashMap<String, (String, String)>,
+    /// Repository → the digest its registry serves whatever was asked (a pinned pull included).
+    served: HashMap<String, String>,
     pull_delay: Duration,
     unavailable: bool,
+    /// Every call waits forever, like a socket that accepts and never answers.
+    hanging: bool,
     in_flight: usize,
     in_flight_per_registry: HashMap<String, usize>,
     stats: FakeStats,
@@ -114,6 +118,20 @@ impl FakeRuntime {
         self.state().pull_delay = delay;
     }
 
+    /// The registry serves `digest` for repository `name` from now on, whatever is pulled,
+    /// pinned references included (a registry that answers with other content).
+    pub fn serve_digest(&self, name: &str, digest: &str) {
+        self.state()
+            .served
+            .insert(name.to_string(), digest.to_string());
+    }
+
+    /// While hanging every call waits forever (until its future is dropped), like a runtime
+    /// whose socket accepts connections and never answers.
+    pub fn set_hanging(&self, hanging: bool) {
+        self.state().hanging = hanging;
+    }
+
     /// While unavailable every call fails as a runtime that is down.
     pub fn set_available(&self, available: bool) {
         self.state().unavailable = !available;
@@ -129,9 +147,11 @@ impl FakeRuntime {
 
     fn image_for(&self, r: &ImageRef, size_bytes: u64) -> ImageInfo {
         let name = r.name();
-        let digest = match r.digest() {
-            Some(d) => d.to_string(),
-            None => self
+        let served = self.state().served.get(&name).cloned();
+        let digest = match (served, r.digest()) {
+            (Some(d), _) => d,
+            (None, Some(d)) => d.to_string(),
+            (None, None) => self
                 .state()
                 .digests
                 .get(&name)
@@ -150,7 +170,11 @@ impl FakeRuntime {
         }
     }
 
-    fn check_available(&self) -> Result<(), RuntimeError> {
+    async fn check_available(&self) -> Result<(), RuntimeError> {
+        let hanging = self.state().hanging;
+        if hanging {
+            std::future::pending::<()>().await;
+        }
         if self.state().unavailable {
             Err(RuntimeError::new(
                 Code::Unavailable,
@@ -165,7 +189,7 @@ impl FakeRuntime {
 impl Runtime for FakeRuntime {
     async fn version(&self) -> Result<RuntimeVersion, RuntimeError> {
         self.state().stats.version_calls += 1;
-        self.check_available()?;
+        self.check_available().await?;
         Ok(RuntimeVersion {
             runtime_name: "fake".into(),
             runtime_version: "1.0".into(),
@@ -175,13 +199,13 @@ impl Runtime for FakeRuntime {
 
     async fn list_images(&self) -> Result<Vec<ImageInfo>, RuntimeError> {
         self.state().stats.list_calls += 1;
-        self.check_available()?;
+        self.check_available().await?;
         Ok(self.state().images.clone())
     }
 
     async fn image_status(&self, image: &str) -> Result<Option<ImageInfo>, RuntimeError> {
         self.state().stats.status_calls += 1;
-        self.check_available()?;
+        self.check_available().await?;
         // Like containerd, accept an image id as well as a reference.
         if let Some(i) = self.state().images.iter().find(|i| i.id == image) {
             return Ok(Some(i.clone()));
@@ -197,7 +221,7 @@ impl Runtime for FakeRuntime {
         auth: Option<&RegistryAuth>,
         timeout: Duration,
     ) -> Result<String, RuntimeError> {
-        self.check_available()?;
+        self.check_available().await?;
         let r = ImageRef::parse(image).map_err(|e| {
             RuntimeError::new(
                 Code::Unknown,

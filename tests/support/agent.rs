@@ -39,18 +39,29 @@ impl AgentProc {
         kubeconfig: &Path,
         env: &[(&str, &str)],
     ) -> AgentProc {
+        Self::start_on(sb.path(), &sb.containerd.endpoint(), config, kubeconfig, env)
+    }
+
+    /// On any runtime endpoint (a faulty one, say), with its files in `dir`.
+    pub fn start_on(
+        dir: &Path,
+        endpoint: &str,
+        config: &Path,
+        kubeconfig: &Path,
+        env: &[(&str, &str)],
+    ) -> AgentProc {
         let port = free_port();
-        let log = sb.path().join(format!("agent-{port}.log"));
+        let log = dir.join(format!("agent-{port}.log"));
         let child = tokio::process::Command::new(prepuller_bin!())
             .arg("agent")
             .arg("--config")
             .arg(config)
             .arg("--runtime-endpoint")
-            .arg(sb.containerd.endpoint())
+            .arg(endpoint)
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--api-socket")
-            .arg(sb.path().join(format!("agent-{port}.sock")))
+            .arg(dir.join(format!("agent-{port}.sock")))
             .env("NODE_NAME", "node-a")
             .env("KUBECONFIG", kubeconfig)
             .env_remove("KUBERNETES_SERVICE_HOST")

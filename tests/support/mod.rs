@@ -21,6 +21,8 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use sha2::{Digest, Sha256};
 use tonic::transport::{Channel, Endpoint};
 
+pub mod faults;
+
 /// Generous: the machine has 2 CPUs shared with parallel builds and tests; normal starts take <1 s.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(20);
