@@ -228,8 +228,21 @@ impl<R: Runtime> Puller<R> {
         on_event: &(dyn Fn(PullEvent) + Send + Sync),
         cancel: &CancellationToken,
     ) -> Vec<ImageOutcome> {
+        // Indexed once by the names CRI reports (tags, repo digests, ids): each entry is then
+        // one lookup, not a scan of the runtime's list.
+        let mut by_name: HashMap<&str, &ImageInfo> = HashMap::with_capacity(present.len() * 3);
+        for info in present {
+            for name in info.repo_tags.iter().chain(&info.repo_digests) {
+                by_name.insert(name.as_str(), info);
+            }
+            by_name.entry(info.id.as_str()).or_insert(info);
+        }
         let tasks = images.iter().enumerate().map(|(index, spec)| {
-            let found = present.iter().find(|i| i.matches(&spec.reference));
+            let key = match spec.reference.digest() {
+                Some(digest) => format!("{}@{digest}", spec.reference.name()),
+                None => spec.reference.pull_ref(),
+            };
+            let found = by_name.get(key.as_str()).copied();
             self.ensure(index, spec, found, on_event, cancel)
         });
         futures::future::join_all(tasks).await
