@@ -105,11 +105,13 @@ acceptance: image
 	PREPULLER_ACCEPTANCE_BIN=$(CURDIR)/$(ACCEPTANCE_ROOTFS)/usr/local/bin/prepuller \
 		$(CARGO) test --test acceptance -- --ignored --test-threads=1 --nocapture
 
-## bench: the cost figures in the README (resync CPU and runtime calls; idle memory on containerd)
+## bench: the cost figures in the README (resync CPU and runtime calls; idle memory on containerd;
+## memory with thousands of images waiting on a down registry)
 bench: setup
 	$(CARGO) build --release --bin prepuller
 	$(CARGO) bench --bench resync
 	$(CARGO) bench --bench idle_memory
+	$(CARGO) bench --bench pending_memory
 
 # The demo agent's HTTP listener and API socket, and how to stop a demo agent left running.
 DEMO_LISTEN ?= 127.0.0.1:18080

@@ -73,6 +73,8 @@ impl Names {
 }
 
 struct TaskDone {
+    /// The image's position in the config (and status) it was started under.
+    n: usize,
     key: String,
     spec: ImageSpec,
     outcome: ImageOutcome,
@@ -513,7 +515,10 @@ impl<R: Runtime> Agent<R> {
                 None => {}
             }
             if needs_pull && track.retry_after.is_none_or(|t| now >= t) {
-                to_pull.push((spec.clone(), names.key.clone(), found.cloned()));
+                if found.is_none() {
+                    marks.push((n, Mark::Waiting));
+                }
+                to_pull.push((n, spec.clone(), names.key.clone(), found.cloned()));
             }
         }
         let names = &self.names;
@@ -525,8 +530,8 @@ impl<R: Runtime> Agent<R> {
                 }
             }
         });
-        for (spec, key, found) in to_pull {
-            self.start_pull(spec, key, found, cancel);
+        for (n, spec, key, found) in to_pull {
+            self.start_pull(n, spec, key, found, cancel);
         }
         true
     }
@@ -550,6 +555,7 @@ impl<R: Runtime> Agent<R> {
 
     fn start_pull(
         &mut self,
+        n: usize,
         spec: ImageSpec,
         key: String,
         found: Option<ImageInfo>,
@@ -562,21 +568,13 @@ impl<R: Runtime> Agent<R> {
             .as_ref()
             .and_then(|i| i.repo_digest_for(&spec.reference))
             .map(str::to_string);
-        if !was_present {
-            self.hub.update(|s| {
-                if let Some(i) = s.images.iter_mut().find(|i| i.normalized == key) {
-                    i.state = ImageState::Waiting;
-                    i.present_since = None;
-                }
-            });
-        }
         let puller = self.puller.clone();
         let hub = self.hub.clone();
         let metrics = self.metrics.clone();
         let inflight_key = key.clone();
         let inflight_token = token.clone();
         let task = self.tasks.spawn(async move {
-            let on_event = |e: PullEvent| record_event(&hub, &metrics, &key, was_present, e);
+            let on_event = |e: PullEvent| record_event(&hub, &metrics, (n, &key), was_present, e);
             // `None`: the pass already decided this image needs a pull.
             let outcome = puller.ensure(0, &spec, None, &on_event, &token).await;
             let refused = matches!(&outcome.result, PullResult::Failed(e) if e.kind == ErrorKind::Unauthorized);
@@ -592,6 +590,7 @@ impl<R: Runtime> Agent<R> {
                 None
             };
             TaskDone {
+                n,
                 key,
                 spec,
                 outcome,
@@ -640,7 +639,7 @@ impl<R: Runtime> Agent<R> {
                 }
                 // One update: a reader never sees the drift next to the old digest.
                 self.hub.update(|s| {
-                    if let Some(i) = s.images.iter_mut().find(|i| i.normalized == done.key) {
+                    if let Some(i) = image_at(&mut s.images, done.n, &done.key) {
                         if let Some(info) = info {
                             Mark::Present(info, digest.as_deref()).apply(i);
                         }
@@ -657,7 +656,7 @@ impl<R: Runtime> Agent<R> {
                 if done.was_present {
                     // A failed refresh leaves the image usable; keep it Present.
                     self.hub.update(|s| {
-                        if let Some(i) = s.images.iter_mut().find(|i| i.normalized == done.key) {
+                        if let Some(i) = image_at(&mut s.images, done.n, &done.key) {
                             i.state = ImageState::Present;
                         }
                     });
@@ -674,6 +673,8 @@ enum Mark<'a> {
     Present(&'a ImageInfo, Option<&'a str>),
     /// `Never` and absent.
     NeverAbsent,
+    /// Absent, and a pull starts now.
+    Waiting,
 }
 
 impl Mark<'_> {
@@ -696,6 +697,10 @@ impl Mark<'_> {
                 {
                     i.repo_digest = Some(d.to_string());
                 }
+            }
+            Mark::Waiting => {
+                i.state = ImageState::Waiting;
+                i.present_since = None;
             }
             Mark::NeverAbsent => {
                 if i.state == ImageState::Failed {
@@ -740,13 +745,13 @@ fn new_status(spec: &ImageSpec) -> ImageStatus {
 fn record_event(
     hub: &StatusHub,
     metrics: &Metrics,
-    key: &str,
+    (n, key): (usize, &str),
     was_present: bool,
     event: PullEvent,
 ) {
     let update = |f: &dyn Fn(&mut ImageStatus)| {
         hub.update(|s| {
-            if let Some(i) = s.images.iter_mut().find(|i| i.normalized == key) {
+            if let Some(i) = image_at(&mut s.images, n, key) {
                 f(i);
             }
         })
@@ -840,6 +845,15 @@ fn record_event(
             });
         }
     }
+}
+
+/// The status entry of `key`, found at its position `n` in the config (the status lists the
+/// images in config order) without a search; by name when a newer config moved it.
+fn image_at<'a>(images: &'a mut [ImageStatus], n: usize, key: &str) -> Option<&'a mut ImageStatus> {
+    if images.get(n).is_some_and(|i| i.normalized == key) {
+        return images.get_mut(n);
+    }
+    images.iter_mut().find(|i| i.normalized == key)
 }
 
 /// Lets a burst of file writes settle; `false` when cancelled meanwhile.

@@ -94,6 +94,8 @@ pub struct TerminalProgress {
     overall: ProgressBar,
     bars: Vec<ProgressBar>,
     done: Mutex<Vec<bool>>,
+    /// Of the image column, measured once (not on every event).
+    width: usize,
 }
 
 impl TerminalProgress {
@@ -130,6 +132,7 @@ impl TerminalProgress {
             overall,
             bars,
             done: Mutex::new(vec![false; images.len()]),
+            width,
         }
     }
 
@@ -163,12 +166,7 @@ fn done_style(width: usize, mark: &str) -> ProgressStyle {
 
 impl Progress for TerminalProgress {
     fn event(&self, images: &[ImageSpec], event: &PullEvent) {
-        let width = images
-            .iter()
-            .map(|i| short_digest(&i.reference.to_string()).chars().count())
-            .max()
-            .unwrap_or(10)
-            .min(70);
+        let width = self.width;
         match event {
             PullEvent::Present { index, size_bytes } => self.finish_bar(
                 *index,

@@ -136,7 +136,11 @@ impl AgentStatus {
         self.ready = !self.shutting_down
             && self.runtime.reachable
             && self.config.generation > 0
-            && self.missing_required().is_empty();
+            // No list built: this runs on every status update (each pull event).
+            && !self
+                .images
+                .iter()
+                .any(|i| i.required && i.state != ImageState::Present);
     }
 }
 

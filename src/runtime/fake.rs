@@ -42,6 +42,8 @@ struct State {
     unavailable: bool,
     /// Every call waits forever, like a socket that accepts and never answers.
     hanging: bool,
+    /// Registry hosts that refuse connections: every pull from them fails as containerd says.
+    down: std::collections::HashSet<String>,
     in_flight: usize,
     in_flight_per_registry: HashMap<String, usize>,
     stats: FakeStats,
@@ -130,6 +132,16 @@ impl FakeRuntime {
     /// whose socket accepts connections and never answers.
     pub fn set_hanging(&self, hanging: bool) {
         self.state().hanging = hanging;
+    }
+
+    /// While down, every pull from `registry` fails with containerd's "connection refused".
+    pub fn set_registry_down(&self, registry: &str, down: bool) {
+        let mut s = self.state();
+        if down {
+            s.down.insert(registry.to_string());
+        } else {
+            s.down.remove(registry);
+        }
     }
 
     /// While unavailable every call fails as a runtime that is down.
@@ -274,6 +286,16 @@ impl Runtime for FakeRuntime {
         tokio::time::sleep(delay).await;
         if let Some(Err(e)) = scripted {
             return Err(e);
+        }
+        if self.state().down.contains(r.domain()) {
+            return Err(RuntimeError::new(
+                Code::Unknown,
+                format!(
+                    "failed to pull and unpack image \"{image}\": failed to resolve reference \"{image}\": failed to do request: Head \"https://{}/v2/{}/manifests/x\": dial tcp 127.0.0.1:443: connect: connection refused",
+                    r.domain(),
+                    r.path()
+                ),
+            ));
         }
         let login = self.state().logins.get(r.domain()).cloned();
         if let Some((user, password)) = login {

@@ -1,0 +1,75 @@
+//! Resident memory of the agent while many declared images cannot be pulled (their registry
+//! refuses connections): 5,000 and 20,000 images, on a real containerd, release build. Memory
+//! must follow the parallelism, not the number of images waiting. `make bench` runs it.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::{Sandbox, free_port, prepuller_bin};
+
+const SETTLE: Duration = Duration::from_secs(30);
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
+}
+
+async fn measure(sb: &Sandbox, images: usize) {
+    // Port 1 on loopback: connection refused, as a registry that is down.
+    let mut yaml = String::from("images:\n");
+    for i in 0..images {
+        yaml.push_str(&format!("  - 127.0.0.1:1/bench/img{i}:1\n"));
+    }
+    let config = sb.path().join(format!("missing-{images}.yaml"));
+    std::fs::write(&config, yaml).unwrap();
+    let port = free_port();
+    let mut agent = tokio::process::Command::new(prepuller_bin!())
+        .args([
+            "agent",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--runtime-endpoint",
+            &sb.containerd.endpoint(),
+            "--config",
+        ])
+        .arg(&config)
+        .arg("--api-socket")
+        .arg(sb.path().join(format!("agent-{images}.sock")))
+        .env("PREPULLER_LOG", "warn")
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = agent.id().unwrap();
+    tokio::time::sleep(SETTLE).await;
+    let first = rss_kib(pid);
+    tokio::time::sleep(SETTLE).await;
+    let later = rss_kib(pid);
+    println!(
+        "  {images} images waiting: RSS {:.1} MiB after {}s, {:.1} MiB after {}s",
+        first as f64 / 1024.0,
+        SETTLE.as_secs(),
+        later as f64 / 1024.0,
+        2 * SETTLE.as_secs()
+    );
+    agent.kill().await.unwrap();
+}
+
+#[tokio::main]
+async fn main() {
+    let sb = Sandbox::start();
+    println!("agent, every declared image on a registry that refuses connections (release build):");
+    for images in [5_000, 20_000] {
+        measure(&sb, images).await;
+    }
+}
