@@ -221,6 +221,8 @@ impl<R: Runtime> Agent<R> {
                         break;
                     }
                     while credentials_events.try_recv().is_ok() {}
+                    // Read again even a rewrite that kept the size and the mtime tick.
+                    self.puller.credentials().files_changed();
                     // The pass compares the credentials with those that were refused.
                     next_pass = Instant::now();
                 }
@@ -907,7 +909,7 @@ fn watch(path: &Path, tx: mpsc::Sender<()>) -> notify::Result<notify::Recommende
 
 /// Watches the credential files and directories (mounted secrets are swapped like ConfigMaps,
 /// so a directory is watched recursively). `None` when there is nothing to watch or the
-/// watcher fails: each pass still re-reads the sources. Only the declared files (and a
+/// watcher fails: lookups still see changes by size and mtime. Only the declared files (and a
 /// `..data` swap beside them) and whatever is below a declared directory wake the agent.
 fn watch_credentials(
     sources: &[CredentialSource],
@@ -941,7 +943,7 @@ fn watch_credentials(
             let _ = tx.try_send(());
         }
     })
-    .map_err(|e| tracing::warn!("cannot watch credential files, re-reading them every pass: {e}"))
+    .map_err(|e| tracing::warn!("cannot watch credential files, checking their size and mtime on every pull instead: {e}"))
     .ok()?;
     for (target, mode) in targets {
         if let Err(e) = watcher.watch(&target, mode) {
