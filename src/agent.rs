@@ -221,6 +221,8 @@ impl<R: Runtime> Agent<R> {
                         break;
                     }
                     while credentials_events.try_recv().is_ok() {}
+                    // Read again even a rewrite that kept the size and the mtime tick.
+                    self.puller.credentials().files_changed();
                     // The pass compares the credentials with those that were refused.
                     next_pass = Instant::now();
                 }
@@ -907,7 +909,7 @@ fn watch(path: &Path, tx: mpsc::Sender<()>) -> notify::Result<notify::Recommende
 
 /// Watches the credential files and directories (mounted secrets are swapped like ConfigMaps,
 /// so a directory is watched recursively). `None` when there is nothing to watch or the
-/// watcher fails: each pass still re-reads the sources. Only the declared files (and a
+/// watcher fails: lookups still see changes by size and mtime. Only the declared files (and a
 /// `..data` swap beside them) and whatever is below a declared directory wake the agent.
 fn watch_credentials(
     sources: &[CredentialSource],
@@ -941,7 +943,7 @@ fn watch_credentials(
             let _ = tx.try_send(());
         }
     })
-    .map_err(|e| tracing::warn!("cannot watch credential files, re-reading them every pass: {e}"))
+    .map_err(|e| tracing::warn!("cannot watch credential files, checking their size and mtime on every pull instead: {e}"))
     .ok()?;
     for (target, mode) in targets {
         if let Err(e) = watcher.watch(&target, mode) {
@@ -1349,6 +1351,61 @@ mod tests {
         s.agent.pass(&cancel).await;
         s.agent.settle().await;
         assert_eq!(state(&s.hub, "r.example/private:1"), ImageState::Present);
+        assert_eq!(s.rt.stats().pulls.len(), 2);
+    }
+
+    /// The watcher's word makes the files be read again, even a rewrite that kept the size and
+    /// the mtime, which the lookup's own stat check cannot tell from the old file.
+    #[tokio::test]
+    async fn a_credentials_event_rereads_a_file_the_stat_check_cannot_tell_apart() {
+        use base64::Engine;
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("config.json");
+        let write = |password: &str| {
+            let auth = base64::engine::general_purpose::STANDARD.encode(format!("bot:{password}"));
+            std::fs::write(
+                &creds,
+                format!(r#"{{"auths": {{"r.example": {{"auth": "{auth}"}}}}}}"#),
+            )
+            .unwrap();
+        };
+        write("expired");
+        let s = setup(&format!(
+            "backoff: {{initial: 1s, max: 1h}}\ncredentials:\n  - dockerConfig: {}\nimages: [r.example/private:1]",
+            creds.display()
+        ));
+        s.rt.require_login("r.example", "bot", "rotated");
+        let wait_for = |want: ImageState| {
+            let hub = s.hub.clone();
+            async move {
+                for _ in 0..200 {
+                    if state(&hub, "r.example/private:1") == want {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                panic!(
+                    "not {want:?} within 10 s: {:?}",
+                    state(&hub, "r.example/private:1")
+                );
+            }
+        };
+        let cancel = CancellationToken::new();
+        let checks = async {
+            wait_for(ImageState::Failed).await;
+            // Same length; the mtime put back as if written within the same tick.
+            let mtime = std::fs::metadata(&creds).unwrap().modified().unwrap();
+            write("rotated");
+            std::fs::File::options()
+                .write(true)
+                .open(&creds)
+                .unwrap()
+                .set_modified(mtime)
+                .unwrap();
+            wait_for(ImageState::Present).await;
+            cancel.cancel();
+        };
+        tokio::join!(s.agent.run(cancel.clone()), checks);
         assert_eq!(s.rt.stats().pulls.len(), 2);
     }
 }

@@ -1,8 +1,12 @@
 //! Registry credentials, found and matched the way the kubelet does, so that whatever works
 //! for an operator's pods works for prepuller.
 //!
-//! Sources are re-read on every lookup (files) or after a short cache (secrets read through the
-//! Kubernetes API), so a rotated password is used on the next attempt without a restart.
+//! Files are read once and kept until they change: the agent's watcher says so
+//! ([`Credentials::files_changed`]), and every lookup also compares their size and mtime (a few
+//! `stat`s, no reads), so a change is seen even where the watcher cannot follow it. Reads and
+//! `stat`s run in `spawn_blocking`, never on the async worker threads. Secrets read through the
+//! Kubernetes API are cached for a short time. A rotated password is thus used on the next
+//! attempt without a restart.
 //! Secrets live in [`SecretString`]s: they print as `[REDACTED]` in Debug output and have no
 //! Display, so they cannot reach a log, an error, `/status` or a metric by accident.
 
@@ -10,8 +14,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
 use futures::future::BoxFuture;
@@ -403,12 +408,108 @@ struct CachedSecret {
     data: SecretRead,
 }
 
-/// The credentials of the current config: looks them up per image, re-reading the sources.
+/// What one source yielded: docker config documents, each named for messages, and the problems
+/// met reading it.
+type SourceRead = (Vec<(String, Vec<u8>)>, Vec<String>);
+
+/// A path's size and modification time, `None` when it cannot be `stat`ed (absent, say).
+type Stamp = Option<(SystemTime, u64)>;
+
+fn stamp(path: &Path) -> Stamp {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// The file sources as last read, and what they looked like just before.
+struct FileSnapshot {
+    /// [`Credentials::files_changed`] calls when it was read.
+    generation: u64,
+    /// Every path the read looked at (declared files, each directory searched, each file
+    /// found), stamped before it was read: a change after that shows in the stamps.
+    stamps: Vec<(PathBuf, Stamp)>,
+    /// Per source, in order; `None` for `secret:` sources.
+    sources: Vec<Option<SourceRead>>,
+}
+
+impl FileSnapshot {
+    /// Reads every file source (blocking: call it in `spawn_blocking`).
+    fn read(sources: &[CredentialSource], generation: u64) -> FileSnapshot {
+        let mut stamps = Vec::new();
+        let sources = sources
+            .iter()
+            .map(|source| read_file_source(source, &mut stamps))
+            .collect();
+        FileSnapshot {
+            generation,
+            stamps,
+            sources,
+        }
+    }
+
+    /// Whether it still holds what the files hold (blocking: a `stat` per path).
+    fn is_current(&self, generation: u64) -> bool {
+        self.generation == generation && self.stamps.iter().all(|(path, s)| stamp(path) == *s)
+    }
+}
+
+/// The documents of one file source (`None` for a secret), stamping each path before reading it.
+fn read_file_source(
+    source: &CredentialSource,
+    stamps: &mut Vec<(PathBuf, Stamp)>,
+) -> Option<SourceRead> {
+    let mut seen = |path: &Path| stamps.push((path.to_path_buf(), stamp(path)));
+    let mut found = Vec::new();
+    let mut problems = Vec::new();
+    match source {
+        CredentialSource::DockerConfig(path) => {
+            seen(path);
+            match std::fs::read(path) {
+                Ok(bytes) => found.push((source.to_string(), bytes)),
+                Err(e) => problems.push(format!("{source}: cannot read it: {e}")),
+            }
+        }
+        CredentialSource::DockerConfigDir(dir) => {
+            let mut files = Vec::new();
+            if let Err(e) = find_secret_files(dir, 0, &mut files, &mut seen) {
+                problems.push(format!("{source}: cannot read the directory: {e}"));
+            }
+            files.sort();
+            for file in files {
+                let rel = file
+                    .strip_prefix(dir)
+                    .unwrap_or(&file)
+                    .display()
+                    .to_string();
+                seen(&file);
+                match std::fs::read(&file) {
+                    Ok(bytes) => found.push((format!("{source} ({rel})"), bytes)),
+                    Err(e) => problems.push(format!("{source} ({rel}): cannot read it: {e}")),
+                }
+            }
+        }
+        CredentialSource::Secret { .. } => return None,
+        CredentialSource::NodeDefaults { kubelet_root_dir } => {
+            let files = node_default_files(kubelet_root_dir);
+            // All of them: a file appearing earlier in the search order wins from then on.
+            files.iter().for_each(|f| seen(f));
+            found.extend(first_node_default(&files));
+        }
+    }
+    Some((found, problems))
+}
+
+/// The credentials of the current config: looks them up per image. Files are read once and
+/// again only when they change; secrets are cached for [`SECRET_CACHE_TTL`].
 pub struct Credentials {
-    sources: Vec<CredentialSource>,
+    sources: Arc<[CredentialSource]>,
     pub anonymous_fallback: bool,
     secrets: Option<Arc<dyn SecretReader>>,
     cache: Mutex<HashMap<(String, String), CachedSecret>>,
+    /// Bumped by [`Credentials::files_changed`]: a snapshot of an older one is read again.
+    generation: AtomicU64,
+    files: tokio::sync::Mutex<Option<Arc<FileSnapshot>>>,
+    /// How many times the file sources were read (for tests).
+    file_reads: AtomicU64,
 }
 
 impl fmt::Debug for Credentials {
@@ -427,10 +528,13 @@ impl Credentials {
         secrets: Option<Arc<dyn SecretReader>>,
     ) -> Self {
         Credentials {
-            sources,
+            sources: sources.into(),
             anonymous_fallback,
             secrets,
             cache: Mutex::default(),
+            generation: AtomicU64::new(0),
+            files: Default::default(),
+            file_reads: AtomicU64::new(0),
         }
     }
 
@@ -452,7 +556,7 @@ impl Credentials {
             .join(", ")
     }
 
-    /// The credentials to try for `image`, read afresh from every source.
+    /// The credentials to try for `image`, from the current content of every source.
     pub async fn lookup(&self, image: &ImageRef) -> Found {
         let (keyring, problems) = self.keyring().await;
         Found {
@@ -462,17 +566,24 @@ impl Credentials {
     }
 
     /// Forgets cached secrets, so the next lookup reads them again (after a 401: they may have
-    /// been rotated).
+    /// been rotated). Files need not be forgotten: a change to them is seen anyway.
     pub fn invalidate(&self) {
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// A credential file or directory changed (the agent's watcher saw it): the next lookup
+    /// reads the files again, even if their size and mtime look the same.
+    pub fn files_changed(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     /// A hash of every credential's material: it changes when any source changes. Used to
     /// retry images that were refused, as soon as the credentials change.
     pub async fn fingerprint(&self) -> u64 {
+        let files = self.files().await;
         let mut material: Vec<(String, Vec<u8>)> = Vec::new();
-        for source in &self.sources {
-            for (name, bytes) in self.read_source(source).await.0 {
+        for (source, read) in self.sources.iter().zip(&files.sources) {
+            for (name, bytes) in self.source_docs(source, read).await.0 {
                 material.push((name, bytes));
             }
         }
@@ -482,12 +593,13 @@ impl Credentials {
     }
 
     async fn keyring(&self) -> (Keyring, Vec<String>) {
+        let files = self.files().await;
         let mut keyring = Keyring::default();
         let mut problems = Vec::new();
-        for source in &self.sources {
-            let (files, mut errs) = self.read_source(source).await;
+        for (source, read) in self.sources.iter().zip(&files.sources) {
+            let (docs, mut errs) = self.source_docs(source, read).await;
             problems.append(&mut errs);
-            for (name, bytes) in files {
+            for (name, bytes) in docs {
                 match parse_docker_config(&bytes) {
                     Ok(entries) => keyring.add(&name, entries),
                     Err(e) => problems.push(format!("{name}: {e}")),
@@ -497,56 +609,66 @@ impl Credentials {
         (keyring, problems)
     }
 
-    /// The docker config documents of one source, each named for messages.
-    async fn read_source(
+    /// The file sources' current content: the snapshot if nothing changed since, else read
+    /// again. Both the check and the read are blocking, so they run off the async threads.
+    async fn files(&self) -> Arc<FileSnapshot> {
+        let generation = self.generation.load(Ordering::SeqCst);
+        if self
+            .sources
+            .iter()
+            .all(|s| matches!(s, CredentialSource::Secret { .. }))
+        {
+            // Nothing to read, nothing to block on.
+            return Arc::new(FileSnapshot::read(&self.sources, generation));
+        }
+        // Held across the check, so that pulls starting together read the files once.
+        let mut files = self.files.lock().await;
+        let (kept, sources) = (files.clone(), self.sources.clone());
+        let check = tokio::task::spawn_blocking(move || match kept {
+            Some(kept) if kept.is_current(generation) => (kept, false),
+            _ => (Arc::new(FileSnapshot::read(&sources, generation)), true),
+        });
+        let (snapshot, fresh) = match check.await {
+            Ok(done) => done,
+            // Only a panic in the read gets here: read inline rather than have no credentials.
+            Err(_) => (
+                Arc::new(FileSnapshot::read(&self.sources, generation)),
+                true,
+            ),
+        };
+        if fresh {
+            self.file_reads.fetch_add(1, Ordering::Relaxed);
+            *files = Some(snapshot.clone());
+        }
+        snapshot
+    }
+
+    /// The docker config documents of one source: a file source's from the snapshot, a
+    /// secret's through the cache.
+    async fn source_docs(
         &self,
         source: &CredentialSource,
-    ) -> (Vec<(String, Vec<u8>)>, Vec<String>) {
+        read: &Option<SourceRead>,
+    ) -> SourceRead {
+        let CredentialSource::Secret { namespace, name } = source else {
+            return read.clone().unwrap_or_default();
+        };
         let mut found = Vec::new();
         let mut problems = Vec::new();
-        match source {
-            CredentialSource::DockerConfig(path) => match std::fs::read(path) {
-                Ok(bytes) => found.push((source.to_string(), bytes)),
-                Err(e) => problems.push(format!("{source}: cannot read it: {e}")),
-            },
-            CredentialSource::DockerConfigDir(dir) => {
-                let mut files = Vec::new();
-                if let Err(e) = find_secret_files(dir, 0, &mut files) {
-                    problems.push(format!("{source}: cannot read the directory: {e}"));
-                }
-                files.sort();
-                for file in files {
-                    let rel = file
-                        .strip_prefix(dir)
-                        .unwrap_or(&file)
-                        .display()
-                        .to_string();
-                    match std::fs::read(&file) {
-                        Ok(bytes) => found.push((format!("{source} ({rel})"), bytes)),
-                        Err(e) => problems.push(format!("{source} ({rel}): cannot read it: {e}")),
-                    }
+        match self.secret(namespace, name).await {
+            Ok(Some(data)) => {
+                let doc = data
+                    .get(".dockerconfigjson")
+                    .or_else(|| data.get(".dockercfg"));
+                match doc {
+                    Some(bytes) => found.push((source.to_string(), bytes.clone())),
+                    None => problems.push(format!(
+                        "{source}: has no .dockerconfigjson or .dockercfg key (is it a kubernetes.io/dockerconfigjson secret?)"
+                    )),
                 }
             }
-            CredentialSource::Secret { namespace, name } => {
-                match self.secret(namespace, name).await {
-                    Ok(Some(data)) => {
-                        let doc = data
-                            .get(".dockerconfigjson")
-                            .or_else(|| data.get(".dockercfg"));
-                        match doc {
-                            Some(bytes) => found.push((source.to_string(), bytes.clone())),
-                            None => problems.push(format!(
-                                "{source}: has no .dockerconfigjson or .dockercfg key (is it a kubernetes.io/dockerconfigjson secret?)"
-                            )),
-                        }
-                    }
-                    Ok(None) => problems.push(format!("{source}: not found")),
-                    Err(e) => problems.push(format!("{source}: {e}")),
-                }
-            }
-            CredentialSource::NodeDefaults { kubelet_root_dir } => {
-                found.extend(first_node_default(&node_default_files(kubelet_root_dir)));
-            }
+            Ok(None) => problems.push(format!("{source}: not found")),
+            Err(e) => problems.push(format!("{source}: {e}")),
         }
         (found, problems)
     }
@@ -609,8 +731,15 @@ fn first_node_default(files: &[PathBuf]) -> Option<(String, Vec<u8>)> {
 }
 
 /// `.dockerconfigjson` and `.dockercfg` files below `dir`. Entries starting with `..` are the
-/// kubelet's atomic-writer internals (`..data`, `..2026_…`): the same files again.
-fn find_secret_files(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+/// kubelet's atomic-writer internals (`..data`, `..2026_…`): the same files again. `seen` is
+/// told of each directory before it is listed (a file added or swapped in changes its mtime).
+fn find_secret_files(
+    dir: &Path,
+    depth: usize,
+    out: &mut Vec<PathBuf>,
+    seen: &mut impl FnMut(&Path),
+) -> std::io::Result<()> {
+    seen(dir);
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -620,7 +749,7 @@ fn find_secret_files(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> std::i
         if path.is_dir() {
             if depth < DIR_SEARCH_DEPTH {
                 // An unreadable subdirectory should not hide the others.
-                let _ = find_secret_files(&path, depth + 1, out);
+                let _ = find_secret_files(&path, depth + 1, out, seen);
             }
         } else if name == ".dockerconfigjson" || name == ".dockercfg" {
             out.push(path);
@@ -1063,6 +1192,124 @@ mod tests {
         let found = creds.lookup(&image).await;
         assert_eq!(found.credentials[0].auth.password.expose_secret(), "new");
         assert_ne!(before, creds.fingerprint().await);
+    }
+
+    /// The kubelet's atomic writer: the data in a new timestamped folder, then `..data` swapped.
+    fn mount(secret_dir: &Path, version: u32, content: &[u8]) {
+        let data = format!("..2026_11_23_00_00_0{version}.1");
+        std::fs::create_dir_all(secret_dir.join(&data)).unwrap();
+        std::fs::write(secret_dir.join(&data).join(".dockerconfigjson"), content).unwrap();
+        let tmp = secret_dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&data, &tmp).unwrap();
+        std::fs::rename(&tmp, secret_dir.join("..data")).unwrap();
+        let link = secret_dir.join(".dockerconfigjson");
+        if link.symlink_metadata().is_err() {
+            std::os::unix::fs::symlink("..data/.dockerconfigjson", link).unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn files_are_read_once_until_they_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.json");
+        std::fs::write(&file, dockerconfigjson("r.example.com", "file-a", "x")).unwrap();
+        let secrets = dir.path().join("pull-secrets");
+        mount(
+            &secrets.join("regcred"),
+            1,
+            &dockerconfigjson("r.example.com/team", "dir-a", "x"),
+        );
+        let creds = Credentials::new(
+            vec![
+                CredentialSource::DockerConfig(file.clone()),
+                CredentialSource::DockerConfigDir(secrets.clone()),
+            ],
+            false,
+            None,
+        );
+        let image = ImageRef::parse("r.example.com/team/app:1").unwrap();
+        let users = || async {
+            let found = creds.lookup(&image).await;
+            let users: Vec<String> = found
+                .credentials
+                .iter()
+                .map(|c| c.auth.username.clone())
+                .collect();
+            users
+        };
+        let reads = || creds.file_reads.load(Ordering::Relaxed);
+
+        // Many pull attempts (and the fingerprints taken after refusals), one read.
+        for _ in 0..50 {
+            assert_eq!(users().await, ["dir-a", "file-a"]);
+            creds.fingerprint().await;
+        }
+        assert_eq!(reads(), 1, "the files were read for every lookup");
+
+        // Rotated: seen on the next attempt, without the watcher saying so.
+        std::fs::write(&file, dockerconfigjson("r.example.com", "file-b", "xx")).unwrap();
+        assert_eq!(users().await, ["dir-a", "file-b"]);
+        mount(
+            &secrets.join("regcred"),
+            2,
+            &dockerconfigjson("r.example.com/team", "dir-b", "xx"),
+        );
+        assert_eq!(
+            users().await,
+            ["dir-b", "file-b"],
+            "the ..data swap is seen"
+        );
+        mount(
+            &secrets.join("other"),
+            1,
+            &dockerconfigjson("r.example.com/team", "dir-new", "x"),
+        );
+        assert_eq!(
+            users().await,
+            ["dir-new", "dir-b", "file-b"],
+            "a secret mounted beside is seen (other/ sorts before regcred/)"
+        );
+        let settled = reads();
+        users().await;
+        assert_eq!(reads(), settled, "nothing changed since");
+
+        // A rewrite that keeps the size and the mtime (same tick) escapes the stat check, so
+        // the watcher's word forces the read.
+        let mtime = std::fs::metadata(&file).unwrap().modified().unwrap();
+        std::fs::write(&file, dockerconfigjson("r.example.com", "file-c", "xx")).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        assert_eq!(users().await, ["dir-new", "dir-b", "file-b"]);
+        creds.files_changed();
+        assert_eq!(users().await, ["dir-new", "dir-b", "file-c"]);
+    }
+
+    /// Pulls that start together wait for one read rather than each reading.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_lookups_share_one_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.json");
+        std::fs::write(&file, dockerconfigjson("r.example.com", "u", "x")).unwrap();
+        let creds = Arc::new(Credentials::new(
+            vec![CredentialSource::DockerConfig(file)],
+            false,
+            None,
+        ));
+        let image = ImageRef::parse("r.example.com/app:1").unwrap();
+        let lookups: Vec<_> = (0..20)
+            .map(|_| {
+                let (creds, image) = (creds.clone(), image.clone());
+                tokio::spawn(async move { creds.lookup(&image).await.credentials.len() })
+            })
+            .collect();
+        for lookup in lookups {
+            assert_eq!(lookup.await.unwrap(), 1);
+        }
+        assert_eq!(creds.file_reads.load(Ordering::Relaxed), 1);
     }
 
     #[test]
