@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::{Value, json};
-use support::{Sandbox, SecureRegistry, dockerconfigjson, free_port, log_tail, push_image};
+use support::{
+    Sandbox, SecureRegistry, dockerconfigjson, free_port, images_prepulled_condition, log_tail,
+    push_image, taint_keys,
+};
 use tokio::io::AsyncBufReadExt;
 
 const MB: usize = 1024 * 1024;
@@ -283,27 +286,8 @@ fn new_node(name: &str) -> Value {
     })
 }
 
-fn condition(node: &Value) -> Value {
-    node["status"]["conditions"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == "ImagesPrePulled"))
-        .cloned()
-        .unwrap_or(Value::Null)
-}
-
-fn taint_keys(node: &Value) -> Vec<String> {
-    node["spec"]["taints"]
-        .as_array()
-        .map(|t| {
-            t.iter()
-                .map(|t| t["key"].as_str().unwrap().to_string())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn warm_and_untainted(node: &Value) -> bool {
-    condition(node)["status"] == "True"
+    images_prepulled_condition(node)["status"] == "True"
         && node["metadata"]["labels"][READY_LABEL] == "true"
         && !taint_keys(node).contains(&STARTUP_TAINT.to_string())
 }
@@ -395,7 +379,7 @@ async fn the_shipped_agent_makes_a_tainted_node_warm_over_tls_and_prepuller_node
         warm_and_untainted,
     )
     .await;
-    let warm = condition(&node);
+    let warm = images_prepulled_condition(&node);
     assert_eq!(warm["reason"], "AllRequiredImagesPresent", "{warm:#}");
     assert_eq!(warm["message"], "1/1 required images present", "{warm:#}");
     assert_eq!(
@@ -525,7 +509,10 @@ async fn past_the_taint_timeout_of_a_warm_node_the_shipped_agent_is_idle() {
         "the node turned warm only after the taint timeout ({:?}): this test needs it warm before",
         created.elapsed()
     );
-    let message = condition(&node)["message"].as_str().unwrap().to_string();
+    let message = images_prepulled_condition(&node)["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(!message.contains("fail-open"), "{message}");
 
     // One second past the deadline: whatever the deadline triggers has begun.

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use agent_proc::{AGENT_CONVERGE, AgentProc};
 use fake_api::FakeApi;
 use serde_json::{Value, json};
-use support::{ConfigMapDir, Sandbox, prepuller_bin, push_image};
+use support::{
+    ConfigMapDir, Sandbox, images_prepulled_condition, prepuller_bin, push_image, taint_keys,
+};
 
 const MB: usize = 1024 * 1024;
 /// Generous: a 2-core CI machine runs several sandboxes at once.
@@ -36,25 +38,6 @@ async fn wait_node(api: &FakeApi, agent: &AgentProc, what: &str, check: impl Fn(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn condition(node: &Value) -> Value {
-    node["status"]["conditions"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == "ImagesPrePulled"))
-        .cloned()
-        .unwrap_or(Value::Null)
-}
-
-fn taint_keys(node: &Value) -> Vec<String> {
-    node["spec"]["taints"]
-        .as_array()
-        .map(|t| {
-            t.iter()
-                .map(|t| t["key"].as_str().unwrap().to_string())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn new_node(labels: Value) -> Value {
@@ -120,12 +103,12 @@ async fn the_node_turns_warm_as_images_land_and_the_startup_taint_goes_exactly_t
 
     // One required image cannot be pulled: cold, and the taint stays.
     wait_node(&api, &agent, "condition PullFailed and label false", |n| {
-        condition(n)["reason"] == "PullFailed"
+        images_prepulled_condition(n)["reason"] == "PullFailed"
             && n["metadata"]["labels"]["prepuller.dev/ready"] == "false"
     })
     .await;
     let node = api.node("node-a");
-    let cold = condition(&node);
+    let cold = images_prepulled_condition(&node);
     assert_eq!(cold["status"], "False");
     let message = cold["message"].as_str().unwrap();
     assert!(
@@ -163,13 +146,13 @@ async fn the_node_turns_warm_as_images_land_and_the_startup_taint_goes_exactly_t
     push_image(&reg, "team/late", "1.0", 2, MB).await;
     // The condition, the taint and the label are separate writes: wait for all three.
     wait_node(&api, &agent, "warm, untainted and labelled", |n| {
-        condition(n)["status"] == "True"
+        images_prepulled_condition(n)["status"] == "True"
             && !taint_keys(n).contains(&STARTUP_TAINT.to_string())
             && n["metadata"]["labels"]["prepuller.dev/ready"] == "true"
     })
     .await;
     let node = api.node("node-a");
-    let warm = condition(&node);
+    let warm = images_prepulled_condition(&node);
     assert_eq!(warm["reason"], "AllRequiredImagesPresent");
     assert_eq!(warm["message"], "2/2 required images present");
     assert_ne!(warm["lastTransitionTime"], cold["lastTransitionTime"]);
@@ -271,14 +254,14 @@ async fn the_startup_taint_is_removed_after_the_timeout_even_when_cold_and_the_c
         "removed before the timeout"
     );
     wait_node(&api, &agent, "condition says fail-open", |n| {
-        condition(n)["message"]
+        images_prepulled_condition(n)["message"]
             .as_str()
             .is_some_and(|m| m.contains("fail-open"))
     })
     .await;
     let node = api.node("node-a");
-    assert_eq!(condition(&node)["status"], "False");
-    assert_eq!(condition(&node)["reason"], "PullFailed");
+    assert_eq!(images_prepulled_condition(&node)["status"], "False");
+    assert_eq!(images_prepulled_condition(&node)["reason"], "PullFailed");
     assert_eq!(taint_keys(&node), ["dedicated"]);
 
     let (code, out, err) = nodes_cmd(&api, sb.path(), &["--wait", "--timeout", "1s"]).await;
@@ -319,7 +302,7 @@ async fn image_sets_follow_the_node_labels_without_restart() {
     );
     let agent = AgentProc::start_with_kubeconfig(&sb, &configmap.dir, &api.kubeconfig(sb.path()));
     wait_node(&api, &agent, "warm with the base set", |n| {
-        condition(n)["message"] == "1/1 required images present"
+        images_prepulled_condition(n)["message"] == "1/1 required images present"
     })
     .await;
     let images = |s: &Value| -> Vec<String> {
@@ -341,7 +324,7 @@ async fn image_sets_follow_the_node_labels_without_restart() {
     // The node joins the GPU pool: the GPU set applies, without restart.
     api.edit_node("node-a", |n| n["metadata"]["labels"]["pool"] = "gpu".into());
     wait_node(&api, &agent, "warm with both sets", |n| {
-        condition(n)["message"] == "2/2 required images present"
+        images_prepulled_condition(n)["message"] == "2/2 required images present"
     })
     .await;
     let cuda = format!("{reg}/team/cuda:12");
@@ -373,7 +356,7 @@ async fn image_sets_follow_the_node_labels_without_restart() {
     // And leaves it again.
     api.edit_node("node-a", |n| n["metadata"]["labels"]["pool"] = "cpu".into());
     wait_node(&api, &agent, "back to the base set", |n| {
-        condition(n)["message"] == "1/1 required images present"
+        images_prepulled_condition(n)["message"] == "1/1 required images present"
     })
     .await;
     assert_eq!(
