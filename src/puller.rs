@@ -1,7 +1,7 @@
 //! Pulling a list of images: policies, bounded parallelism, and back-off.
 //!
-//! A pull attempt holds a slot of its registry and a global slot; a task that waits in
-//! back-off holds neither. Permanent failures end an image's run at once; transient ones are
+//! A pull attempt holds a slot of its registry and a global slot; an image waiting (in back-off
+//! or for a slot) is a record in a [`PullQueue`], not a task, and holds neither. Permanent failures end an image's run at once; transient ones are
 //! retried with full-jitter exponential back-off. A 429 also pauses new attempts to that
 //! registry, because every parallel pull would otherwise hit the same limit; and a host that
 //! refuses, fails (5xx) or limits (429) is paused as a whole by its circuit breaker, probed

@@ -39,7 +39,13 @@ impl AgentProc {
         kubeconfig: &Path,
         env: &[(&str, &str)],
     ) -> AgentProc {
-        Self::start_on(sb.path(), &sb.containerd.endpoint(), config, kubeconfig, env)
+        Self::start_on(
+            sb.path(),
+            &sb.containerd.endpoint(),
+            config,
+            kubeconfig,
+            env,
+        )
     }
 
     /// On any runtime endpoint (a faulty one, say), with its files in `dir`.
