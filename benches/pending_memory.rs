@@ -1,6 +1,7 @@
 //! Resident memory of the agent while many declared images cannot be pulled (their registry
 //! refuses connections): 5,000 and 20,000 images, on a real containerd, release build. Memory
-//! must follow the parallelism, not the number of images waiting. `make bench` runs it.
+//! must follow the parallelism, not the number of images waiting. Then `prepuller pull` with
+//! 10,000 such entries and a 30 s `--timeout`: its peak RSS. `make bench` runs it.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -65,6 +66,58 @@ async fn measure(sb: &Sandbox, images: usize) {
     agent.kill().await.unwrap();
 }
 
+fn hwm_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+async fn measure_pull(sb: &Sandbox, images: usize) {
+    let mut yaml = String::from("images:\n");
+    for i in 0..images {
+        yaml.push_str(&format!("  - 127.0.0.1:1/bench/img{i}:1\n"));
+    }
+    let config = sb.path().join(format!("pull-{images}.yaml"));
+    std::fs::write(&config, yaml).unwrap();
+    let mut pull = tokio::process::Command::new(prepuller_bin!())
+        .args([
+            "pull",
+            "--runtime-endpoint",
+            &sb.containerd.endpoint(),
+            "--timeout",
+            "30s",
+            "--output",
+            "json",
+            "--config",
+        ])
+        .arg(&config)
+        .env("PREPULLER_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = pull.id().unwrap();
+    // The peak so far, read until the process is gone.
+    let mut peak = 0;
+    loop {
+        if let Some(h) = hwm_kib(pid) {
+            peak = peak.max(h);
+        }
+        tokio::select! {
+            _ = pull.wait() => break,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+    println!(
+        "  prepuller pull, {images} entries waiting, --timeout 30s: peak RSS {:.1} MiB",
+        peak as f64 / 1024.0
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let sb = Sandbox::start();
@@ -72,4 +125,5 @@ async fn main() {
     for images in [5_000, 20_000] {
         measure(&sb, images).await;
     }
+    measure_pull(&sb, 10_000).await;
 }

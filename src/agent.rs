@@ -1,8 +1,9 @@
 //! The long-running agent: keeps every declared image present, reloads its config safely,
 //! and reports through the [`StatusHub`].
 //!
-//! Each pass lists the runtime's images once, then starts a task for every image that needs a
-//! pull and has none in flight. Tasks outlive passes, so an image in back-off keeps its
+//! Each pass lists the runtime's images once, then queues every image that needs a pull and is
+//! not queued yet. The queue ([`PullQueue`]) keeps one small record per image and starts
+//! attempts only into free slots; records outlive passes, so an image in back-off keeps its
 //! back-off across resyncs. The agent never removes images.
 
 use std::collections::HashMap;
@@ -11,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -19,7 +19,8 @@ use crate::config::{Config, ConfigError, ImageSpec, PullPolicy};
 use crate::credentials::{CredentialSource, Credentials, SecretReader};
 use crate::node::AgentLink;
 use crate::node::selector::Labels;
-use crate::puller::{ImageOutcome, PullEvent, PullResult, PullSettings, Puller};
+use crate::puller::{PullEvent, PullResult, PullSettings, Puller, sleep_until_some};
+use crate::queue::{Finished, PullQueue};
 use crate::report::metrics::Metrics;
 use crate::report::{AgentEventKind, ImageState, ImageStatus, StatusHub, now_rfc3339, rfc3339};
 use crate::runtime::{ErrorKind, ImageInfo, Runtime};
@@ -44,6 +45,8 @@ struct Track {
     retry_after: Option<Instant>,
     /// Refused by the registry: the credentials' fingerprint then. A change retries at once.
     refused_with: Option<u64>,
+    /// Its record in the pull queue, while it has one.
+    queued: Option<u64>,
 }
 
 /// The strings a pass compares for one declared image, made once per config.
@@ -72,17 +75,23 @@ impl Names {
     }
 }
 
+/// An image that left the queue, with what its record knew.
 struct TaskDone {
-    /// The image's position in the config (and status) it was started under.
     n: usize,
     key: String,
-    spec: ImageSpec,
-    outcome: ImageOutcome,
-    /// The repo digest before an `Always` refresh, to detect tag drift.
+    outcome: crate::puller::ImageOutcome,
     previous_digest: Option<String>,
     was_present: bool,
-    /// For a refusal (401/403): the credentials' fingerprint right after it.
     refused_with: Option<u64>,
+}
+
+/// What the queue keeps for an image besides its back-off: its key and status live in
+/// `names` and the status, by position.
+struct Pending {
+    /// Present when queued (an `Always` refresh): its status stays Present meanwhile.
+    was_present: bool,
+    /// The repo digest before an `Always` refresh, to detect tag drift.
+    previous_digest: Option<String>,
 }
 
 pub struct Agent<R: Runtime> {
@@ -95,10 +104,10 @@ pub struct Agent<R: Runtime> {
     names: Vec<Names>,
     puller: Arc<Puller<R>>,
     tracks: HashMap<String, Track>,
-    /// The pull task of each image, by task id: a cancelled task of an image that was removed
-    /// and declared again must not clear the entry of the task that replaced it.
-    inflight: HashMap<String, (tokio::task::Id, CancellationToken)>,
-    tasks: JoinSet<TaskDone>,
+    /// The images that need a pull. A track names its image's record by id: the end of a
+    /// cancelled attempt of an image that was removed and declared again is not taken for
+    /// the end of the record that replaced it.
+    queue: PullQueue<Pending>,
     /// The text of the last rejected config error, so a broken file is logged once, not every pass.
     last_config_error: Option<String>,
     /// When the config was last read: a pass re-reads it only a resync interval later.
@@ -115,6 +124,9 @@ pub struct Agent<R: Runtime> {
     node: Option<AgentLink>,
     /// The labels the current config was selected with.
     node_labels: Option<Labels>,
+    /// Turns of the run loop, for the tests that bound them.
+    #[cfg(test)]
+    turns: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl<R: Runtime> Agent<R> {
@@ -138,8 +150,7 @@ impl<R: Runtime> Agent<R> {
             names: Vec::new(),
             puller,
             tracks: HashMap::new(),
-            inflight: HashMap::new(),
-            tasks: JoinSet::new(),
+            queue: PullQueue::new(false),
             last_config_error: None,
             config_read_at: Instant::now(),
             last_sources: Config::read_sources(&config_path_for_sources).unwrap_or_default(),
@@ -149,6 +160,8 @@ impl<R: Runtime> Agent<R> {
             credentials_watcher: None,
             node: None,
             node_labels: None,
+            #[cfg(test)]
+            turns: Arc::default(),
         };
         agent.apply(config);
         agent
@@ -207,15 +220,26 @@ impl<R: Runtime> Agent<R> {
         };
         let mut next_pass = Instant::now();
         loop {
+            #[cfg(test)]
+            self.turns
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // The queue's timer: the earliest not-before time, always in the future here.
+            let wake = self.queue.next_wake(&self.puller);
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
-                Some(done) = self.tasks.join_next_with_id() => {
-                    match done {
-                        Ok((id, done)) => self.finish(id, done),
-                        Err(e) => tracing::error!("a pull task failed: {e}"),
+                Some(end) = self.queue.join_next() => {
+                    let done = self.settle_attempt(end);
+                    if let Some(done) = done {
+                        tokio::select! {
+                            biased;
+                            _ = cancel.cancelled() => break,
+                            _ = self.finish(done) => {}
+                        }
                     }
+                    self.start_due();
                 }
+                _ = sleep_until_some(wake), if wake.is_some() => self.start_due(),
                 Some(()) = credentials_events.recv() => {
                     if !debounce(&cancel).await {
                         break;
@@ -262,16 +286,7 @@ impl<R: Runtime> Agent<R> {
 
     async fn shutdown(mut self) {
         self.hub.begin_shutdown();
-        for (_, token) in self.inflight.values() {
-            token.cancel();
-        }
-        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-            while self.tasks.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            self.tasks.abort_all();
-        }
+        self.queue.shutdown(SHUTDOWN_GRACE).await;
         tracing::info!("agent stopped");
     }
 
@@ -358,15 +373,28 @@ impl<R: Runtime> Agent<R> {
                 watch_credentials(&config.credentials, self.credentials_changed.clone());
         }
         let names: Vec<Names> = config.images.iter().map(Names::of).collect();
-        let keys: std::collections::HashSet<&str> = names.iter().map(|n| n.key.as_str()).collect();
-        self.inflight.retain(|key, (_, token)| {
-            let keep = keys.contains(key.as_str());
-            if !keep {
-                token.cancel();
+        let positions: HashMap<&str, usize> = names
+            .iter()
+            .enumerate()
+            .map(|(n, x)| (x.key.as_str(), n))
+            .collect();
+        // Images no longer declared leave the queue (a running pull is cancelled); the others
+        // follow their new position.
+        let queue = &mut self.queue;
+        self.tracks.retain(|key, track| {
+            let position = positions.get(key.as_str()).copied();
+            if let Some(id) = track.queued {
+                match position {
+                    Some(n) => {
+                        if let Some(r) = queue.get_mut(id) {
+                            r.n = n;
+                        }
+                    }
+                    None => queue.remove(id),
+                }
             }
-            keep
+            position.is_some()
         });
-        self.tracks.retain(|key, _| keys.contains(key.as_str()));
         for track in self.tracks.values_mut() {
             track.retry_after = None;
             track.refused_with = None;
@@ -450,7 +478,7 @@ impl<R: Runtime> Agent<R> {
     }
 
     /// One resync: one ListImages, then a pull task for each image that needs one.
-    async fn resync(&mut self, cancel: &CancellationToken) -> bool {
+    async fn resync(&mut self, _cancel: &CancellationToken) -> bool {
         let images = match self.runtime.list_images().await {
             Ok(images) => images,
             Err(e) => {
@@ -487,14 +515,14 @@ impl<R: Runtime> Agent<R> {
         let mut marks: Vec<(usize, Mark)> = Vec::new();
         let mut to_pull = Vec::new();
         for (n, (spec, names)) in self.config.images.iter().zip(&self.names).enumerate() {
-            if self.inflight.contains_key(&names.key) {
-                continue;
-            }
-            let found = by_name.get(names.lookup.as_str()).copied();
             if !self.tracks.contains_key(&names.key) {
                 self.tracks.insert(names.key.clone(), Track::default());
             }
             let track = &self.tracks[&names.key];
+            if track.queued.is_some() {
+                continue;
+            }
+            let found = by_name.get(names.lookup.as_str()).copied();
             let needs_pull = match spec.policy {
                 PullPolicy::Never => false,
                 PullPolicy::IfNotPresent => found.is_none(),
@@ -520,7 +548,16 @@ impl<R: Runtime> Agent<R> {
                 if found.is_none() {
                     marks.push((n, Mark::Waiting));
                 }
-                to_pull.push((n, spec.clone(), names.key.clone(), found.cloned()));
+                let previous_digest = found
+                    .and_then(|i| i.repo_digest_for(&spec.reference))
+                    .map(str::to_string);
+                to_pull.push((
+                    n,
+                    Pending {
+                        was_present: found.is_some(),
+                        previous_digest,
+                    },
+                ));
             }
         }
         let names = &self.names;
@@ -532,9 +569,21 @@ impl<R: Runtime> Agent<R> {
                 }
             }
         });
-        for (n, spec, key, found) in to_pull {
-            self.start_pull(n, spec, key, found, cancel);
+        for (n, pending) in to_pull {
+            let key = &self.names[n].key;
+            record_event(
+                &self.hub,
+                &self.metrics,
+                (n, key),
+                pending.was_present,
+                PullEvent::Queued { index: n },
+            );
+            let id = self.queue.push(n, pending);
+            if let Some(track) = self.tracks.get_mut(key) {
+                track.queued = Some(id);
+            }
         }
+        self.start_due();
         true
     }
 
@@ -555,67 +604,59 @@ impl<R: Runtime> Agent<R> {
         });
     }
 
-    fn start_pull(
-        &mut self,
-        n: usize,
-        spec: ImageSpec,
-        key: String,
-        found: Option<ImageInfo>,
-        cancel: &CancellationToken,
-    ) {
-        let token = cancel.child_token();
-
-        let was_present = found.is_some();
-        let previous_digest = found
-            .as_ref()
-            .and_then(|i| i.repo_digest_for(&spec.reference))
-            .map(str::to_string);
-        let puller = self.puller.clone();
-        let hub = self.hub.clone();
-        let metrics = self.metrics.clone();
-        let inflight_key = key.clone();
-        let inflight_token = token.clone();
-        let task = self.tasks.spawn(async move {
-            let on_event = |e: PullEvent| record_event(&hub, &metrics, (n, &key), was_present, e);
-            // `None`: the pass already decided this image needs a pull.
-            let outcome = puller.ensure(0, &spec, None, &on_event, &token).await;
-            let refused = matches!(&outcome.result, PullResult::Failed(e) if e.kind == ErrorKind::Unauthorized);
-            let refused_with = if refused {
-                // Reads the sources (a secret through the API, perhaps): not past a shutdown.
-                let credentials = puller.credentials();
-                tokio::select! {
-                    biased;
-                    _ = token.cancelled() => None,
-                    f = credentials.fingerprint() => Some(f),
-                }
-            } else {
-                None
-            };
-            TaskDone {
-                n,
-                key,
-                spec,
-                outcome,
-                previous_digest,
-                was_present,
-                refused_with,
+    /// Starts the queued pulls that have a free slot and are due.
+    fn start_due(&mut self) {
+        let (hub, metrics, names) = (&self.hub, &self.metrics, &self.names);
+        let mut on_event = |n: usize, p: &Pending, e: PullEvent| {
+            if let Some(x) = names.get(n) {
+                record_event(hub, metrics, (n, &x.key), p.was_present, e);
             }
-        });
-        self.inflight
-            .insert(inflight_key, (task.id(), inflight_token));
+        };
+        self.queue
+            .start_due(&self.puller, &self.config.images, &mut on_event);
     }
 
-    /// A task ended: remember what the next passes need, and detect tag drift.
-    fn finish(&mut self, id: tokio::task::Id, done: TaskDone) {
-        match self.inflight.get(&done.key) {
-            Some((current, _)) if *current == id => {
-                self.inflight.remove(&done.key);
+    /// An attempt ended: its events are recorded; returns the image if it left the queue.
+    fn settle_attempt(
+        &mut self,
+        end: (u64, String, crate::puller::AttemptEnd),
+    ) -> Option<Finished<Pending>> {
+        let (hub, metrics, names) = (&self.hub, &self.metrics, &self.names);
+        let mut on_event = |n: usize, p: &Pending, e: PullEvent| {
+            if let Some(x) = names.get(n) {
+                record_event(hub, metrics, (n, &x.key), p.was_present, e);
             }
-            // A task cancelled when its image was removed; another may run for it now.
-            _ => return,
-        }
-        let Some(track) = self.tracks.get_mut(&done.key) else {
+        };
+        self.queue.settle(end, &self.puller, &mut on_event)
+    }
+
+    /// An image left the queue: remember what the next passes need, and detect tag drift.
+    async fn finish(&mut self, done: Finished<Pending>) {
+        let Some(key) = self.names.get(done.n).map(|x| x.key.clone()) else {
+            return;
+        };
+        let refused = matches!(&done.outcome.result, PullResult::Failed(e) if e.kind == ErrorKind::Unauthorized);
+        // Read after the refusal: a change from this fingerprint retries at once.
+        let refused_with = if refused {
+            Some(self.puller.credentials().fingerprint().await)
+        } else {
+            None
+        };
+        let Some(track) = self.tracks.get_mut(&key) else {
             return; // no longer declared
+        };
+        if track.queued != Some(done.id) {
+            return; // a record that was replaced
+        }
+        track.queued = None;
+        let spec = &self.config.images[done.n];
+        let done = TaskDone {
+            n: done.n,
+            key,
+            outcome: done.outcome,
+            previous_digest: done.key.previous_digest,
+            was_present: done.key.was_present,
+            refused_with,
         };
         match &done.outcome.result {
             PullResult::Pulled => {
@@ -624,7 +665,7 @@ impl<R: Runtime> Agent<R> {
                 track.refused_with = None;
                 let info = done.outcome.image.as_ref();
                 let digest = info
-                    .and_then(|i| i.repo_digest_for(&done.spec.reference))
+                    .and_then(|i| i.repo_digest_for(&spec.reference))
                     .map(str::to_string);
                 let mut drift = None;
                 if let (Some(from), Some(to)) = (&done.previous_digest, &digest)
@@ -1059,9 +1100,20 @@ mod tests {
     impl<R: Runtime> Agent<R> {
         /// Waits for every pull task and records its end, as the run loop would.
         async fn settle(&mut self) {
-            while let Some(done) = self.tasks.join_next_with_id().await {
-                let (id, done) = done.unwrap();
-                self.finish(id, done);
+            loop {
+                self.start_due();
+                if self.queue.is_empty() {
+                    return;
+                }
+                let wake = self.queue.next_wake(&self.puller);
+                tokio::select! {
+                    Some(end) = self.queue.join_next() => {
+                        if let Some(done) = self.settle_attempt(end) {
+                            self.finish(done).await;
+                        }
+                    }
+                    _ = sleep_until_some(wake), if wake.is_some() => {}
+                }
             }
         }
     }
@@ -1080,10 +1132,10 @@ mod tests {
         std::fs::write(&s.path, "images: [r.example/a:1]").unwrap();
         assert!(s.agent.reload().await, "a declared again");
         s.agent.resync(&cancel).await;
-        // The cancelled task of a ends first, and is reaped.
-        let (id, done) = s.agent.tasks.join_next_with_id().await.unwrap().unwrap();
-        assert!(matches!(done.outcome.result, PullResult::Cancelled(_)));
-        s.agent.finish(id, done);
+        // The cancelled attempt of a ends first, and is reaped.
+        let end = s.agent.queue.join_next().await.unwrap();
+        assert!(end.2.result.is_none(), "the cut pull ends cancelled");
+        assert!(s.agent.settle_attempt(end).is_none());
         s.agent.resync(&cancel).await;
         s.agent.settle().await;
         let stats = s.rt.stats();
@@ -1407,5 +1459,61 @@ mod tests {
         };
         tokio::join!(s.agent.run(cancel.clone()), checks);
         assert_eq!(s.rt.stats().pulls.len(), 2);
+    }
+
+    /// Issue 10: with many images backing off, on a host its breaker pauses and on their own
+    /// back-off with every slot busy, the run loop wakes only when an attempt ends or a record
+    /// falls due: its one timer is never in the past. Over an hour of virtual time, with the
+    /// documented defaults (back-off 10 s to 5 min, 3 slots), each turn is at most one attempt
+    /// ending plus one wake to start it, plus the passes.
+    #[tokio::test(start_paused = true)]
+    async fn the_loop_sleeps_while_many_images_back_off() {
+        const DOWN: usize = 500;
+        const SLOW: usize = 30;
+        let mut yaml = String::from("images:\n");
+        for i in 0..DOWN {
+            yaml.push_str(&format!("  - down.example/img{i}:1\n"));
+        }
+        for i in 0..SLOW {
+            yaml.push_str(&format!("  - slow.example/img{i}:1\n"));
+        }
+        let Setup {
+            rt, agent, _dir, ..
+        } = setup(&yaml);
+        rt.set_registry_down("down.example", true);
+        // Every attempt takes 20 s and times out: the three slots stay busy while records are
+        // due, and each slow image backs off on its own (a timeout says nothing of the host).
+        rt.set_pull_delay(Duration::from_secs(20));
+        for i in 0..SLOW {
+            rt.script_pulls(
+                &format!("slow.example/img{i}:1"),
+                (0..1000).map(|_| Err(RuntimeError::new(Code::Cancelled, "Timeout expired"))),
+            );
+        }
+        let turns = agent.turns.clone();
+        let cancel = CancellationToken::new();
+        let run = tokio::spawn(agent.run(cancel.clone()));
+        // 3 slots of 20 s attempts: at most 540 attempts an hour; the passes, one a minute.
+        let limit = 2 * 3600 / 20 * 3 + 2 * 60 + 50;
+        let step = Duration::from_secs(10);
+        let mut elapsed = Duration::ZERO;
+        while elapsed < Duration::from_secs(3600) {
+            tokio::time::advance(step).await;
+            elapsed += step;
+            for _ in 0..100 {
+                tokio::task::yield_now().await;
+            }
+            let n = turns.load(std::sync::atomic::Ordering::Relaxed);
+            assert!(
+                n <= limit,
+                "the agent's loop ran {n} times in {elapsed:?} (virtual): it spins"
+            );
+        }
+        let attempts = rt.stats().pulls.len();
+        let n = turns.load(std::sync::atomic::Ordering::Relaxed);
+        eprintln!("an hour: {n} loop turns, {attempts} attempts");
+        assert!(attempts > 100, "the slow images were retried: {attempts}");
+        cancel.cancel();
+        run.await.unwrap();
     }
 }

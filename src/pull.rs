@@ -273,7 +273,7 @@ pub async fn run<R: Runtime>(
         }
         r = runtime.list_images() => r.map_err(PullRunError::ListFailed)?,
     };
-    let puller = Puller::with_credentials(runtime, settings, credentials);
+    let puller = std::sync::Arc::new(Puller::with_credentials(runtime, settings, credentials));
     let images = &config.images;
     let outcomes = puller
         .run(

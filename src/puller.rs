@@ -1,7 +1,7 @@
 //! Pulling a list of images: policies, bounded parallelism, and back-off.
 //!
-//! A pull attempt holds a slot of its registry and a global slot; a task that waits in
-//! back-off holds neither. Permanent failures end an image's run at once; transient ones are
+//! A pull attempt holds a slot of its registry and a global slot; an image waiting (in back-off
+//! or for a slot) is a record in a [`PullQueue`], not a task, and holds neither. Permanent failures end an image's run at once; transient ones are
 //! retried with full-jitter exponential back-off. A 429 also pauses new attempts to that
 //! registry, because every parallel pull would otherwise hit the same limit; and a host that
 //! refuses, fails (5xx) or limits (429) is paused as a whole by its circuit breaker, probed
@@ -11,19 +11,19 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use serde::Serialize;
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{BackoffSettings, Config, ImageSpec, PullPolicy};
 use crate::credentials::{Credentials, redact};
+use crate::queue::PullQueue;
 use crate::runtime::{ErrorKind, ImageInfo, Runtime, RuntimeError};
 
 /// containerd already retries a 429 about six times without pausing, so when one reaches us
 /// the back-off jumps ahead this many doublings.
-const RATE_LIMIT_EXTRA_STEPS: usize = 3;
+const RATE_LIMIT_EXTRA_STEPS: u32 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PullSettings {
@@ -147,13 +147,11 @@ impl ImageOutcome {
     }
 }
 
-struct RegistryGate {
-    slots: Semaphore,
+pub(crate) struct RegistryGate {
+    slots: Arc<Semaphore>,
     /// No new attempt to this registry starts before this instant (set by a 429).
     hold_until: Mutex<Option<Instant>>,
     breaker: Mutex<Breaker>,
-    /// Wakes the attempts waiting on the breaker when a probe ends.
-    probe_ended: tokio::sync::Notify,
 }
 
 /// The per-registry circuit breaker. A host that refuses connections, answers 5xx or 429 is
@@ -177,7 +175,7 @@ enum Admit {
 }
 
 /// A host-level failure: the registry as a whole is down, failing or limiting.
-fn trips_breaker(kind: ErrorKind) -> bool {
+pub(crate) fn trips_breaker(kind: ErrorKind) -> bool {
     matches!(
         kind,
         ErrorKind::Network | ErrorKind::RegistryError | ErrorKind::RateLimited
@@ -224,7 +222,7 @@ impl RegistryGate {
     ) -> Option<Instant> {
         let mut b = self.breaker();
         let now = Instant::now();
-        let until = match failure {
+        match failure {
             // The host answered (a success, or a not-found or a refusal): resume everything.
             None => {
                 *b = Breaker::default();
@@ -249,26 +247,22 @@ impl RegistryGate {
                 }
                 b.open_until.filter(|u| *u > now)
             }
-        };
-        drop(b);
-        self.probe_ended.notify_waiters();
-        until
+        }
     }
 
     /// A probe that ended without a result (cancelled): another attempt may probe.
     fn abandon_probe(&self) {
         self.breaker().probing = false;
-        self.probe_ended.notify_waiters();
     }
 }
 
 /// Frees the probe slot of a probe that is dropped (cancelled) before it records its end.
-struct ProbeGuard<'a> {
-    gate: &'a RegistryGate,
+struct ProbeGuard {
+    gate: Arc<RegistryGate>,
     armed: bool,
 }
 
-impl Drop for ProbeGuard<'_> {
+impl Drop for ProbeGuard {
     fn drop(&mut self) {
         if self.armed {
             self.gate.abandon_probe();
@@ -283,11 +277,9 @@ pub struct Puller<R> {
     settings: PullSettings,
     /// Swapped when the credential sources change; each attempt reads it afresh.
     credentials: Mutex<Arc<Credentials>>,
-    global: Semaphore,
+    global: Arc<Semaphore>,
     registries: Mutex<HashMap<String, Arc<RegistryGate>>>,
 }
-
-type Permits<'a> = (SemaphorePermit<'a>, SemaphorePermit<'a>);
 
 impl<R: Runtime> Puller<R> {
     /// A puller that pulls anonymously.
@@ -303,7 +295,7 @@ impl<R: Runtime> Puller<R> {
         Puller {
             runtime,
             credentials: Mutex::new(credentials),
-            global: Semaphore::new(settings.parallelism),
+            global: Arc::new(Semaphore::new(settings.parallelism)),
             settings,
             registries: Mutex::new(HashMap::new()),
         }
@@ -325,6 +317,11 @@ impl<R: Runtime> Puller<R> {
         *self.credentials.lock().unwrap_or_else(|e| e.into_inner()) = credentials;
     }
 
+    /// A global slot is free: an attempt could start now.
+    pub(crate) fn has_free_slot(&self) -> bool {
+        self.global.available_permits() > 0
+    }
+
     pub fn runtime(&self) -> &Arc<R> {
         &self.runtime
     }
@@ -332,8 +329,11 @@ impl<R: Runtime> Puller<R> {
     /// Brings every image of `images` to its policy. `present` is one ListImages answer taken
     /// just before. Returns one outcome per image, in order; events go to `on_event` as they
     /// happen. Cancelling stops waits and in-flight pulls at once.
+    ///
+    /// Images that need a pull wait in a [`PullQueue`] as small records; at most
+    /// `parallelism` attempts exist at a time.
     pub async fn run(
-        &self,
+        self: &Arc<Self>,
         images: &[ImageSpec],
         present: &[ImageInfo],
         on_event: &(dyn Fn(PullEvent) + Send + Sync),
@@ -348,169 +348,79 @@ impl<R: Runtime> Puller<R> {
             }
             by_name.entry(info.id.as_str()).or_insert(info);
         }
-        let tasks = images.iter().enumerate().map(|(index, spec)| {
+        let mut outcomes: Vec<ImageOutcome> = Vec::with_capacity(images.len());
+        let mut queue = PullQueue::new(true);
+        for (index, spec) in images.iter().enumerate() {
             let key = match spec.reference.digest() {
                 Some(digest) => format!("{}@{digest}", spec.reference.name()),
                 None => spec.reference.pull_ref(),
             };
             let found = by_name.get(key.as_str()).copied();
-            self.ensure(index, spec, found, on_event, cancel)
-        });
-        futures::future::join_all(tasks).await
-    }
-
-    /// Brings one image to its policy.
-    pub async fn ensure(
-        &self,
-        index: usize,
-        spec: &ImageSpec,
-        present: Option<&ImageInfo>,
-        on_event: &(dyn Fn(PullEvent) + Send + Sync),
-        cancel: &CancellationToken,
-    ) -> ImageOutcome {
-        let started = Instant::now();
-        let mut outcome = ImageOutcome {
-            result: PullResult::AlreadyPresent,
-            image: present.cloned(),
-            attempts: 0,
-            elapsed: Duration::ZERO,
-            last_error: None,
-        };
-        match (spec.policy, present) {
-            (PullPolicy::Never | PullPolicy::IfNotPresent, Some(info)) => {
-                on_event(PullEvent::Present {
-                    index,
-                    size_bytes: info.size_bytes,
-                });
-                return outcome;
-            }
-            (PullPolicy::Never, None) => {
-                let error = PullError {
-                    image: spec.reference.pull_ref(),
-                    kind: ErrorKind::NotPresent,
-                    detail: "not in the runtime's image list".into(),
-                };
-                on_event(PullEvent::Failed {
-                    index,
-                    error: error.clone(),
-                    attempts: 0,
-                });
-                outcome.result = PullResult::Failed(error.clone());
-                outcome.last_error = Some(error);
-                return outcome;
-            }
-            _ => {}
-        }
-
-        on_event(PullEvent::Queued { index });
-        let gate = self.gate(spec.reference.domain());
-        let mut backoff = ExponentialBuilder::new()
-            .with_min_delay(self.settings.backoff.initial)
-            .with_max_delay(self.settings.backoff.max)
-            .without_max_times()
-            .build();
-        let mut rate_limit_hold = Duration::ZERO;
-        loop {
-            let Some((permits, probe)) = self.acquire(&gate, cancel).await else {
-                outcome.result = PullResult::Cancelled(Stage::Waiting);
-                break;
+            let mut outcome = ImageOutcome {
+                result: PullResult::AlreadyPresent,
+                image: found.cloned(),
+                attempts: 0,
+                elapsed: Duration::ZERO,
+                last_error: None,
             };
-            let mut probe_guard = ProbeGuard {
-                gate: &gate,
-                armed: probe,
-            };
-            outcome.attempts += 1;
-            on_event(PullEvent::Started {
-                index,
-                attempt: outcome.attempts,
-            });
-            // Boxed: the attempt's state (tonic's call futures, ~19 KiB on CRI) exists only
-            // while it runs, which `parallelism` bounds; an image waiting for a slot or in
-            // back-off keeps only this loop's few hundred bytes.
-            let attempt_result = tokio::select! {
-                r = Box::pin(self.attempt(spec)) => r,
-                _ = cancel.cancelled() => {
-                    outcome.result = PullResult::Cancelled(Stage::Pulling);
-                    break;
-                }
-            };
-            if let Err(e) = &attempt_result
-                && e.kind == ErrorKind::RateLimited
-            {
-                for _ in 0..RATE_LIMIT_EXTRA_STEPS {
-                    backoff.next();
-                }
-                // Set while this attempt still holds its slot, so that no waiter slips in first.
-                rate_limit_hold = half_jitter(backoff.next().unwrap_or(self.settings.backoff.max));
-                gate.hold(Instant::now() + rate_limit_hold);
-            }
-            let paused_until = gate.record(
-                probe,
-                attempt_result.as_ref().err().map(|e| e.kind),
-                &self.settings.backoff,
-            );
-            probe_guard.armed = false;
-            drop(permits);
-            match attempt_result {
-                Ok(info) => {
-                    outcome.result = PullResult::Pulled;
-                    outcome.elapsed = started.elapsed();
-                    on_event(PullEvent::Pulled {
+            match (spec.policy, found) {
+                (PullPolicy::Never | PullPolicy::IfNotPresent, Some(info)) => {
+                    on_event(PullEvent::Present {
                         index,
                         size_bytes: info.size_bytes,
-                        elapsed: outcome.elapsed,
-                        attempts: outcome.attempts,
                     });
-                    outcome.image = Some(info);
-                    return outcome;
                 }
-                Err(error) if error.kind.is_permanent() => {
+                (PullPolicy::Never, None) => {
+                    let error = PullError {
+                        image: spec.reference.pull_ref(),
+                        kind: ErrorKind::NotPresent,
+                        detail: "not in the runtime's image list".into(),
+                    };
                     on_event(PullEvent::Failed {
                         index,
                         error: error.clone(),
-                        attempts: outcome.attempts,
+                        attempts: 0,
                     });
                     outcome.result = PullResult::Failed(error.clone());
                     outcome.last_error = Some(error);
-                    break;
                 }
-                Err(error) => {
-                    // The host as a whole is paused: wait for the breaker, not for this
-                    // image's own back-off, so that a successful probe resumes every image.
-                    let host_paused = trips_breaker(error.kind)
-                        .then_some(paused_until)
-                        .flatten()
-                        .map(|until| until.saturating_duration_since(Instant::now()));
-                    let retry_in = match host_paused {
-                        Some(pause) if error.kind == ErrorKind::RateLimited => {
-                            pause.max(rate_limit_hold)
-                        }
-                        Some(pause) => pause,
-                        None if error.kind == ErrorKind::RateLimited => rate_limit_hold,
-                        None => full_jitter(backoff.next().unwrap_or(self.settings.backoff.max)),
-                    };
-                    on_event(PullEvent::AttemptFailed {
-                        index,
-                        attempt: outcome.attempts,
-                        error: error.clone(),
-                        retry_in,
-                    });
-                    outcome.last_error = Some(error);
-                    if host_paused.is_some() {
-                        continue; // `acquire` waits for the breaker (and a 429's hold)
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(retry_in) => {}
-                        _ = cancel.cancelled() => {
-                            outcome.result = PullResult::Cancelled(Stage::BackingOff);
-                            break;
-                        }
-                    }
+                _ => {
+                    on_event(PullEvent::Queued { index });
+                    queue.push(index, ());
                 }
             }
+            outcomes.push(outcome);
         }
-        outcome.elapsed = started.elapsed();
-        outcome
+        let mut emit = |_: usize, _: &(), e: PullEvent| on_event(e);
+        loop {
+            queue.start_due(self, images, &mut emit);
+            if queue.is_empty() {
+                break;
+            }
+            let wake = queue.next_wake(self);
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {
+                    for f in queue.cancel_all() {
+                        let found = outcomes[f.n].image.take();
+                        outcomes[f.n] = f.outcome;
+                        outcomes[f.n].image = found;
+                    }
+                    break;
+                }
+                Some(end) = queue.join_next() => {
+                    if let Some(f) = queue.settle(end, self, &mut emit) {
+                        let found = outcomes[f.n].image.take();
+                        outcomes[f.n] = f.outcome;
+                        if outcomes[f.n].image.is_none() {
+                            outcomes[f.n].image = found;
+                        }
+                    }
+                }
+                _ = sleep_until_some(wake), if wake.is_some() => {}
+            }
+        }
+        outcomes
     }
 
     /// One pull, then a look at what landed: its size, and that a pinned digest is really there.
@@ -642,82 +552,143 @@ impl<R: Runtime> Puller<R> {
         })
     }
 
-    fn gate(&self, registry: &str) -> Arc<RegistryGate> {
+    pub(crate) fn gate(&self, registry: &str) -> Arc<RegistryGate> {
         let mut registries = self.registries.lock().unwrap_or_else(|e| e.into_inner());
         registries
             .entry(registry.to_string())
             .or_insert_with(|| {
                 Arc::new(RegistryGate {
-                    slots: Semaphore::new(self.settings.per_registry_parallelism),
+                    slots: Arc::new(Semaphore::new(self.settings.per_registry_parallelism)),
                     hold_until: Mutex::new(None),
                     breaker: Mutex::new(Breaker::default()),
-                    probe_ended: tokio::sync::Notify::new(),
                 })
             })
             .clone()
     }
 
-    /// The breaker's admission, a registry slot, then a global one: a task blocked on a busy
-    /// registry must not hold a global slot that another registry's image could use. `None`
-    /// when cancelled; else the permits and whether this attempt probes a paused host.
-    async fn acquire<'a>(
-        &'a self,
-        gate: &'a RegistryGate,
-        cancel: &CancellationToken,
-    ) -> Option<(Permits<'a>, bool)> {
-        loop {
-            if let Some(until) = gate.held_until() {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(until) => {}
-                    _ = cancel.cancelled() => return None,
-                }
+    /// Whether an attempt to `gate`'s registry may start now: the breaker's admission, a
+    /// registry slot, then a global one. Never waits; the queue waits instead.
+    pub(crate) fn try_admit(&self, gate: &Arc<RegistryGate>) -> Admission {
+        if self.global.available_permits() == 0 {
+            return Admission::Full;
+        }
+        if let Some(until) = gate.held_until() {
+            return Admission::NotBefore(until);
+        }
+        let probe = match gate.admit() {
+            Admit::Go { probe } => probe,
+            Admit::WaitUntil(until) => return Admission::NotBefore(until),
+            Admit::WaitForProbe => return Admission::Blocked,
+        };
+        let guard = ProbeGuard {
+            gate: gate.clone(),
+            armed: probe,
+        };
+        let Ok(registry) = gate.slots.clone().try_acquire_owned() else {
+            return Admission::Blocked;
+        };
+        let Ok(global) = self.global.clone().try_acquire_owned() else {
+            return Admission::Full;
+        };
+        Admission::Go(Admitted {
+            permits: (registry, global),
+            guard,
+        })
+    }
+
+    /// The back-off ceiling after `step` doublings: `backoff.initial` doubled, at most
+    /// `backoff.max`.
+    pub(crate) fn backoff_ceiling(&self, step: u32) -> Duration {
+        let b = &self.settings.backoff;
+        b.initial.saturating_mul(1 << step.min(20)).min(b.max)
+    }
+
+    /// Runs one admitted attempt and records its end with the registry (the breaker, a 429's
+    /// hold) while it still holds its slots, so that no other attempt slips in first.
+    pub(crate) async fn attempt_admitted(
+        self: Arc<Self>,
+        spec: ImageSpec,
+        admitted: Admitted,
+        mut step: u32,
+        cancel: CancellationToken,
+    ) -> AttemptEnd {
+        let Admitted { permits, mut guard } = admitted;
+        let gate = guard.gate.clone();
+        let probe = guard.armed;
+        // Boxed: the attempt's state (tonic's call futures, ~19 KiB on CRI) lives on the heap
+        // only while it runs.
+        let result = tokio::select! {
+            r = Box::pin(self.attempt(&spec)) => r,
+            _ = cancel.cancelled() => {
+                return AttemptEnd { result: None, paused_until: None, rate_limit_hold: Duration::ZERO, step, probe };
             }
-            // Registered before looking, so that a probe ending meanwhile is not missed.
-            let probe_ended = gate.probe_ended.notified();
-            tokio::pin!(probe_ended);
-            probe_ended.as_mut().enable();
-            let probe = match gate.admit() {
-                Admit::Go { probe } => probe,
-                Admit::WaitUntil(until) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(until) => {}
-                        _ = probe_ended => {}
-                        _ = cancel.cancelled() => return None,
-                    }
-                    continue;
-                }
-                Admit::WaitForProbe => {
-                    tokio::select! {
-                        _ = probe_ended => {}
-                        _ = cancel.cancelled() => return None,
-                    }
-                    continue;
-                }
-            };
-            let guard = ProbeGuard { gate, armed: probe };
-            // Biased: a slot freed by a cancelled pull must not start a new one.
-            let registry = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => return None,
-                p = gate.slots.acquire() => p.ok()?,
-            };
-            // A 429 may have arrived while this task waited for the slot.
-            if gate.held_until().is_some() {
-                continue;
-            }
-            let global = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => return None,
-                p = self.global.acquire() => p.ok()?,
-            };
-            std::mem::forget(guard);
-            return Some(((registry, global), probe));
+        };
+        let mut rate_limit_hold = Duration::ZERO;
+        if let Err(e) = &result
+            && e.kind == ErrorKind::RateLimited
+        {
+            step += RATE_LIMIT_EXTRA_STEPS;
+            rate_limit_hold = half_jitter(self.backoff_ceiling(step));
+            step += 1;
+            gate.hold(Instant::now() + rate_limit_hold);
+        }
+        let paused_until = gate.record(
+            probe,
+            result.as_ref().err().map(|e| e.kind),
+            &self.settings.backoff,
+        );
+        guard.armed = false;
+        drop(permits);
+        AttemptEnd {
+            result: Some(result),
+            paused_until,
+            rate_limit_hold,
+            step,
+            probe,
         }
     }
 }
 
+/// The answer of [`Puller::try_admit`].
+pub(crate) enum Admission {
+    Go(Admitted),
+    /// The registry is paused (breaker, 429) until then.
+    NotBefore(Instant),
+    /// The registry's slots are taken, or its probe is under way: an attempt to it must end
+    /// first.
+    Blocked,
+    /// Every global slot is taken.
+    Full,
+}
+
+/// The slots of one attempt, and whether it probes a paused host.
+pub(crate) struct Admitted {
+    permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    guard: ProbeGuard,
+}
+
+/// How one attempt ended. `result` is `None` when it was cancelled.
+pub(crate) struct AttemptEnd {
+    pub(crate) result: Option<Result<ImageInfo, PullError>>,
+    /// The host is paused (its breaker is open) until then.
+    pub(crate) paused_until: Option<Instant>,
+    /// A 429 paused the registry this long.
+    pub(crate) rate_limit_hold: Duration,
+    /// The image's back-off doublings so far.
+    pub(crate) step: u32,
+    pub(crate) probe: bool,
+}
+
+/// Sleeps until `at`; forever without one (the caller's `select!` guards on it).
+pub(crate) async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Full jitter: uniform in [0, d], so that nodes that failed together retry apart.
-fn full_jitter(d: Duration) -> Duration {
+pub(crate) fn full_jitter(d: Duration) -> Duration {
     d.mul_f64(fastrand::f64())
 }
 
@@ -748,7 +719,7 @@ mod tests {
     }
 
     async fn run_with(rt: &Arc<FakeRuntime>, c: &Config, cancel: &CancellationToken) -> Run {
-        let puller = Puller::new(rt.clone(), PullSettings::from(c));
+        let puller = Arc::new(Puller::new(rt.clone(), PullSettings::from(c)));
         let present = rt.list_images().await.unwrap();
         let events = Mutex::new(Vec::new());
         let outcomes = puller
@@ -967,9 +938,11 @@ mod tests {
     async fn backing_off_holds_no_slot() {
         let rt = Arc::new(FakeRuntime::new());
         rt.set_pull_delay(Duration::from_secs(1));
+        // A timeout: the image's own back-off. (A 503 would pause the whole host, b and c
+        // included, by its breaker.)
         rt.script_pulls(
             "r.example/flaky:1",
-            (0..3).map(|_| err(Code::Unknown, "503 Service Unavailable")),
+            (0..3).map(|_| err(Code::Cancelled, "Timeout expired")),
         );
         let c = config(
             "parallelism: 1\nbackoff: {initial: 60s, max: 60s}\nimages: [r.example/flaky:1, r.example/b:1, r.example/c:1]",
@@ -1060,19 +1033,14 @@ mod tests {
         );
     }
 
-    /// Issue 10: every waiting image holds its pull state, and on the CRI runtime that was
-    /// ~20 KiB (tonic's call futures), 141 MiB for 5,000 images against a down registry. The
-    /// goal (README Cost: under 40 MiB with 5,000 waiting) leaves about 5 KiB per image for
-    /// everything; the pull loop's own state must be a fraction of that.
-    #[tokio::test]
-    async fn a_waiting_image_holds_little_memory_on_the_cri_runtime() {
-        let rt = Arc::new(crate::runtime::CriRuntime::new("unix:///nonexistent.sock").unwrap());
-        let c = config("images: [r.example/a:1]");
-        let puller = Puller::new(rt, PullSettings::from(&c));
-        let cancel = CancellationToken::new();
-        let ensure = puller.ensure(0, &c.images[0], None, &|_| {}, &cancel);
-        let size = std::mem::size_of_val(&ensure);
-        assert!(size < 2048, "{size} bytes per waiting image");
+    /// Issue 10: every waiting image held its pull state in a task of its own (~20 KiB on
+    /// CRI, then ~1 KiB boxed), 141 MiB for 5,000 images against a down registry. The goal
+    /// (README Cost: under 64 MiB with 20,000 declared) leaves about 3 KiB per image for
+    /// everything: a waiting image is now one queue record, a small part of that.
+    #[test]
+    fn a_waiting_image_is_a_small_record() {
+        let size = std::mem::size_of::<crate::queue::Record<()>>();
+        assert!(size < 160, "{size} bytes per waiting image");
     }
 
     /// A registry that serves other content than the pinned digest: a permanent failure that
@@ -1161,11 +1129,15 @@ mod tests {
             let c = config(&format!(
                 "backoff: {{initial: 1s, max: 2s}}\nimages: [{image}]"
             ));
-            let puller =
-                Puller::with_credentials(rt.clone(), PullSettings::from(&c), Arc::new(creds));
+            let puller = Arc::new(Puller::with_credentials(
+                rt.clone(),
+                PullSettings::from(&c),
+                Arc::new(creds),
+            ));
             puller
-                .ensure(0, &c.images[0], None, &|_| {}, &CancellationToken::new())
+                .run(&c.images, &[], &|_| {}, &CancellationToken::new())
                 .await
+                .remove(0)
         }
 
         #[tokio::test(start_paused = true)]
