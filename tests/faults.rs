@@ -148,8 +148,8 @@ async fn dead_host_then_back(fault: Fault, reason: &str) {
         .find(|s| s.fault == Fault::Pass)
         .map(|s| s.at - back);
     eprintln!(
-        "{fault:?}: back; first request {first_pass:?} later, all {IMAGES} present after \
-         {converged:?}"
+        "{fault:?}: back; first request (the probe) {first_pass:?} later, all {IMAGES} present \
+         after {converged:?}"
     );
     assert_eq!(s["ready"], true);
     // One breaker interval for the probe, then the pulls themselves: generous for a loaded
@@ -188,6 +188,8 @@ async fn reset_connections_are_network_errors_and_retried() {
     let deadline = Instant::now() + agent_proc::AGENT_CONVERGE;
     let network = "prepuller_pull_failures_total{reason=\"network\",class=\"transient\"}";
     while metric(&agent, network).await < 2.0 {
+        let unknown = "prepuller_pull_failures_total{reason=\"unknown\",class=\"transient\"}";
+        assert_eq!(metric(&agent, unknown).await, 0.0, "{}", agent.log());
         assert!(
             Instant::now() < deadline,
             "two attempts failed as network errors\n{}",
