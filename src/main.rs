@@ -271,6 +271,13 @@ async fn pull_command(
     .await
     {
         Ok(v) => v,
+        Err(_) if cancel.is_cancelled() => {
+            // Still exit 3: the runtime never answered; nothing was pulled.
+            eprintln!(
+                "error: interrupted while waiting for the container runtime at {endpoint} (it had not answered)"
+            );
+            return Ok(exit::RUNTIME_UNREACHABLE);
+        }
         Err(e) => {
             let bound = if wait < runtime_wait {
                 "--timeout"

@@ -223,8 +223,13 @@ impl RegistryGate {
         let mut b = self.breaker();
         let now = Instant::now();
         match failure {
-            // The host answered (a success, or a not-found or a refusal): resume everything.
+            // The host answered (a success, or a not-found, a refusal, a certificate): resume
+            // everything.
             None => {
+                *b = Breaker::default();
+                None
+            }
+            Some(kind) if kind.is_permanent() => {
                 *b = Breaker::default();
                 None
             }
@@ -978,6 +983,33 @@ mod tests {
             image.repo_digest_for(&c.images[0].reference),
             Some(good.as_str())
         );
+    }
+
+    /// A probe that the host answers with a permanent error (a mistyped tag, a refusal) shows
+    /// the host is back: the breaker closes, and the host's images are not serialised behind
+    /// one probe after another.
+    #[tokio::test(start_paused = true)]
+    async fn a_permanent_answer_to_the_probe_closes_the_breaker() {
+        let gate = RegistryGate {
+            slots: Arc::new(Semaphore::new(3)),
+            hold_until: Mutex::new(None),
+            breaker: Mutex::new(Breaker::default()),
+        };
+        let backoff = BackoffSettings::default();
+        assert!(
+            gate.record(false, Some(ErrorKind::Network), &backoff)
+                .is_some(),
+            "a refused connection pauses the host"
+        );
+        tokio::time::advance(backoff.max + Duration::from_secs(1)).await;
+        assert!(matches!(gate.admit(), Admit::Go { probe: true }));
+        assert_eq!(gate.record(true, Some(ErrorKind::NotFound), &backoff), None);
+        for _ in 0..3 {
+            assert!(
+                matches!(gate.admit(), Admit::Go { probe: false }),
+                "the host answered: its attempts go without a probe"
+            );
+        }
     }
 
     /// Issue 10: 5,000 images against one refused host made ~200 attempts/s with per-image

@@ -215,20 +215,21 @@ impl RuntimeError {
         let m = self.message.as_str();
         let has = |needles: &[&str]| needles.iter().any(|n| m.contains(n));
         // Said by the client stack (tonic, hyper, h2), not relayed from the runtime: the call to
-        // the runtime itself broke (a restart, a closed socket). A registry's own network
-        // errors reach us inside the runtime's "failed to pull" message instead.
+        // the runtime itself broke (a restart, a closed socket). Those messages start with the
+        // client's own words; a registry's network errors, relayed by containerd ("failed to
+        // pull ...") or CRI-O ("pinging container registry ...: connection reset by peer"),
+        // only contain them, and stay network errors.
         let lower = m.to_ascii_lowercase();
-        let from_transport = !has(&["failed to pull"])
-            && [
-                "transport error",
-                "h2 protocol error",
-                "connection reset",
-                "broken pipe",
-                "connection closed before message completed",
-                "error trying to connect",
-            ]
-            .iter()
-            .any(|n| lower.contains(n));
+        let from_transport = [
+            "transport error",
+            "h2 protocol error",
+            "connection reset",
+            "broken pipe",
+            "connection closed before message completed",
+            "error trying to connect",
+        ]
+        .iter()
+        .any(|n| lower.starts_with(n));
         match self.code {
             Code::DeadlineExceeded => return ErrorKind::Timeout,
             // tonic enforces the call's deadline itself and reports it as Cancelled.
@@ -599,6 +600,9 @@ mod tests {
             (Code::Unknown, "transport error: broken pipe".into(), ErrorKind::RuntimeUnavailable),
             // The registry's resets, relayed by the runtime, stay network errors.
             (Code::Unknown, format!("{p}failed to copy: read tcp 127.0.0.1:1->127.0.0.1:5000: read: connection reset by peer"), ErrorKind::Network),
+            // CRI-O relays them without "failed to pull".
+            (Code::Unknown, "pinging container registry r.example: Get \"https://r.example/v2/\": read tcp 10.0.0.1:40000->10.0.0.2:443: read: connection reset by peer".into(), ErrorKind::Network),
+            (Code::Unknown, "reading blob sha256:ab: Get \"https://r.example/v2/a/blobs/sha256:ab\": write tcp 10.0.0.1:1->10.0.0.2:443: write: broken pipe".into(), ErrorKind::Network),
             (Code::Cancelled, "operation cancelled by the caller".into(), ErrorKind::Unknown),
             (Code::Unknown, "something new".into(), ErrorKind::Unknown),
         ];
