@@ -1369,19 +1369,22 @@ mod tests {
             .expect("no wake-up after the file was replaced");
     }
 
+    /// A docker config.json with user `bot` and `password` for r.example.
+    fn write_bot_login(path: &Path, password: &str) {
+        use base64::Engine;
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("bot:{password}"));
+        std::fs::write(
+            path,
+            format!(r#"{{"auths": {{"r.example": {{"auth": "{auth}"}}}}}}"#),
+        )
+        .unwrap();
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_refused_image_is_retried_as_soon_as_the_credentials_change() {
-        use base64::Engine;
         let dir = tempfile::tempdir().unwrap();
         let creds = dir.path().join("config.json");
-        let write = |password: &str| {
-            let auth = base64::engine::general_purpose::STANDARD.encode(format!("bot:{password}"));
-            std::fs::write(
-                &creds,
-                format!(r#"{{"auths": {{"r.example": {{"auth": "{auth}"}}}}}}"#),
-            )
-            .unwrap();
-        };
+        let write = |password: &str| write_bot_login(&creds, password);
         write("expired");
         let mut s = setup(&format!(
             "backoff: {{initial: 1s, max: 1h}}\ncredentials:\n  - dockerConfig: {}\nimages: [r.example/private:1]",
@@ -1410,17 +1413,9 @@ mod tests {
     /// the mtime, which the lookup's own stat check cannot tell from the old file.
     #[tokio::test]
     async fn a_credentials_event_rereads_a_file_the_stat_check_cannot_tell_apart() {
-        use base64::Engine;
         let dir = tempfile::tempdir().unwrap();
         let creds = dir.path().join("config.json");
-        let write = |password: &str| {
-            let auth = base64::engine::general_purpose::STANDARD.encode(format!("bot:{password}"));
-            std::fs::write(
-                &creds,
-                format!(r#"{{"auths": {{"r.example": {{"auth": "{auth}"}}}}}}"#),
-            )
-            .unwrap();
-        };
+        let write = |password: &str| write_bot_login(&creds, password);
         write("expired");
         let s = setup(&format!(
             "backoff: {{initial: 1s, max: 1h}}\ncredentials:\n  - dockerConfig: {}\nimages: [r.example/private:1]",
