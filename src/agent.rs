@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, ImageSpec, PullPolicy};
 use crate::credentials::{CredentialSource, Credentials, SecretReader};
-use crate::node::AgentLink;
+use crate::k8s::AgentLink;
 use crate::node::selector::Labels;
 use crate::puller::{PullEvent, PullResult, PullSettings, Puller, sleep_until_some};
 use crate::queue::{Finished, PullQueue};

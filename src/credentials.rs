@@ -381,7 +381,7 @@ impl SecretReader for kube::Client {
 
 /// A secret reader for the cluster prepuller runs in, if any; said once in the log either way.
 pub async fn cluster_secret_reader() -> Option<Arc<dyn SecretReader>> {
-    match crate::cluster::connect().await {
+    match crate::k8s::connect().await {
         Ok(Some((client, source))) => {
             tracing::debug!(%source, "Kubernetes API available for `secret:` credentials");
             Some(Arc::new(client))

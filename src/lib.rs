@@ -2,10 +2,15 @@
 //! so that pods with `imagePullPolicy: IfNotPresent` start at once.
 
 pub mod agent;
-pub mod cluster;
 pub mod config;
 pub mod credentials;
-pub mod node;
+pub mod k8s;
+/// The node selector and node-readiness settings of the config (their place until they join
+/// `config`).
+pub mod node {
+    pub mod selector;
+    pub mod settings;
+}
 pub mod nodes_cmd;
 pub mod progress;
 pub mod pull;

@@ -413,8 +413,24 @@ async fn agent_command(
     let mut agent =
         Agent::new(cri, hub.clone(), metrics, config_path, config).with_secret_reader(secrets);
     let mut reporter = None;
-    let node = prepuller::node::setup(node_name.as_deref(), hub, node_settings);
-    if let Some((r, link)) = until_cancelled(&cancel, node).await.flatten() {
+    let client = match until_cancelled(&cancel, prepuller::k8s::connect()).await {
+        Some(Ok(Some((client, source)))) => {
+            tracing::info!(cluster = %source, "using the Kubernetes API");
+            Some(client)
+        }
+        Some(Ok(None)) => {
+            prepuller::k8s::off_without_cluster(None);
+            None
+        }
+        Some(Err(e)) => {
+            prepuller::k8s::off_without_cluster(Some(&e));
+            None
+        }
+        None => None,
+    };
+    let node =
+        client.and_then(|c| prepuller::k8s::setup(c, node_name.as_deref(), hub, node_settings));
+    if let Some((r, link)) = node {
         agent = agent.with_node(link);
         reporter = Some(tokio::spawn(r.run(servers.clone())));
     }

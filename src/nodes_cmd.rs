@@ -15,8 +15,8 @@ use kube::api::ListParams;
 use serde::Serialize;
 
 use crate::config::duration;
+use crate::k8s::{CONDITION_TYPE, explain};
 use crate::node::settings::DEFAULT_STARTUP_TAINT;
-use crate::node::{CONDITION_TYPE, explain};
 use crate::progress::human_duration;
 
 /// How often `--wait` lists the nodes again: one cheap LIST, however many nodes.
@@ -180,7 +180,7 @@ fn ago(t: Option<&str>) -> String {
 
 /// Runs `prepuller nodes`; returns the exit code.
 pub async fn run(args: NodesArgs) -> u8 {
-    let client = match crate::cluster::connect().await {
+    let client = match crate::k8s::connect().await {
         Ok(Some((client, _))) => client,
         Ok(None) => {
             eprintln!(

@@ -1,64 +1,37 @@
-//! Per-node readiness in Kubernetes: what the agent writes on its own Node.
-//!
-//! The [`Reporter`] reads the [`StatusHub`] (snapshots when it changes, and its events) and
-//! the agent's own Node (a GET, then a watch with a `metadata.name` field selector), and
-//! writes only what differs:
-//!
-//! - the `ImagesPrePulled` condition, through `nodes/status` with a strategic-merge patch
-//!   keyed by condition type (other writers' conditions are untouched, as node-problem-detector
-//!   does), refreshed by a heartbeat at most every [`HEARTBEAT`];
-//! - a label (default `prepuller.dev/ready=true|false`), with a merge patch of that key only;
-//! - the removal of the startup taint once the node is warm or after `taintTimeout`, with the
-//!   Node's resourceVersion in the patch so a concurrent change to the taints is answered with
-//!   409 and retried on a fresh read; at most once per boot (the boot id is recorded in an
-//!   annotation in the same patch); never added;
-//! - Events ([`events`]).
-//!
-//! The agent loop never talks to the API: it only hands its config's settings over and
-//! receives the Node's labels (to select image sets) through [`AgentLink`].
-
-pub mod events;
-pub mod selector;
-pub mod settings;
+//! The node reporter: a loop that reads the [`StatusHub`] and the agent's own Node, and writes
+//! on the Node only what differs (the condition, the label, the startup taint's removal, and
+//! Events). See the [module documentation](super).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use futures::TryStreamExt;
-use k8s_openapi::api::core::v1::{Node, NodeCondition, ObjectReference};
+use k8s_openapi::api::core::v1::{Node, ObjectReference};
 use kube::Api;
-use kube::api::{Patch, PatchParams, WatchEvent, WatchParams};
+use kube::api::{Patch, PatchParams};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::report::{AgentEventKind, AgentStatus, ImageState, StatusHub, rfc3339};
-use events::{EventSink, Occurrence, Type};
-use selector::Labels;
-use settings::NodeSettings;
+use super::client::ClusterError;
+use super::condition::{
+    BOOT_ANNOTATION, BOOT_ID_PATH, Boot, CONDITION_TYPE, Desired, annotation, condition, desired,
+    has_taint, label, to_system_time,
+};
+use super::error::{CONFLICT_RETRIES, NodeError};
+use super::events::{EventSink, Occurrence, Type};
+use super::own_node::{Seen, watch_node};
+use crate::node::selector::Labels;
+use crate::node::settings::NodeSettings;
+use crate::report::{AgentEventKind, StatusHub, rfc3339};
 
-pub const CONDITION_TYPE: &str = "ImagesPrePulled";
-/// Records the boot in which the startup taint was removed, so it is removed once per boot.
-pub const BOOT_ANNOTATION: &str = "prepuller.dev/startup-taint-removed-boot-id";
 /// An unchanged condition is rewritten this often, so a stale one shows a dead agent.
 pub const HEARTBEAT: Duration = Duration::from_secs(5 * 60);
 /// Status changes come in bursts (many images landing at once): write once per burst.
 const DEBOUNCE: Duration = Duration::from_millis(500);
 /// After a failed write, the next try.
 const RETRY: Duration = Duration::from_secs(10);
-const CONFLICT_RETRIES: usize = 5;
-/// The server ends a watch after this long; it is resumed from the last resourceVersion.
-const WATCH_TIMEOUT_SECS: u32 = 290;
-/// A watch that ends sooner than this (or is refused as too old) is not resumed at once.
-const MIN_WATCH: Duration = Duration::from_secs(1);
-const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
-
-pub mod reason {
-    pub const PRESENT: &str = "AllRequiredImagesPresent";
-    pub const PULLING: &str = "PullingImages";
-    pub const FAILED: &str = "PullFailed";
-    pub const RUNTIME: &str = "RuntimeUnavailable";
-}
+/// Why Node reporting is off, before the reason.
+const OFF: &str = "Node readiness reporting (condition, label, startup taint, events) and nodeSelector image sets are off";
 
 /// The agent's side of the link: the Node's labels in, the node settings out.
 pub struct AgentLink {
@@ -88,202 +61,28 @@ pub fn link(settings: NodeSettings) -> (AgentLink, ReporterLink) {
     )
 }
 
-/// This boot of the machine: the startup taint is removed at most once per boot.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Boot {
-    pub id: String,
-    pub at: SystemTime,
-}
-
-impl Boot {
-    /// The kernel's boot id (not namespaced: a container sees the host's) and boot time.
-    pub fn current() -> std::io::Result<Boot> {
-        let id = std::fs::read_to_string(BOOT_ID_PATH)?.trim().to_string();
-        let uptime = std::fs::read_to_string("/proc/uptime")?;
-        let secs: f64 = uptime
-            .split_whitespace()
-            .next()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0.0);
-        let at = SystemTime::now() - Duration::from_secs_f64(secs);
-        Ok(Boot { id, at })
-    }
-}
-
-/// What the condition should say.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Desired {
-    pub status: bool,
-    pub reason: &'static str,
-    pub message: String,
-}
-
-/// Images named in a message before "and N more".
-const NAMED: usize = 3;
-const MAX_ERROR: usize = 200;
-
-/// The condition for a status. Readiness of the agent itself (shutting down) does not count:
-/// a restarting agent must not make the node cold.
-pub fn desired(s: &AgentStatus) -> Desired {
-    let (present, total) = s.required_counts();
-    let counts = format!("{present}/{total} required images present");
-    if !s.runtime.reachable {
-        return Desired {
-            status: false,
-            reason: reason::RUNTIME,
-            message: format!(
-                "{counts}; container runtime unreachable at {}: {}",
-                s.runtime.endpoint,
-                s.runtime.last_error.as_deref().unwrap_or("no answer yet")
-            ),
-        };
-    }
-    let missing: Vec<_> = s
-        .images
-        .iter()
-        .filter(|i| i.required && i.state != ImageState::Present)
-        .collect();
-    if missing.is_empty() {
-        return Desired {
-            status: true,
-            reason: reason::PRESENT,
-            message: counts,
-        };
-    }
-    let failing: Vec<_> = missing
-        .iter()
-        .filter(|i| matches!(i.state, ImageState::Failed | ImageState::BackingOff))
-        .collect();
-    let more = |n: usize| {
-        if n > NAMED {
-            format!(" and {} more", n - NAMED)
-        } else {
-            String::new()
-        }
-    };
-    if !failing.is_empty() {
-        let named: Vec<String> = failing
-            .iter()
-            .take(NAMED)
-            .map(|i| match &i.last_error {
-                Some(e) => format!("{} ({})", i.normalized, shorten(e)),
-                None => i.normalized.clone(),
-            })
-            .collect();
-        return Desired {
-            status: false,
-            reason: reason::FAILED,
-            message: format!(
-                "{counts}; failing: {}{}",
-                named.join(", "),
-                more(failing.len())
-            ),
-        };
-    }
-    let named: Vec<&str> = missing
-        .iter()
-        .take(NAMED)
-        .map(|i| i.normalized.as_str())
-        .collect();
-    Desired {
-        status: false,
-        reason: reason::PULLING,
-        message: format!(
-            "{counts}; pulling: {}{}",
-            named.join(", "),
-            more(missing.len())
+/// Without a client, says once why Node reporting is off (the agent then runs as it does
+/// outside Kubernetes): `error` is why [`connect`](super::connect) failed, `None` that no
+/// cluster is configured.
+pub fn off_without_cluster(error: Option<&ClusterError>) {
+    match error {
+        None => tracing::info!(
+            "{OFF}: no cluster (no in-cluster service account, KUBECONFIG or ~/.kube/config)"
         ),
+        Some(e) => tracing::warn!("{OFF}: {e}"),
     }
 }
 
-fn shorten(s: &str) -> String {
-    if s.len() <= MAX_ERROR {
-        return s.to_string();
-    }
-    let mut end = MAX_ERROR;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
-}
-
-/// A failed API call, said so that an operator knows what to fix. A 403 names the verb and
-/// resource the ClusterRole lacks.
-pub fn explain(e: &kube::Error, verb: &str, resource: &str) -> String {
-    match e {
-        kube::Error::Api(s) if s.code == 403 => format!(
-            "forbidden: the agent's ClusterRole lacks `{verb}` on `{resource}`; add it (see the README, section RBAC) ({})",
-            s.message
-        ),
-        kube::Error::Api(s) => {
-            format!("{verb} {resource}: {} ({} {})", s.message, s.code, s.reason)
-        }
-        e => format!("{verb} {resource}: {e} (is the API server reachable?)"),
-    }
-}
-
-fn is_conflict(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 409)
-}
-
-fn condition(node: &Node) -> Option<&NodeCondition> {
-    node.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == CONDITION_TYPE)
-}
-
-fn has_taint(node: &Node, key: &str) -> bool {
-    node.spec
-        .as_ref()
-        .and_then(|s| s.taints.as_ref())
-        .is_some_and(|t| t.iter().any(|t| t.key == key))
-}
-
-fn annotation<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
-    node.metadata
-        .annotations
-        .as_ref()?
-        .get(key)
-        .map(String::as_str)
-}
-
-fn label<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
-    node.metadata.labels.as_ref()?.get(key).map(String::as_str)
-}
-
-fn to_system_time(t: &k8s_openapi::jiff::Timestamp) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_secs(t.as_second().max(0) as u64)
-}
-
-/// Node reporting, when there is a cluster and a node name; otherwise says once why it is off
-/// and the agent runs as it does outside Kubernetes.
-pub async fn setup(
+/// Node reporting on the process's client, when there is a node name; otherwise says once why
+/// it is off and the agent runs as it does outside Kubernetes.
+pub fn setup(
+    client: kube::Client,
     node_name: Option<&str>,
     hub: Arc<StatusHub>,
     settings: NodeSettings,
 ) -> Option<(Reporter, AgentLink)> {
-    let off = "Node readiness reporting (condition, label, startup taint, events) and nodeSelector image sets are off";
-    let client = match crate::cluster::connect().await {
-        Ok(Some((client, source))) => {
-            tracing::info!(cluster = %source, "using the Kubernetes API");
-            client
-        }
-        Ok(None) => {
-            tracing::info!(
-                "{off}: no cluster (no in-cluster service account, KUBECONFIG or ~/.kube/config)"
-            );
-            return None;
-        }
-        Err(e) => {
-            tracing::warn!("{off}: {e}");
-            return None;
-        }
-    };
     let Some(name) = node_name.filter(|n| !n.is_empty()) else {
-        tracing::warn!("{off}: no node name (set NODE_NAME from spec.nodeName, or --node-name)");
+        tracing::warn!("{OFF}: no node name (set NODE_NAME from spec.nodeName, or --node-name)");
         return None;
     };
     let boot = Boot::current().unwrap_or_else(|e| {
@@ -325,7 +124,7 @@ pub struct Reporter {
     /// The resourceVersion of the last write's answer, until the watch delivers it.
     echo: Option<String>,
     /// The last error logged, so a persistent one is logged once.
-    last_error: Option<String>,
+    last_error: Option<NodeError>,
     /// A taint that came back after prepuller removed it in this boot was logged.
     taint_back_logged: bool,
     /// Iterations of the run loop, for the tests that guard against spinning.
@@ -581,15 +380,20 @@ impl Reporter {
             }
             Err(e) => {
                 self.retry_at = Some(Instant::now() + RETRY);
-                if self.last_error.as_deref() != Some(e.as_str()) {
-                    tracing::warn!(node = %self.name, "cannot update the Node, retrying every {}s: {e}", RETRY.as_secs());
+                let text = e.to_string();
+                if self
+                    .last_error
+                    .as_ref()
+                    .is_none_or(|l| l.to_string() != text)
+                {
+                    tracing::warn!(node = %self.name, "cannot update the Node, retrying every {}s: {text}", RETRY.as_secs());
                     self.last_error = Some(e);
                 }
             }
         }
     }
 
-    async fn reconcile_condition(&mut self, desired: &Desired) -> Result<(), String> {
+    async fn reconcile_condition(&mut self, desired: &Desired) -> Result<(), NodeError> {
         let node = self.observed.as_ref().expect("checked by reconcile");
         let mut message = desired.message.clone();
         if !desired.status
@@ -653,7 +457,7 @@ impl Reporter {
                 &Patch::Strategic(&patch),
             )
             .await
-            .map_err(|e| explain(&e, "patch", "nodes/status"))?;
+            .map_err(NodeError::api("patch", "nodes/status"))?;
         if !same {
             tracing::info!(node = %self.name, status, reason = desired.reason, "{CONDITION_TYPE}: {message}");
         }
@@ -676,7 +480,11 @@ impl Reporter {
         Ok(())
     }
 
-    async fn reconcile_label(&mut self, settings: &NodeSettings, warm: bool) -> Result<(), String> {
+    async fn reconcile_label(
+        &mut self,
+        settings: &NodeSettings,
+        warm: bool,
+    ) -> Result<(), NodeError> {
         let node = self.observed.as_ref().expect("checked by reconcile");
         let mut labels = serde_json::Map::new();
         if let Some(old) = &self.managed_label
@@ -701,7 +509,7 @@ impl Reporter {
             .nodes
             .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
-            .map_err(|e| explain(&e, "patch", "nodes"))?;
+            .map_err(NodeError::api("patch", "nodes"))?;
         self.managed_label = settings.label.clone();
         self.observe_written(node);
         Ok(())
@@ -729,7 +537,11 @@ impl Reporter {
         }
     }
 
-    async fn reconcile_taint(&mut self, settings: &NodeSettings, warm: bool) -> Result<(), String> {
+    async fn reconcile_taint(
+        &mut self,
+        settings: &NodeSettings,
+        warm: bool,
+    ) -> Result<(), NodeError> {
         let Some(key) = settings.startup_taint.clone() else {
             self.taint_deadline = None; // turned off: nothing will be removed
             return Ok(());
@@ -775,6 +587,7 @@ impl Reporter {
                 .nodes
                 .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
+                .map_err(NodeError::api("patch", "nodes"))
             {
                 Ok(node) => {
                     if fail_open {
@@ -790,30 +603,20 @@ impl Reporter {
                     self.observe_written(node);
                     return Ok(());
                 }
-                Err(e) if is_conflict(&e) => {
+                Err(e) if e.is_conflict() => {
                     tracing::debug!(node = %self.name, "the Node changed while removing the taint; reading it again");
                     let node = self
                         .nodes
                         .get(&self.name)
                         .await
-                        .map_err(|e| explain(&e, "get", "nodes"))?;
+                        .map_err(NodeError::api("get", "nodes"))?;
                     self.observe(node);
                 }
-                Err(e) => return Err(explain(&e, "patch", "nodes")),
+                Err(e) => return Err(e),
             }
         }
-        Err(format!(
-            "the Node kept changing: startup taint {key} not removed after {CONFLICT_RETRIES} conflicts"
-        ))
+        Err(NodeError::KeptChanging { taint: key })
     }
-}
-
-/// The Node as the watcher saw it.
-enum Seen {
-    /// Read with a GET: the current Node.
-    Read(Node),
-    /// From the watch, in the order of its changes.
-    Event(Node),
 }
 
 /// Sleeps until `at`; forever without one.
@@ -824,116 +627,7 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// Follows one Node: GET, then WATCH from its resourceVersion with a `metadata.name` field
-/// selector (RBAC `get` and `watch` on nodes, no `list`). A watch that ends is resumed from
-/// the last resourceVersion seen (an event's or a bookmark's). One that is too old (410: the
-/// server's history no longer reaches back to it, which can also be true of a GET's
-/// resourceVersion) starts again without one: the server then sends the current Node as
-/// ADDED, and its changes after that.
-async fn watch_node(
-    api: Api<Node>,
-    name: String,
-    tx: mpsc::Sender<Seen>,
-    cancel: CancellationToken,
-) {
-    let mut delay = Duration::from_secs(1);
-    let mut last_error: Option<String> = None;
-    let params = WatchParams::default()
-        .fields(&format!("metadata.name={name}"))
-        .timeout(WATCH_TIMEOUT_SECS);
-    loop {
-        let error = match api.get(&name).await {
-            Err(e) => explain(&e, "get", "nodes"),
-            Ok(node) => {
-                let mut rv = node.metadata.resource_version.clone().unwrap_or_default();
-                if tx.send(Seen::Read(node)).await.is_err() {
-                    return;
-                }
-                delay = Duration::from_secs(1);
-                if last_error.take().is_some() {
-                    tracing::info!(node = %name, "reading the Node again");
-                }
-                'watch: loop {
-                    let opened = Instant::now();
-                    let stream = match api.watch(&params, &rv).await {
-                        Ok(s) => s,
-                        Err(e) => break 'watch explain(&e, "watch", "nodes"),
-                    };
-                    let mut stream = std::pin::pin!(stream.into_stream());
-                    loop {
-                        let next = tokio::select! {
-                            _ = cancel.cancelled() => return,
-                            n = stream.try_next() => n,
-                        };
-                        match next {
-                            Ok(Some(WatchEvent::Added(n))) => {
-                                // A Node is added only as the current state of a fresh watch.
-                                rv = n.metadata.resource_version.clone().unwrap_or_default();
-                                if tx.send(Seen::Read(n)).await.is_err() {
-                                    return;
-                                }
-                            }
-                            Ok(Some(WatchEvent::Modified(n))) => {
-                                rv = n.metadata.resource_version.clone().unwrap_or_default();
-                                if tx.send(Seen::Event(n)).await.is_err() {
-                                    return;
-                                }
-                            }
-                            Ok(Some(WatchEvent::Bookmark(b))) => rv = b.metadata.resource_version,
-                            Ok(Some(WatchEvent::Deleted(_))) => {}
-                            Ok(Some(WatchEvent::Error(s))) if s.code == 410 => {
-                                // Too old to resume: from the current state, once. A second
-                                // 410 in a row starts over with a GET, after a pause.
-                                if rv.is_empty() {
-                                    break 'watch String::new();
-                                }
-                                tracing::debug!(node = %name, "watch too old ({}); watching from the current state", s.message);
-                                rv.clear();
-                                continue 'watch;
-                            }
-                            Ok(Some(WatchEvent::Error(s))) => {
-                                break 'watch format!("watch nodes: {} ({})", s.message, s.code);
-                            }
-                            Ok(None) => {
-                                // The server's timeout: resume. A server that ends every
-                                // watch at once is not asked again in a tight loop.
-                                if opened.elapsed() < MIN_WATCH && !pause(&cancel, MIN_WATCH).await
-                                {
-                                    return;
-                                }
-                                continue 'watch;
-                            }
-                            Err(e) => break 'watch explain(&e, "watch", "nodes"),
-                        }
-                    }
-                }
-            }
-        };
-        if error.is_empty() {
-            // 410: read again at once, but not in a tight loop.
-            if !pause(&cancel, MIN_WATCH).await {
-                return;
-            }
-            continue;
-        }
-        if last_error.as_deref() != Some(error.as_str()) {
-            tracing::warn!(node = %name, "cannot follow the Node, retrying: {error}");
-            last_error = Some(error);
-        }
-        if !pause(&cancel, delay).await {
-            return;
-        }
-        delay = (delay * 2).min(Duration::from_secs(60));
-    }
-}
-
-/// Sleeps `d`; false when cancelled meanwhile.
-async fn pause(cancel: &CancellationToken, d: Duration) -> bool {
-    tokio::select! {
-        _ = cancel.cancelled() => false,
-        _ = tokio::time::sleep(d) => true,
-    }
-}
-
+/// The reporter's requests and their effects (they read its private state, so they live here).
 #[cfg(test)]
+#[path = "tests.rs"]
 mod tests;

@@ -9,13 +9,13 @@ use std::path::PathBuf;
 /// Why the API could not be used although a cluster was configured.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("cannot read the Kubernetes client config ({source_name}): {message}")]
+    #[error("cannot read the Kubernetes client config ({cluster}): {source}")]
     Config {
-        source_name: String,
-        message: String,
+        cluster: ClusterSource,
+        source: kube::config::InferConfigError,
     },
     #[error("cannot create the Kubernetes client: {0}")]
-    Client(String),
+    Client(#[source] kube::Error),
 }
 
 /// Where a client config would come from, if anywhere.
@@ -53,7 +53,8 @@ pub fn detect() -> Option<ClusterSource> {
         .then_some(ClusterSource::Kubeconfig(default))
 }
 
-/// A client for the detected cluster; `Ok(None)` when there is none.
+/// A client for the detected cluster; `Ok(None)` when there is none. Called once per process
+/// (by `main`): every part that talks to the API is handed this client.
 pub async fn connect() -> Result<Option<(kube::Client, ClusterSource)>, ClusterError> {
     let Some(source) = detect() else {
         return Ok(None);
@@ -61,9 +62,9 @@ pub async fn connect() -> Result<Option<(kube::Client, ClusterSource)>, ClusterE
     let config = kube::Config::infer()
         .await
         .map_err(|e| ClusterError::Config {
-            source_name: source.to_string(),
-            message: e.to_string(),
+            cluster: source.clone(),
+            source: e,
         })?;
-    let client = kube::Client::try_from(config).map_err(|e| ClusterError::Client(e.to_string()))?;
+    let client = kube::Client::try_from(config).map_err(ClusterError::Client)?;
     Ok(Some((client, source)))
 }

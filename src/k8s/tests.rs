@@ -14,6 +14,8 @@ use serde_json::{Value, json};
 use tower_test::mock::{self, Handle};
 
 use super::*;
+use crate::k8s::condition::reason;
+use crate::node::settings;
 use crate::report::{ImageState, ImageStatus, StatusHub};
 
 type MockHandle = Handle<Request<Body>, Response<Body>>;
@@ -394,7 +396,7 @@ async fn a_forbidden_write_names_what_the_cluster_role_lacks() {
         );
     };
     tokio::join!(bounded(r.reconcile()), scenario);
-    let error = r.last_error.clone().unwrap();
+    let error = r.last_error.as_ref().unwrap().to_string();
     assert!(error.contains("lacks `patch` on `nodes/status`"), "{error}");
     // Retried later, not at once.
     quiet(&mut handle, r.reconcile()).await;
