@@ -9,6 +9,18 @@
 //! The API server refuses an update of an Event that changes its `note` (or `reason`, `type`,
 //! `regarding`, `action`, `eventTime`, the reporting fields): a repeat updates only `series`,
 //! and an occurrence with another note starts a new Event.
+//!
+//! Why not kube-runtime's event `Recorder`: it cannot keep what the README documents.
+//! - Write budget: it writes on every `publish` (a create, then a PATCH per repeat); the README
+//!   promises a repeat written at most every 5 minutes, and every write taking a token from the
+//!   kubelet's spam-filter bucket (burst 25, one per 5 minutes), a due series waiting for one.
+//!   Throttling in front of it does not help: its `series.count` counts its own writes (+1 per
+//!   `publish`), not the occurrences held back in between.
+//! - Aggregation: its key is (type, action, reason, reporter, regarding, related), without the
+//!   image or the note, so two images failing (or one failing with another message) would be
+//!   folded into the first Event, the later notes lost; the README's series are per reason,
+//!   image and note, and another note starts a new Event.
+//! - It patches the whole cached Event, not `series` alone.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -47,10 +59,14 @@ pub struct Occurrence {
     pub type_: Type,
     /// `ImagePullFailed`, `ImagesPrePulled`, `TagDrift`.
     pub reason: &'static str,
-    /// What the event is about within the Node (an image), for aggregation.
-    pub subject: String,
+    /// What the event is about within the Node (an image), for aggregation; `None`: the Node
+    /// itself.
+    pub subject: Option<String>,
     pub note: String,
 }
+
+/// Reason and subject: what one series aggregates (with the note, which a series keeps).
+type SeriesKey = (&'static str, Option<String>);
 
 struct Series {
     name: String,
@@ -94,7 +110,7 @@ impl Bucket {
 pub struct EventSink {
     api: Api<Event>,
     instance: String,
-    series: HashMap<(&'static str, String), Series>,
+    series: HashMap<SeriesKey, Series>,
     bucket: Bucket,
     /// Occurrences dropped by the bucket, reported in the log now and then.
     dropped: u64,
@@ -144,7 +160,7 @@ impl EventSink {
                     dropped = self.dropped,
                     "Node events rate-limited: {} {} not written",
                     o.reason,
-                    o.subject
+                    o.subject.as_deref().unwrap_or_default()
                 );
             }
             return;
@@ -182,7 +198,7 @@ impl EventSink {
                 tracing::warn!(
                     "cannot create a Node event ({} {}): {}",
                     o.reason,
-                    o.subject,
+                    o.subject.as_deref().unwrap_or_default(),
                     super::explain(&e, "create", "events.events.k8s.io")
                 );
                 return;
@@ -229,7 +245,7 @@ impl EventSink {
         Some(due.max(self.bucket.next_token()))
     }
 
-    async fn flush_one(&mut self, key: &(&'static str, String), now: Instant) {
+    async fn flush_one(&mut self, key: &SeriesKey, now: Instant) {
         if !self.bucket.take(now) {
             self.dropped += 1;
             return; // stays pending: a later flush carries the count

@@ -23,6 +23,7 @@
 //! - `reporter`: the loop, and the condition, label and taint writes;
 //! - `condition`: what the condition should say, and the reads of a Node they compare with;
 //! - `own_node`: the watch of the agent's own Node;
+//! - `link`: what the agent loop and the reporter hand each other;
 //! - [`events`]: Node Events, aggregated and rate-limited;
 //! - `error`: why a Node write failed.
 
@@ -30,12 +31,12 @@ mod client;
 mod condition;
 mod error;
 pub mod events;
+mod link;
 mod own_node;
 mod reporter;
 
 pub use client::{ClusterError, ClusterSource, connect, detect};
 pub use condition::{BOOT_ANNOTATION, Boot, CONDITION_TYPE, Desired, desired, reason};
 pub use error::{NodeError, explain};
-pub use reporter::{
-    AgentLink, HEARTBEAT, Reporter, ReporterLink, link, off_without_cluster, setup,
-};
+pub use link::{AgentLink, ReporterLink, link};
+pub use reporter::{HEARTBEAT, Reporter, off_without_cluster, setup};

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use k8s_openapi::api::core::v1::{Node, ObjectReference};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -19,6 +19,7 @@ use super::condition::{
 };
 use super::error::{CONFLICT_RETRIES, NodeError};
 use super::events::{EventSink, Occurrence, Type};
+use super::link::{AgentLink, ReporterLink, link};
 use super::own_node::{Seen, watch_node};
 use crate::node::selector::Labels;
 use crate::node::settings::NodeSettings;
@@ -32,34 +33,6 @@ const DEBOUNCE: Duration = Duration::from_millis(500);
 const RETRY: Duration = Duration::from_secs(10);
 /// Why Node reporting is off, before the reason.
 const OFF: &str = "Node readiness reporting (condition, label, startup taint, events) and nodeSelector image sets are off";
-
-/// The agent's side of the link: the Node's labels in, the node settings out.
-pub struct AgentLink {
-    /// `None` until the Node has been read.
-    pub labels: watch::Receiver<Option<Labels>>,
-    pub settings: watch::Sender<NodeSettings>,
-}
-
-/// The reporter's side of the link.
-pub struct ReporterLink {
-    labels: watch::Sender<Option<Labels>>,
-    settings: watch::Receiver<NodeSettings>,
-}
-
-pub fn link(settings: NodeSettings) -> (AgentLink, ReporterLink) {
-    let (labels_tx, labels_rx) = watch::channel(None);
-    let (settings_tx, settings_rx) = watch::channel(settings);
-    (
-        AgentLink {
-            labels: labels_rx,
-            settings: settings_tx,
-        },
-        ReporterLink {
-            labels: labels_tx,
-            settings: settings_rx,
-        },
-    )
-}
 
 /// Without a client, says once why Node reporting is off (the agent then runs as it does
 /// outside Kubernetes): `error` is why [`connect`](super::connect) failed, `None` that no
@@ -336,13 +309,13 @@ impl Reporter {
                 type_: Type::Warning,
                 reason: "ImagePullFailed",
                 note: format!("Failed to pull image {image} ({class}): {error}"),
-                subject: image,
+                subject: Some(image),
             },
             AgentEventKind::Drift { image, from, to } => Occurrence {
                 type_: Type::Normal,
                 reason: "TagDrift",
                 note: format!("Image {image} now points to {to} (was {from})"),
-                subject: image,
+                subject: Some(image),
             },
             _ => return,
         };
@@ -471,7 +444,7 @@ impl Reporter {
                     Occurrence {
                         type_: Type::Normal,
                         reason: "ImagesPrePulled",
-                        subject: String::new(),
+                        subject: None,
                         note: message,
                     },
                 )

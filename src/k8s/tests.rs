@@ -414,7 +414,7 @@ async fn repeated_failures_become_one_event_series_and_cannot_flood() {
     let failure = |_n: u32| Occurrence {
         type_: Type::Warning,
         reason: "ImagePullFailed",
-        subject: "r.example/a:1".into(),
+        subject: Some("r.example/a:1".into()),
         note: "Failed to pull image r.example/a:1 (transient): 503".into(),
     };
     let created = async {
@@ -480,7 +480,7 @@ async fn repeated_failures_become_one_event_series_and_cannot_flood() {
     let publish = async {
         for i in 0..40 {
             let mut o = failure(1);
-            o.subject = format!("r.example/img{i}:1");
+            o.subject = Some(format!("r.example/img{i}:1"));
             sink.publish(&node, o).await;
         }
     };
@@ -584,11 +584,83 @@ async fn run_for(loops: &std::sync::atomic::AtomicUsize, total: Duration, limit:
     }
 }
 
+/// A label or taint write, and a condition write, as [`api_server`] logs them.
+const NODE_PATCH: &str = "PATCH /api/v1/nodes/node-a";
+const STATUS_PATCH: &str = "PATCH /api/v1/nodes/node-a/status";
+
 /// Starts the reporter's loop; returns its iteration counter.
 fn start(r: Reporter, cancel: &CancellationToken) -> Arc<std::sync::atomic::AtomicUsize> {
     let loops = r.loops.clone();
     tokio::spawn(r.run(cancel.clone()));
     loops
+}
+
+/// A reporter's loop running against [`api_server`].
+struct Running {
+    requests: Arc<std::sync::Mutex<Vec<String>>>,
+    loops: Arc<std::sync::atomic::AtomicUsize>,
+    cancel: CancellationToken,
+    /// Kept: dropping it is the agent going away.
+    agent: AgentLink,
+}
+
+impl Running {
+    /// A reporter with `settings`, on a Node with `taints`, its loop started.
+    fn start(
+        states: &[ImageState],
+        settings: NodeSettings,
+        taints: Value,
+    ) -> (Running, Arc<StatusHub>) {
+        let hub = hub(states);
+        let (r, handle, agent) = reporter(hub.clone(), settings);
+        let requests = api_server(handle, node(1, taints));
+        let cancel = CancellationToken::new();
+        let loops = start(r, &cancel);
+        let running = Running {
+            requests,
+            loops,
+            cancel,
+            agent,
+        };
+        (running, hub)
+    }
+
+    /// Runs for `total` (virtual), failing if the loop ran more than `limit` times.
+    async fn run_for(&self, total: Duration, limit: usize) {
+        run_for(&self.loops, total, limit).await;
+    }
+
+    /// The requests so far whose method and path are `line`.
+    fn count(&self, line: &str) -> usize {
+        self.count_where(|r| r == line)
+    }
+
+    /// The requests so far whose method and path start with `prefix`.
+    fn count_starting(&self, prefix: &str) -> usize {
+        self.count_where(|r| r.starts_with(prefix))
+    }
+
+    fn count_where(&self, f: impl Fn(&str) -> bool) -> usize {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| f(r))
+            .count()
+    }
+
+    fn log(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+/// The startup taint, 4 minutes before it is removed anyway.
+fn tainted() -> (NodeSettings, Value) {
+    let settings = NodeSettings {
+        taint_timeout: Duration::from_secs(240),
+        ..NodeSettings::default()
+    };
+    (settings, json!([{"key": TAINT, "effect": "NoSchedule"}]))
 }
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -599,83 +671,49 @@ const IDLE_LOOPS_PER_HOUR: usize = 40;
 #[tokio::test(start_paused = true)]
 async fn after_the_taint_is_gone_the_reporter_sleeps_past_the_taint_timeout() {
     // Warm before the 4-minute deadline: the taint goes as warm, the deadline no longer applies.
-    let hub = hub(&[ImageState::Present]);
-    let settings = NodeSettings {
-        taint_timeout: Duration::from_secs(240),
-        ..NodeSettings::default()
-    };
-    let (r, handle, _agent) = reporter(hub, settings);
-    let requests = api_server(
-        handle,
-        node(1, json!([{"key": TAINT, "effect": "NoSchedule"}])),
-    );
-    let cancel = CancellationToken::new();
-    let loops = start(r, &cancel);
-    run_for(&loops, Duration::from_secs(10), 20).await;
-    let log = requests.lock().unwrap().clone();
+    let (settings, taints) = tainted();
+    let (r, _) = Running::start(&[ImageState::Present], settings, taints);
+    r.run_for(Duration::from_secs(10), 20).await;
     assert!(
-        log.iter()
-            .filter(|r| *r == "PATCH /api/v1/nodes/node-a")
-            .count()
-            >= 2,
-        "taint and label written: {log:?}"
+        r.count(NODE_PATCH) >= 2,
+        "taint and label written: {:?}",
+        r.log()
     );
     // An hour past the deadline: the heartbeat, and nothing else wakes it.
-    run_for(&loops, HOUR, IDLE_LOOPS_PER_HOUR).await;
-    let heartbeats = requests
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|r| *r == "PATCH /api/v1/nodes/node-a/status")
-        .count();
+    r.run_for(HOUR, IDLE_LOOPS_PER_HOUR).await;
+    let heartbeats = r.count(STATUS_PATCH);
     assert!(
         (12..=14).contains(&heartbeats),
         "{heartbeats} condition writes"
     );
-    cancel.cancel();
+    r.cancel.cancel();
 }
 
 #[tokio::test(start_paused = true)]
 async fn turning_the_startup_taint_off_after_its_deadline_was_set_leaves_the_reporter_idle() {
-    let hub = hub(&[ImageState::Pulling]);
-    let settings = NodeSettings {
-        taint_timeout: Duration::from_secs(240),
-        ..NodeSettings::default()
-    };
-    let (r, handle, agent) = reporter(hub, settings.clone());
-    let requests = api_server(
-        handle,
-        node(1, json!([{"key": TAINT, "effect": "NoSchedule"}])),
-    );
-    let cancel = CancellationToken::new();
-    let loops = start(r, &cancel);
+    let (settings, taints) = tainted();
+    let (r, _) = Running::start(&[ImageState::Pulling], settings.clone(), taints);
     // Cold, before the deadline: the deadline is set, the taint stays.
-    run_for(&loops, Duration::from_secs(60), 20).await;
+    r.run_for(Duration::from_secs(60), 20).await;
     // A hot reload turns the taint removal off.
-    agent.settings.send_replace(NodeSettings {
+    r.agent.settings.send_replace(NodeSettings {
         startup_taint: None,
         ..settings
     });
-    run_for(&loops, HOUR, IDLE_LOOPS_PER_HOUR).await;
-    let log = requests.lock().unwrap().clone();
+    r.run_for(HOUR, IDLE_LOOPS_PER_HOUR).await;
     assert_eq!(
-        log.iter()
-            .filter(|r| *r == "PATCH /api/v1/nodes/node-a")
-            .count(),
+        r.count(NODE_PATCH),
         1,
-        "the label only, never the taint: {log:?}"
+        "the label only, never the taint: {:?}",
+        r.log()
     );
-    cancel.cancel();
+    r.cancel.cancel();
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_due_event_series_with_an_empty_bucket_waits_for_a_token_without_spinning() {
-    let hub = hub(&[ImageState::Present]);
-    let (r, handle, _agent) = reporter(hub.clone(), NodeSettings::default());
-    let requests = api_server(handle, node(1, json!([])));
-    let cancel = CancellationToken::new();
-    let loops = start(r, &cancel);
-    run_for(&loops, Duration::from_secs(10), 20).await;
+    let (r, hub) = Running::start(&[ImageState::Present], NodeSettings::default(), json!([]));
+    r.run_for(Duration::from_secs(10), 20).await;
     let failed = |n: usize| AgentEventKind::AttemptFailed {
         image: format!("r.example/img{n}:1"),
         attempt: 1,
@@ -692,19 +730,18 @@ async fn a_due_event_series_with_an_empty_bucket_waits_for_a_token_without_spinn
         hub.emit(failed(0));
         hub.emit(failed(1));
     }
-    run_for(&loops, Duration::from_secs(10), 60).await;
-    let creates = |r: &Vec<String>| r.iter().filter(|r| r.starts_with("POST")).count();
-    assert_eq!(creates(&requests.lock().unwrap()), 25, "the burst");
+    r.run_for(Duration::from_secs(10), 60).await;
+    assert_eq!(r.count_starting("POST"), 25, "the burst");
     // Both series fall due after 5 minutes; tokens come one per 5 minutes, so the second
     // waits for the next one: the loop sleeps meanwhile.
-    run_for(&loops, HOUR, IDLE_LOOPS_PER_HOUR).await;
-    let log = requests.lock().unwrap().clone();
-    let series = log
-        .iter()
-        .filter(|r| r.starts_with("PATCH /apis/events.k8s.io"))
-        .count();
-    assert_eq!(series, 2, "each held-back series written once: {log:?}");
-    cancel.cancel();
+    r.run_for(HOUR, IDLE_LOOPS_PER_HOUR).await;
+    assert_eq!(
+        r.count_starting("PATCH /apis/events.k8s.io"),
+        2,
+        "each held-back series written once: {:?}",
+        r.log()
+    );
+    r.cancel.cancel();
 }
 
 #[tokio::test(start_paused = true)]
