@@ -744,6 +744,22 @@ async fn a_due_event_series_with_an_empty_bucket_waits_for_a_token_without_spinn
     r.cancel.cancel();
 }
 
+/// Cancels, and fails unless the reporter's task ends without time passing.
+async fn ends_at_once(
+    cancel: &CancellationToken,
+    task: &tokio::task::JoinHandle<()>,
+    during: &str,
+) {
+    cancel.cancel();
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        task.is_finished(),
+        "still running after the cancel ({during})"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn cancel_ends_the_loop_at_once_during_the_debounce_and_during_a_hung_write() {
     let hub = hub(&[ImageState::Present]);
@@ -761,14 +777,7 @@ async fn cancel_ends_the_loop_at_once_during_the_debounce_and_during_a_hung_writ
     for _ in 0..10 {
         tokio::task::yield_now().await;
     }
-    cancel.cancel();
-    for _ in 0..10 {
-        tokio::task::yield_now().await;
-    }
-    assert!(
-        task.is_finished(),
-        "still running after the cancel (debounce)"
-    );
+    ends_at_once(&cancel, &task, "debounce").await;
 
     // A write the API server never answers.
     let (r, mut handle, _agent) = reporter(hub.clone(), NodeSettings::default());
@@ -779,14 +788,7 @@ async fn cancel_ends_the_loop_at_once_during_the_debounce_and_during_a_hung_writ
     let (_, _, _, _watch) = next(&mut handle).await;
     let (method, _, _, _hung) = next(&mut handle).await;
     assert_eq!(method, Method::PATCH);
-    cancel.cancel();
-    for _ in 0..10 {
-        tokio::task::yield_now().await;
-    }
-    assert!(
-        task.is_finished(),
-        "still running after the cancel (hung write)"
-    );
+    ends_at_once(&cancel, &task, "hung write").await;
     drop(watch);
 }
 
@@ -817,15 +819,11 @@ async fn watch_events_older_than_a_write_are_skipped_without_comparing_resource_
     let (_, seen) = tokio::join!(bounded(r.reconcile()), scenario);
     // The watch then delivers the same changes in order: the first is behind the label write.
     let event = |v: &Value| serde_json::from_value::<Node>(v.clone()).unwrap();
+    let observed_version = |r: &Reporter| r.observed.as_ref()?.metadata.resource_version.clone();
     r.observe_event(event(&seen[0]));
     assert_eq!(
-        r.observed
-            .as_ref()
-            .unwrap()
-            .metadata
-            .resource_version
-            .as_deref(),
-        Some("rv-a"),
+        observed_version(&r),
+        Some("rv-a".into()),
         "an event older than the write's answer was taken"
     );
     r.observe_event(event(&seen[1]));
@@ -834,14 +832,6 @@ async fn watch_events_older_than_a_write_are_skipped_without_comparing_resource_
     later["metadata"]["resourceVersion"] = "rv-0".into();
     later["metadata"]["labels"]["pool"] = "b".into();
     r.observe_event(event(&later));
-    assert_eq!(
-        r.observed
-            .as_ref()
-            .unwrap()
-            .metadata
-            .resource_version
-            .as_deref(),
-        Some("rv-0")
-    );
+    assert_eq!(observed_version(&r), Some("rv-0".into()));
     quiet(&mut handle, r.reconcile()).await;
 }
