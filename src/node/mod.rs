@@ -32,7 +32,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::report::{AgentEventKind, AgentStatus, ImageState, StatusHub, rfc3339};
+use crate::status::{AgentEventKind, AgentStatus, ImageState, StatusHub, rfc3339};
 use events::{EventSink, Occurrence, Type};
 use selector::Labels;
 use settings::NodeSettings;

@@ -1,25 +1,18 @@
-//! What the agent tells the world: the status model, the hub that holds it, and its
-//! outlets (HTTP probes, status and metrics in `http`/`metrics`, the node-local gRPC API in
-//! `grpc`).
-//!
-//! The agent writes through [`StatusHub`]; every outlet reads snapshots from it or
-//! subscribes to its events, so no outlet ever talks to the runtime itself.
+//! The status model: what `/status`, `GetStatus` and `WatchEvents` show. Plain data, written
+//! by the agent through the [`StatusHub`](super::StatusHub); the JSON field names are the
+//! documented API.
 
-pub mod grpc;
-pub mod http;
-pub mod metrics;
-
-use std::sync::RwLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::fmt;
 use std::time::SystemTime;
 
+use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
 use serde::Serialize;
-use tokio::sync::{broadcast, watch};
 
-/// Events kept for slow subscribers before they see a `lagged` gap.
-const EVENT_BUFFER: usize = 1024;
+use crate::config::PullPolicy;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+/// Where a declared image stands. The variant names are the JSON values and the
+/// `prepuller_images{state}` label values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, EncodeLabelValue)]
 pub enum ImageState {
     Present,
     Pulling,
@@ -48,6 +41,50 @@ impl ImageState {
     }
 }
 
+/// Whether a failed pull is retried: the class of its error kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorClass {
+    /// Retrying soon gives the same answer: the image waits for a config change or a refresh.
+    Permanent,
+    /// Retried with back-off.
+    Transient,
+}
+
+impl ErrorClass {
+    pub const ALL: [ErrorClass; 2] = [ErrorClass::Permanent, ErrorClass::Transient];
+
+    /// The class of an error kind, from its `is_permanent()`.
+    pub fn from_permanent(permanent: bool) -> Self {
+        if permanent {
+            ErrorClass::Permanent
+        } else {
+            ErrorClass::Transient
+        }
+    }
+
+    /// The name in JSON, gRPC messages, logs and the `class` metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Permanent => "permanent",
+            ErrorClass::Transient => "transient",
+        }
+    }
+}
+
+impl fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The derive would write the variant name; the label value is the lowercase one.
+impl EncodeLabelValue for ErrorClass {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> fmt::Result {
+        self.as_str().encode(encoder)
+    }
+}
+
 /// One declared image, as `/status` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -56,7 +93,7 @@ pub struct ImageStatus {
     pub image: String,
     pub normalized: String,
     pub required: bool,
-    pub policy: String,
+    pub policy: PullPolicy,
     pub state: ImageState,
     pub image_id: Option<String>,
     pub repo_digest: Option<String>,
@@ -64,8 +101,7 @@ pub struct ImageStatus {
     /// Attempts since the image was last present (or since the agent started).
     pub attempts: u32,
     pub last_error: Option<String>,
-    /// `permanent` or `transient`.
-    pub last_error_class: Option<String>,
+    pub last_error_class: Option<ErrorClass>,
     /// RFC 3339.
     pub next_retry_at: Option<String>,
     pub last_pull_seconds: Option<f64>,
@@ -132,7 +168,8 @@ impl AgentStatus {
         (total - self.missing_required().len(), total)
     }
 
-    fn recompute_ready(&mut self) {
+    /// Run by the hub after every update: writers never set `ready` themselves.
+    pub(super) fn recompute_ready(&mut self) {
         self.ready = !self.shutting_down
             && self.runtime.reachable
             && self.config.generation > 0
@@ -158,8 +195,9 @@ pub enum AgentEventKind {
     AttemptFailed {
         image: String,
         attempt: u32,
-        /// `permanent` or `transient`.
-        class: String,
+        class: ErrorClass,
+        /// The error kind's stable name (`not_found`, `rate_limited` …). A string rather than
+        /// the kind: a client shows what a newer agent sends, names it does not know included.
         reason: String,
         error: String,
         /// RFC 3339; absent for permanent failures.
@@ -202,103 +240,6 @@ pub fn now_rfc3339() -> String {
     rfc3339(SystemTime::now())
 }
 
-/// The agent's status and event stream, shared by the agent (writer) and every outlet.
-pub struct StatusHub {
-    status: RwLock<AgentStatus>,
-    events: broadcast::Sender<AgentEvent>,
-    /// Bumped on every update, so an outlet can wait for a change instead of polling.
-    changes: watch::Sender<u64>,
-    /// The agent has compared the config with the runtime at least once: before that, the
-    /// images' states are guesses, and the Node must not be told it is cold.
-    synced: AtomicBool,
-}
-
-impl StatusHub {
-    pub fn new(node: Option<String>, config_source: String, runtime_endpoint: String) -> Self {
-        let status = AgentStatus {
-            node,
-            config: ConfigStatus {
-                source: config_source,
-                ..Default::default()
-            },
-            runtime: RuntimeStatus {
-                endpoint: runtime_endpoint,
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        StatusHub {
-            status: RwLock::new(status),
-            events: broadcast::channel(EVENT_BUFFER).0,
-            changes: watch::channel(0).0,
-            synced: AtomicBool::new(false),
-        }
-    }
-
-    pub fn snapshot(&self) -> AgentStatus {
-        self.status
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Changes the status; `ready` is recomputed afterwards, so writers never set it.
-    pub fn update<T>(&self, f: impl FnOnce(&mut AgentStatus) -> T) -> T {
-        let mut s = self.status.write().unwrap_or_else(|e| e.into_inner());
-        let out = f(&mut s);
-        s.recompute_ready();
-        drop(s);
-        self.changes.send_modify(|v| *v = v.wrapping_add(1));
-        out
-    }
-
-    /// Changes whenever the status may have changed (coalesced: a slow reader sees the latest).
-    pub fn changes(&self) -> watch::Receiver<u64> {
-        self.changes.subscribe()
-    }
-
-    /// Called by the agent after each resync, whether or not the runtime answered.
-    pub fn mark_synced(&self) {
-        if !self.synced.swap(true, Ordering::Relaxed) {
-            self.changes.send_modify(|v| *v = v.wrapping_add(1));
-        }
-    }
-
-    pub fn is_synced(&self) -> bool {
-        self.synced.load(Ordering::Relaxed)
-    }
-
-    /// The runtime part only: cheaper than a whole snapshot with thousands of images.
-    pub fn snapshot_runtime(&self) -> RuntimeStatus {
-        self.status
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .runtime
-            .clone()
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.status.read().unwrap_or_else(|e| e.into_inner()).ready
-    }
-
-    /// Publishes an event now; nobody listening is fine.
-    pub fn emit(&self, kind: AgentEventKind) {
-        let _ = self.events.send(AgentEvent {
-            time: now_rfc3339(),
-            kind,
-        });
-    }
-
-    pub fn subscribe(&self) -> broadcast::Receiver<AgentEvent> {
-        self.events.subscribe()
-    }
-
-    /// From now on `/readyz` answers 503: the agent is stopping.
-    pub fn begin_shutdown(&self) {
-        self.update(|s| s.shutting_down = true);
-    }
-}
-
 /// An image status with only what tests vary; shared by the outlets' tests.
 #[cfg(test)]
 pub(crate) fn test_image(name: &str, required: bool, state: ImageState) -> ImageStatus {
@@ -306,7 +247,7 @@ pub(crate) fn test_image(name: &str, required: bool, state: ImageState) -> Image
         image: name.into(),
         normalized: name.into(),
         required,
-        policy: "IfNotPresent".into(),
+        policy: PullPolicy::IfNotPresent,
         state,
         image_id: None,
         repo_digest: None,
@@ -325,41 +266,93 @@ pub(crate) fn test_image(name: &str, required: bool, state: ImageState) -> Image
 mod tests {
     use super::*;
 
-    use super::test_image as image;
-
+    /// Every field set: the `/status` document of one image, byte for byte (the API).
     #[test]
-    fn ready_needs_every_required_image_a_config_and_a_runtime() {
-        let hub = StatusHub::new(None, "c.yaml".into(), "unix:///x".into());
-        assert!(!hub.is_ready(), "no config applied yet");
-        hub.update(|s| {
-            s.config.generation = 1;
-            s.runtime.reachable = true;
-            s.images = vec![
-                image("a", true, ImageState::Present),
-                image("b", true, ImageState::Pulling),
-                image("c", false, ImageState::Failed),
-            ];
-        });
-        assert!(!hub.is_ready());
-        assert_eq!(hub.snapshot().missing_required(), vec!["b"]);
-        hub.update(|s| s.images[1].state = ImageState::Present);
-        assert!(hub.is_ready(), "optional failures do not block readiness");
-        hub.update(|s| s.runtime.reachable = false);
-        assert!(!hub.is_ready());
-        hub.update(|s| s.runtime.reachable = true);
-        hub.begin_shutdown();
-        assert!(!hub.is_ready());
+    fn a_full_image_status_serializes_as_documented() {
+        let i = ImageStatus {
+            image: "nginx:1.27".into(),
+            image_id: Some("sha256:aaa".into()),
+            repo_digest: Some("sha256:bbb".into()),
+            size_bytes: Some(67_000_000),
+            attempts: 2,
+            last_error: Some("registry said 503".into()),
+            last_error_class: Some(ErrorClass::Transient),
+            next_retry_at: Some("2026-11-23T12:00:10Z".into()),
+            last_pull_seconds: Some(4.25),
+            present_since: Some("2026-11-23T12:00:00Z".into()),
+            drift: Some("tag drift: sha256:1 → sha256:2".into()),
+            ..test_image("docker.io/library/nginx:1.27", true, ImageState::BackingOff)
+        };
+        assert_eq!(
+            serde_json::to_string_pretty(&i).unwrap(),
+            FULL_IMAGE_JSON.trim_end()
+        );
+        let bare = test_image("x", false, ImageState::Present);
+        assert_eq!(
+            serde_json::to_string(&bare).unwrap(),
+            "{\"image\":\"x\",\"normalized\":\"x\",\"required\":false,\"policy\":\"IfNotPresent\",\
+             \"state\":\"Present\",\"imageId\":null,\"repoDigest\":null,\"sizeBytes\":null,\
+             \"attempts\":0,\"lastError\":null,\"lastErrorClass\":null,\"nextRetryAt\":null,\
+             \"lastPullSeconds\":null,\"presentSince\":null,\"drift\":null}"
+        );
     }
 
+    const FULL_IMAGE_JSON: &str = r#"{
+  "image": "nginx:1.27",
+  "normalized": "docker.io/library/nginx:1.27",
+  "required": true,
+  "policy": "IfNotPresent",
+  "state": "BackingOff",
+  "imageId": "sha256:aaa",
+  "repoDigest": "sha256:bbb",
+  "sizeBytes": 67000000,
+  "attempts": 2,
+  "lastError": "registry said 503",
+  "lastErrorClass": "transient",
+  "nextRetryAt": "2026-11-23T12:00:10Z",
+  "lastPullSeconds": 4.25,
+  "presentSince": "2026-11-23T12:00:00Z",
+  "drift": "tag drift: sha256:1 → sha256:2"
+}
+"#;
+
     #[test]
-    fn events_reach_subscribers() {
-        let hub = StatusHub::new(None, "c.yaml".into(), "unix:///x".into());
-        let mut rx = hub.subscribe();
-        hub.emit(AgentEventKind::Queued { image: "a".into() });
-        let e = rx.try_recv().unwrap();
-        assert_eq!(e.kind, AgentEventKind::Queued { image: "a".into() });
-        let json = serde_json::to_value(&e).unwrap();
-        assert_eq!(json["kind"], "queued");
-        assert_eq!(json["image"], "a");
+    fn policies_classes_and_states_serialize_as_their_names() {
+        for p in [
+            PullPolicy::Never,
+            PullPolicy::IfNotPresent,
+            PullPolicy::Always,
+        ] {
+            assert_eq!(serde_json::to_value(p).unwrap(), p.to_string());
+        }
+        for c in ErrorClass::ALL {
+            assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
+        }
+        for s in ImageState::ALL {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+    }
+
+    /// The fields inside an event keep their Rust names (`rename_all` on the enum renames the
+    /// variants only): the documented API.
+    #[test]
+    fn a_failed_attempt_serializes_flat_with_its_kind() {
+        let e = AgentEvent {
+            time: "2026-11-23T12:00:00Z".into(),
+            kind: AgentEventKind::AttemptFailed {
+                image: "a".into(),
+                attempt: 2,
+                class: ErrorClass::Permanent,
+                reason: "not_found".into(),
+                error: "404".into(),
+                next_retry_at: None,
+            },
+        };
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            "{\"time\":\"2026-11-23T12:00:00Z\",\"kind\":\"attemptFailed\",\"image\":\"a\",\
+             \"attempt\":2,\"class\":\"permanent\",\"reason\":\"not_found\",\"error\":\"404\",\
+             \"next_retry_at\":null}"
+        );
     }
 }
