@@ -336,6 +336,17 @@ mod tests {
         (hub.clone(), Metrics::new(hub))
     }
 
+    /// Two pulls (3 s, 100 s), three failures (two of one reason), a good and a bad config.
+    fn observe(m: &Metrics) {
+        m.observe_pull_success(3.0, 1000);
+        m.observe_pull_success(100.0, 500);
+        m.observe_pull_failure("not_found", ErrorClass::Permanent);
+        m.observe_pull_failure("rate_limited", ErrorClass::Transient);
+        m.observe_pull_failure("rate_limited", ErrorClass::Transient);
+        m.observe_config_reload(true);
+        m.observe_config_reload(false);
+    }
+
     #[test]
     fn counters_and_histogram_follow_observations() {
         let (_hub, m) = metrics_of(AgentStatus::default());
@@ -353,14 +364,8 @@ mod tests {
             Some(0.0)
         );
 
-        m.observe_pull_success(3.0, 1000);
-        m.observe_pull_success(100.0, 500);
-        m.observe_pull_failure("not_found", ErrorClass::Permanent);
-        m.observe_pull_failure("rate_limited", ErrorClass::Transient);
-        m.observe_pull_failure("rate_limited", ErrorClass::Transient);
+        observe(&m);
         m.observe_config_reload(true);
-        m.observe_config_reload(true);
-        m.observe_config_reload(false);
         let text = m.render();
 
         assert!(
@@ -521,13 +526,7 @@ mod tests {
         let mut s = status();
         s.images.push(image("e", false, ImageState::BackingOff));
         let (_hub, m) = metrics_of(s);
-        m.observe_pull_success(3.0, 1000);
-        m.observe_pull_success(100.0, 500);
-        m.observe_pull_failure("not_found", ErrorClass::Permanent);
-        m.observe_pull_failure("rate_limited", ErrorClass::Transient);
-        m.observe_pull_failure("rate_limited", ErrorClass::Transient);
-        m.observe_config_reload(true);
-        m.observe_config_reload(false);
+        observe(&m);
         let text = m.render();
         assert_eq!(sorted_series(&text), sorted_series(PINNED), "{text}");
         assert!(text.ends_with("# EOF\n"));

@@ -12,9 +12,9 @@ pub mod metrics;
 mod model;
 
 pub use hub::StatusHub;
-#[cfg(test)]
-pub(crate) use model::test_image;
 pub use model::{
     AgentEvent, AgentEventKind, AgentStatus, ConfigStatus, ErrorClass, ImageState, ImageStatus,
     RuntimeStatus, now_rfc3339, rfc3339,
 };
+#[cfg(test)]
+pub(crate) use model::{test_full_image, test_image};

@@ -111,6 +111,29 @@ pub struct ImageStatus {
     pub drift: Option<String>,
 }
 
+impl ImageStatus {
+    /// A declared image the agent has not seen yet: Waiting, nothing known about it.
+    pub fn new(image: String, normalized: String, required: bool, policy: PullPolicy) -> Self {
+        ImageStatus {
+            image,
+            normalized,
+            required,
+            policy,
+            state: ImageState::Waiting,
+            image_id: None,
+            repo_digest: None,
+            size_bytes: None,
+            attempts: 0,
+            last_error: None,
+            last_error_class: None,
+            next_retry_at: None,
+            last_pull_seconds: None,
+            present_since: None,
+            drift: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ConfigStatus {
@@ -244,21 +267,27 @@ pub fn now_rfc3339() -> String {
 #[cfg(test)]
 pub(crate) fn test_image(name: &str, required: bool, state: ImageState) -> ImageStatus {
     ImageStatus {
-        image: name.into(),
-        normalized: name.into(),
-        required,
-        policy: PullPolicy::IfNotPresent,
         state,
-        image_id: None,
-        repo_digest: None,
-        size_bytes: None,
-        attempts: 0,
-        last_error: None,
-        last_error_class: None,
-        next_retry_at: None,
-        last_pull_seconds: None,
-        present_since: None,
-        drift: None,
+        ..ImageStatus::new(name.into(), name.into(), required, PullPolicy::IfNotPresent)
+    }
+}
+
+/// An image status with every field set; shared by the model's and the wire's tests.
+#[cfg(test)]
+pub(crate) fn test_full_image(state: ImageState) -> ImageStatus {
+    ImageStatus {
+        image: "nginx:1.27".into(),
+        image_id: Some("sha256:aaa".into()),
+        repo_digest: Some("sha256:bbb".into()),
+        size_bytes: Some(67_000_000),
+        attempts: 2,
+        last_error: Some("registry said 503".into()),
+        last_error_class: Some(ErrorClass::Transient),
+        next_retry_at: Some("2026-11-23T12:00:10Z".into()),
+        last_pull_seconds: Some(4.25),
+        present_since: Some("2026-11-23T12:00:00Z".into()),
+        drift: Some("tag drift: sha256:1 → sha256:2".into()),
+        ..test_image("docker.io/library/nginx:1.27", true, state)
     }
 }
 
@@ -269,20 +298,7 @@ mod tests {
     /// Every field set: the `/status` document of one image, byte for byte (the API).
     #[test]
     fn a_full_image_status_serializes_as_documented() {
-        let i = ImageStatus {
-            image: "nginx:1.27".into(),
-            image_id: Some("sha256:aaa".into()),
-            repo_digest: Some("sha256:bbb".into()),
-            size_bytes: Some(67_000_000),
-            attempts: 2,
-            last_error: Some("registry said 503".into()),
-            last_error_class: Some(ErrorClass::Transient),
-            next_retry_at: Some("2026-11-23T12:00:10Z".into()),
-            last_pull_seconds: Some(4.25),
-            present_since: Some("2026-11-23T12:00:00Z".into()),
-            drift: Some("tag drift: sha256:1 → sha256:2".into()),
-            ..test_image("docker.io/library/nginx:1.27", true, ImageState::BackingOff)
-        };
+        let i = test_full_image(ImageState::BackingOff);
         assert_eq!(
             serde_json::to_string_pretty(&i).unwrap(),
             FULL_IMAGE_JSON.trim_end()

@@ -330,26 +330,6 @@ impl TryFrom<pb::Event> for WatchedEvent {
 mod tests {
     use super::*;
 
-    fn full_image(state: ImageState) -> ImageStatus {
-        ImageStatus {
-            image: "nginx:1.27".into(),
-            normalized: "docker.io/library/nginx:1.27".into(),
-            required: true,
-            policy: PullPolicy::IfNotPresent,
-            state,
-            image_id: Some("sha256:aaa".into()),
-            repo_digest: Some("sha256:bbb".into()),
-            size_bytes: Some(67_000_000),
-            attempts: 2,
-            last_error: Some("registry said 503".into()),
-            last_error_class: Some(ErrorClass::Transient),
-            next_retry_at: Some("2026-11-23T12:00:10Z".into()),
-            last_pull_seconds: Some(4.25),
-            present_since: Some("2026-11-23T12:00:00Z".into()),
-            drift: Some("tag drift: sha256:1 → sha256:2".into()),
-        }
-    }
-
     fn bare_image(state: ImageState) -> ImageStatus {
         ImageStatus {
             image: "x".into(),
@@ -380,7 +360,7 @@ mod tests {
             },
             images: ImageState::ALL
                 .iter()
-                .map(|&s| full_image(s))
+                .map(|&s| crate::status::test_full_image(s))
                 .chain(ImageState::ALL.iter().map(|&s| bare_image(s)))
                 .collect(),
             shutting_down: true,

@@ -1,5 +1,8 @@
 //! The hardened HTTP/1 listener behind the HTTP outlet: a connection cap, a header-read
 //! timeout, small request heads, and a graceful shutdown. tests/listener.rs attacks it.
+//!
+//! On hyper's http1 builder rather than `axum::serve`, which sets no timer (so no header-read
+//! timeout) and no head limits; hyper-util supplies the tokio I/O and timer adapters it needs.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
