@@ -11,10 +11,10 @@ use prepuller::credentials::Credentials;
 use prepuller::progress::Progress;
 use prepuller::pull;
 use prepuller::puller::PullSettings;
-use prepuller::report::StatusHub;
-use prepuller::report::metrics::Metrics;
 use prepuller::runtime::RuntimeVersion;
 use prepuller::runtime::fake::FakeRuntime;
+use prepuller::status::StatusHub;
+use prepuller::status::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 
 const IMAGES: usize = 20_000;
@@ -57,7 +57,7 @@ fn main() {
     let mut agent = Agent::new(
         rt.clone(),
         hub.clone(),
-        Arc::new(Metrics::new()),
+        Arc::new(Metrics::new(hub.clone())),
         path,
         config,
     );

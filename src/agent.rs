@@ -21,9 +21,11 @@ use crate::k8s::AgentLink;
 use crate::node::selector::Labels;
 use crate::puller::{PullEvent, PullResult, PullSettings, Puller, sleep_until_some};
 use crate::queue::{Finished, PullQueue};
-use crate::report::metrics::Metrics;
-use crate::report::{AgentEventKind, ImageState, ImageStatus, StatusHub, now_rfc3339, rfc3339};
 use crate::runtime::{ErrorKind, ImageInfo, Runtime};
+use crate::status::metrics::Metrics;
+use crate::status::{
+    AgentEventKind, ErrorClass, ImageState, ImageStatus, StatusHub, now_rfc3339, rfc3339,
+};
 
 /// How often an unreachable runtime is tried again (instead of waiting a whole resync).
 const RUNTIME_RETRY: Duration = Duration::from_secs(5);
@@ -426,7 +428,7 @@ impl<R: Runtime> Agent<R> {
                     let mut status = old.remove(&names.key).unwrap_or_else(|| new_status(spec));
                     status.image = spec.declared.clone();
                     status.required = spec.required;
-                    status.policy = spec.policy.to_string();
+                    status.policy = spec.policy;
                     status
                 })
                 .collect();
@@ -757,7 +759,9 @@ impl Mark<'_> {
                     ErrorKind::NotPresent.summary(),
                     ErrorKind::NotPresent.hint()
                 ));
-                i.last_error_class = Some(ErrorKind::NotPresent.class().into());
+                i.last_error_class = Some(ErrorClass::from_permanent(
+                    ErrorKind::NotPresent.is_permanent(),
+                ));
             }
         }
     }
@@ -768,7 +772,7 @@ fn new_status(spec: &ImageSpec) -> ImageStatus {
         image: spec.declared.clone(),
         normalized: spec.reference.to_string(),
         required: spec.required,
-        policy: spec.policy.to_string(),
+        policy: spec.policy,
         state: ImageState::Waiting,
         image_id: None,
         repo_digest: None,
@@ -826,20 +830,21 @@ fn record_event(
             ..
         } => {
             let next = rfc3339(SystemTime::now() + retry_in);
+            let class = ErrorClass::from_permanent(error.kind.is_permanent());
             tracing::warn!(image = %key, attempt, class = error.kind.class(), reason = error.kind.reason(), retry_in = ?retry_in, "pull failed, retrying: {error}");
-            metrics.observe_pull_failure(error.kind.reason(), error.kind.class());
+            metrics.observe_pull_failure(error.kind.reason(), class);
             update(&|i| {
                 if !was_present {
                     i.state = ImageState::BackingOff;
                 }
                 i.last_error = Some(error.to_string());
-                i.last_error_class = Some(error.kind.class().into());
+                i.last_error_class = Some(class);
                 i.next_retry_at = Some(next.clone());
             });
             hub.emit(AgentEventKind::AttemptFailed {
                 image: key.into(),
                 attempt,
-                class: error.kind.class().into(),
+                class,
                 reason: error.kind.reason().into(),
                 error: error.to_string(),
                 next_retry_at: Some(next),
@@ -868,20 +873,21 @@ fn record_event(
         PullEvent::Failed {
             error, attempts, ..
         } => {
+            let class = ErrorClass::from_permanent(error.kind.is_permanent());
             tracing::error!(image = %key, attempts, class = error.kind.class(), reason = error.kind.reason(), "pull failed: {error}");
-            metrics.observe_pull_failure(error.kind.reason(), error.kind.class());
+            metrics.observe_pull_failure(error.kind.reason(), class);
             update(&|i| {
                 if !was_present {
                     i.state = ImageState::Failed;
                 }
                 i.last_error = Some(error.to_string());
-                i.last_error_class = Some(error.kind.class().into());
+                i.last_error_class = Some(class);
                 i.next_retry_at = None;
             });
             hub.emit(AgentEventKind::AttemptFailed {
                 image: key.into(),
                 attempt: attempts,
-                class: error.kind.class().into(),
+                class,
                 reason: error.kind.reason().into(),
                 error: error.to_string(),
                 next_retry_at: None,
@@ -1084,7 +1090,7 @@ mod tests {
         let agent = Agent::new(
             rt.clone(),
             hub.clone(),
-            Arc::new(Metrics::new()),
+            Arc::new(Metrics::new(hub.clone())),
             path.clone(),
             config,
         );

@@ -17,6 +17,6 @@ pub mod pull;
 pub mod puller;
 pub(crate) mod queue;
 pub mod reference;
-pub mod report;
 pub mod runtime;
+pub mod status;
 pub mod status_cmd;

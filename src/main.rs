@@ -16,9 +16,9 @@ use prepuller::credentials::Credentials;
 use prepuller::progress::{LogProgress, Progress, TerminalProgress};
 use prepuller::pull::{self, exit};
 use prepuller::puller::PullSettings;
-use prepuller::report::StatusHub;
-use prepuller::report::metrics::Metrics;
 use prepuller::runtime::{self, CriRuntime};
+use prepuller::status::StatusHub;
+use prepuller::status::metrics::Metrics;
 
 #[derive(Parser)]
 #[command(
@@ -373,7 +373,7 @@ async fn agent_command(
             return Ok(exit::USAGE);
         }
     };
-    let listener = match prepuller::report::http::bind(listen).await {
+    let listener = match prepuller::status::http::bind(listen).await {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: cannot listen on {listen}: {e}");
@@ -386,22 +386,22 @@ async fn agent_command(
         config_path.display().to_string(),
         endpoint.clone(),
     ));
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::new(hub.clone()));
     tracing::info!(listen = %listen, api_socket = %api_socket.display(), endpoint = %endpoint, "agent starting");
 
     let cancel = CancellationToken::new();
     spawn_signal_handler(cancel.clone());
     // Servers outlive the agent loop by a moment, so /readyz can say "shutting down".
     let servers = CancellationToken::new();
-    let http = tokio::spawn(prepuller::report::http::serve(
+    let http = tokio::spawn(prepuller::status::http::serve(
         listener,
-        prepuller::report::http::router(hub.clone(), metrics.clone()),
+        prepuller::status::http::router(hub.clone(), metrics.clone()),
         servers.clone(),
     ));
     let grpc = {
         let (hub, servers, path) = (hub.clone(), servers.clone(), api_socket.clone());
         tokio::spawn(async move {
-            if let Err(e) = prepuller::report::grpc::serve_unix(&path, hub, servers).await {
+            if let Err(e) = prepuller::status::grpc::serve_unix(&path, hub, servers).await {
                 tracing::error!(socket = %path.display(), "node-local API unavailable: {e}");
             }
         })

@@ -1,5 +1,5 @@
 //! `prepuller status`: asks the agent running on this node, over its unix socket (the gRPC API
-//! of [`crate::report::grpc`]), and prints its status, or follows its events.
+//! of [`crate::status::grpc`]), and prints its status, or follows its events.
 //!
 //! Exit codes: 0 answered (whether or not the node is ready); 1 the agent's answer could not
 //! be used; 2 bad usage; 3 agent unreachable, or it went away while watching.
@@ -13,8 +13,8 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::progress::{human_bytes, human_duration, short_digest};
 use crate::pull::exit;
-use crate::report::grpc::{AgentClient, DEFAULT_SOCKET, WatchedEvent, pb};
-use crate::report::{AgentEvent, AgentEventKind, AgentStatus, ImageStatus};
+use crate::status::grpc::{AgentClient, DEFAULT_SOCKET, WatchedEvent, pb};
+use crate::status::{AgentEvent, AgentEventKind, AgentStatus, ImageStatus};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Generous: a node busy pulling can be slow to schedule the agent.
@@ -482,7 +482,7 @@ fn short_hash(digest: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{ConfigStatus, ImageState, RuntimeStatus};
+    use crate::status::{ConfigStatus, ImageState, RuntimeStatus};
     use clap::Parser;
 
     #[derive(Parser)]
@@ -492,7 +492,7 @@ mod tests {
     }
 
     fn image(name: &str, state: ImageState) -> ImageStatus {
-        crate::report::test_image(name, true, state)
+        crate::status::test_image(name, true, state)
     }
 
     fn sample() -> AgentStatus {
@@ -577,8 +577,8 @@ mod tests {
         s.images[1].required = false;
         s.images[1].attempts = 2;
         s.images[1].last_error = Some("registry answered 503".into());
-        s.images[1].last_error_class = Some("transient".into());
-        s.images[1].next_retry_at = Some(crate::report::rfc3339(now + Duration::from_secs(12)));
+        s.images[1].last_error_class = Some(crate::status::ErrorClass::Transient);
+        s.images[1].next_retry_at = Some(crate::status::rfc3339(now + Duration::from_secs(12)));
         let text = table(&s, now).to_string();
         assert!(
             text.contains("registry.local/app@sha256:0123456789ab…"),
@@ -631,7 +631,7 @@ mod tests {
             at(AgentEventKind::AttemptFailed {
                 image: "registry/x:1".into(),
                 attempt: 1,
-                class: "transient".into(),
+                class: crate::status::ErrorClass::Transient,
                 reason: "rate_limited".into(),
                 error: "429 Too Many Requests".into(),
                 next_retry_at: Some("2026-11-23T12:00:10Z".into()),
@@ -663,7 +663,7 @@ mod tests {
             }),
             "2026-11-23T12:00:00Z  config   generation 4 applied from /etc/p.yaml"
         );
-        let lagged = event_line(&WatchedEvent::Lagged(crate::report::grpc::Lagged {
+        let lagged = event_line(&WatchedEvent::Lagged(crate::status::grpc::Lagged {
             time: "2026-11-23T12:00:00Z".into(),
             missed: 7,
         }));

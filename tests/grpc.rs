@@ -7,12 +7,15 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prepuller::report::grpc::{self, AgentClient, GrpcServeError, pb};
-use prepuller::report::{AgentEventKind, AgentStatus, ImageState, ImageStatus, StatusHub};
+use prepuller::config::PullPolicy;
+use prepuller::status::grpc::{self, AgentClient, GrpcServeError, pb};
+use prepuller::status::{
+    AgentEventKind, AgentStatus, ErrorClass, ImageState, ImageStatus, StatusHub,
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::{Channel, Endpoint};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -21,7 +24,7 @@ fn image(name: &str, required: bool, state: ImageState) -> ImageStatus {
         image: name.into(),
         normalized: format!("docker.io/library/{name}"),
         required,
-        policy: "IfNotPresent".into(),
+        policy: PullPolicy::IfNotPresent,
         state,
         image_id: None,
         repo_digest: None,
@@ -57,7 +60,7 @@ fn hub() -> Arc<StatusHub> {
         let mut failing = image("missing:1", true, ImageState::BackingOff);
         failing.attempts = 3;
         failing.last_error = Some("registry answered 503".into());
-        failing.last_error_class = Some("transient".into());
+        failing.last_error_class = Some(ErrorClass::Transient);
         failing.next_retry_at = Some("2026-11-23T11:01:00Z".into());
         s.images = vec![
             present,
@@ -104,15 +107,10 @@ async fn serve(hub: Arc<StatusHub>) -> Server {
 }
 
 async fn client(socket: &Path) -> AgentClient<Channel> {
-    let socket = socket.to_path_buf();
-    let channel = Endpoint::from_static("http://[::]:50051")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(&socket).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        }))
+    // tonic connects to `unix://` endpoints itself.
+    let channel = Endpoint::from_shared(format!("unix://{}", socket.display()))
+        .unwrap()
+        .connect()
         .await
         .unwrap();
     AgentClient::new(channel)

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::{Node, NodeCondition};
 
-use crate::report::{AgentStatus, ImageState};
+use crate::status::{AgentStatus, ImageState};
 
 pub const CONDITION_TYPE: &str = "ImagesPrePulled";
 /// Records the boot in which the startup taint was removed, so it is removed once per boot.

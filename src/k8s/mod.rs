@@ -2,7 +2,7 @@
 //! its own Node).
 //!
 //! `main` calls [`connect`] once and hands the client to whatever talks to the API. The
-//! [`Reporter`] reads the [`StatusHub`](crate::report::StatusHub) (snapshots when it changes,
+//! [`Reporter`] reads the [`StatusHub`](crate::status::StatusHub) (snapshots when it changes,
 //! and its events) and the agent's own Node (a GET, then a watch with a `metadata.name` field
 //! selector), and writes only what differs:
 //!

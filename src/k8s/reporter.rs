@@ -23,7 +23,7 @@ use super::link::{AgentLink, ReporterLink, link};
 use super::own_node::{Seen, watch_node};
 use crate::node::selector::Labels;
 use crate::node::settings::NodeSettings;
-use crate::report::{AgentEventKind, StatusHub, rfc3339};
+use crate::status::{AgentEventKind, StatusHub, rfc3339};
 
 /// An unchanged condition is rewritten this often, so a stale one shows a dead agent.
 pub const HEARTBEAT: Duration = Duration::from_secs(5 * 60);

@@ -16,14 +16,14 @@ use tower_test::mock::{self, Handle};
 use super::*;
 use crate::k8s::condition::reason;
 use crate::node::settings;
-use crate::report::{ImageState, ImageStatus, StatusHub};
+use crate::status::{ImageState, ImageStatus, StatusHub};
 
 type MockHandle = Handle<Request<Body>, Response<Body>>;
 
 const TAINT: &str = settings::DEFAULT_STARTUP_TAINT;
 
 fn image(name: &str, state: ImageState) -> ImageStatus {
-    crate::report::test_image(name, true, state)
+    crate::status::test_image(name, true, state)
 }
 
 fn hub(states: &[ImageState]) -> Arc<StatusHub> {
@@ -717,7 +717,7 @@ async fn a_due_event_series_with_an_empty_bucket_waits_for_a_token_without_spinn
     let failed = |n: usize| AgentEventKind::AttemptFailed {
         image: format!("r.example/img{n}:1"),
         attempt: 1,
-        class: "transient".into(),
+        class: crate::status::ErrorClass::Transient,
         reason: "unavailable".into(),
         error: "503 Service Unavailable".into(),
         next_retry_at: None,

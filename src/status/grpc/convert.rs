@@ -1,227 +1,14 @@
-//! The node-local gRPC API (`proto/prepuller/v1/agent.proto`): `GetStatus` and `WatchEvents`
-//! on a unix socket, read from the [`StatusHub`] like every other outlet. `prepuller status`
-//! is its client.
+//! The status model to messages and back: the server sends what the hub holds, the client
+//! (`prepuller status`) reads it into the same model, so its JSON is `/status`'s.
 
-use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::sync::Arc;
-use std::time::Duration;
-
-use futures::{Stream, StreamExt};
 use serde::Serialize;
-use tokio::net::{UnixListener, UnixStream};
-use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
-use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response};
 
-use super::{
-    AgentEvent, AgentEventKind, AgentStatus, ConfigStatus, ImageState, ImageStatus, RuntimeStatus,
-    StatusHub, now_rfc3339,
+use super::pb;
+use crate::config::PullPolicy;
+use crate::status::{
+    AgentEvent, AgentEventKind, AgentStatus, ConfigStatus, ErrorClass, ImageState, ImageStatus,
+    RuntimeStatus,
 };
-
-/// The generated messages, server and client.
-pub mod pb {
-    tonic::include_proto!("prepuller.v1");
-}
-
-pub use pb::agent_client::AgentClient;
-pub use pb::agent_server::AgentServer;
-
-/// Where the agent listens unless told otherwise (`/run` is a tmpfs: no stale files at boot).
-pub const DEFAULT_SOCKET: &str = "/run/prepuller/agent.sock";
-
-/// How long a stopping agent waits for open calls (watchers) to finish before it leaves anyway.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// The `Agent` service; build it with [`service`].
-pub struct AgentService {
-    hub: Arc<StatusHub>,
-    /// Ends every `WatchEvents` stream: a graceful shutdown waits for open calls.
-    shutdown: CancellationToken,
-}
-
-/// The `Agent` service over `hub`, to mount on any tonic server. Its `WatchEvents` streams end
-/// only when their client goes away; [`serve_unix`] also ends them when it stops.
-pub fn service(hub: Arc<StatusHub>) -> AgentServer<AgentService> {
-    service_until(hub, CancellationToken::new())
-}
-
-fn service_until(hub: Arc<StatusHub>, shutdown: CancellationToken) -> AgentServer<AgentService> {
-    AgentServer::new(AgentService { hub, shutdown })
-}
-
-type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, tonic::Status>> + Send>>;
-
-#[tonic::async_trait]
-impl pb::agent_server::Agent for AgentService {
-    async fn get_status(
-        &self,
-        _: Request<pb::GetStatusRequest>,
-    ) -> Result<Response<pb::Status>, tonic::Status> {
-        Ok(Response::new(self.hub.snapshot().into()))
-    }
-
-    type WatchEventsStream = EventStream;
-
-    async fn watch_events(
-        &self,
-        _: Request<pb::WatchEventsRequest>,
-    ) -> Result<Response<EventStream>, tonic::Status> {
-        // Subscribed before the response goes out: whatever happens after the client sees
-        // the response headers reaches it.
-        let events = BroadcastStream::new(self.hub.subscribe()).map(|r| {
-            Ok(match r {
-                Ok(e) => e.into(),
-                Err(BroadcastStreamRecvError::Lagged(missed)) => {
-                    tracing::warn!(missed, "a WatchEvents client fell behind and missed events");
-                    pb::Event {
-                        time: now_rfc3339(),
-                        kind: Some(pb::event::Kind::Lagged(pb::event::Lagged { missed })),
-                    }
-                }
-            })
-        });
-        let stream = events.take_until(self.shutdown.clone().cancelled_owned());
-        Ok(Response::new(Box::pin(stream)))
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum GrpcServeError {
-    #[error("cannot create the socket directory {}: {source}", path.display())]
-    CreateDir { path: PathBuf, source: io::Error },
-    #[error("{} exists and is not a socket; refusing to replace it", path.display())]
-    NotASocket { path: PathBuf },
-    #[error("cannot remove the stale socket {}: {source}", path.display())]
-    RemoveStale { path: PathBuf, source: io::Error },
-    #[error("cannot listen on {}: {source}", path.display())]
-    Bind { path: PathBuf, source: io::Error },
-    #[error("cannot restrict {} to mode 0600: {source}", path.display())]
-    Chmod { path: PathBuf, source: io::Error },
-    #[error("gRPC server on {}: {source}", path.display())]
-    Serve {
-        path: PathBuf,
-        source: tonic::transport::Error,
-    },
-}
-
-/// Serves the API on a unix socket at `path` (creating the parent dir, removing a stale socket
-/// file first, chmod 0600 so only root on the node can talk to it) until `shutdown` is
-/// cancelled; removes the socket file on exit.
-pub async fn serve_unix(
-    path: &Path,
-    hub: Arc<StatusHub>,
-    shutdown: CancellationToken,
-) -> Result<(), GrpcServeError> {
-    let (listener, identity) = bind(path)?;
-    tracing::info!(socket = %path.display(), "gRPC API listening");
-    let incoming = futures::stream::unfold(listener, |listener| async move {
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => return Some((Ok::<UnixStream, io::Error>(stream), listener)),
-                Err(e) => {
-                    // Out of file descriptors and the like: pause rather than spin.
-                    tracing::warn!("gRPC API: accepting a connection failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    });
-    let server = tonic::transport::Server::builder()
-        .add_service(service_until(hub, shutdown.clone()))
-        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
-    let result = tokio::select! {
-        r = server => r.map_err(|source| GrpcServeError::Serve { path: path.to_path_buf(), source }),
-        () = async {
-            shutdown.cancelled().await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } => {
-            tracing::warn!("gRPC API: clients still connected after {SHUTDOWN_GRACE:?}; closing anyway");
-            Ok(())
-        }
-    };
-    remove_if_ours(path, identity);
-    result
-}
-
-/// (device, inode) of the socket file this agent bound.
-type SocketIdentity = (u64, u64);
-
-fn bind(path: &Path) -> Result<(UnixListener, SocketIdentity), GrpcServeError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        // 0700 when we create it: nobody else can reach the socket even before the chmod.
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|source| GrpcServeError::CreateDir {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => {
-            // Left by a crashed agent, or by the one this pod replaces (which then leaves ours
-            // alone: see `remove_if_ours`).
-            tracing::info!(socket = %path.display(), "replacing an existing socket file");
-            std::fs::remove_file(path).map_err(|source| GrpcServeError::RemoveStale {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        }
-        Ok(_) => {
-            return Err(GrpcServeError::NotASocket {
-                path: path.to_path_buf(),
-            });
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(source) => {
-            return Err(GrpcServeError::RemoveStale {
-                path: path.to_path_buf(),
-                source,
-            });
-        }
-    }
-    let listener = UnixListener::bind(path).map_err(|source| GrpcServeError::Bind {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let restrict = || -> io::Result<SocketIdentity> {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-        let m = std::fs::symlink_metadata(path)?;
-        Ok((m.dev(), m.ino()))
-    };
-    match restrict() {
-        Ok(identity) => Ok((listener, identity)),
-        Err(source) => {
-            let _ = std::fs::remove_file(path);
-            Err(GrpcServeError::Chmod {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
-    }
-}
-
-/// Removes the socket file unless another agent has replaced it meanwhile (a rolling update
-/// may start the new pod before the old one has stopped).
-fn remove_if_ours(path: &Path, identity: SocketIdentity) {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if (m.dev(), m.ino()) == identity => {
-            if let Err(e) = std::fs::remove_file(path) {
-                tracing::warn!(socket = %path.display(), "cannot remove the socket file: {e}");
-            }
-        }
-        Ok(_) => tracing::info!(
-            socket = %path.display(),
-            "socket file replaced by another agent; leaving it"
-        ),
-        Err(_) => {}
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // The status model → messages (server side)
@@ -245,14 +32,14 @@ impl From<ImageStatus> for pb::ImageStatus {
             image: i.image,
             normalized: i.normalized,
             required: i.required,
-            policy: i.policy,
+            policy: i.policy.to_string(),
             state: pb::ImageState::from(i.state).into(),
             image_id: i.image_id,
             repo_digest: i.repo_digest,
             size_bytes: i.size_bytes,
             attempts: i.attempts,
             last_error: i.last_error,
-            last_error_class: i.last_error_class,
+            last_error_class: i.last_error_class.map(|c| c.as_str().to_owned()),
             next_retry_at: i.next_retry_at,
             last_pull_seconds: i.last_pull_seconds,
             present_since: i.present_since,
@@ -316,7 +103,7 @@ impl From<AgentEventKind> for pb::event::Kind {
             } => Kind::AttemptFailed(e::AttemptFailed {
                 image,
                 attempt,
-                class,
+                class: class.as_str().to_owned(),
                 reason,
                 error,
                 next_retry_at,
@@ -359,8 +146,33 @@ impl From<AgentEvent> for pb::Event {
 pub enum ConversionError {
     #[error("unknown image state {0} (is the agent newer than this client?)")]
     UnknownImageState(i32),
+    #[error("unknown pull policy {0:?} (is the agent newer than this client?)")]
+    UnknownPolicy(String),
+    #[error("unknown error class {0:?} (is the agent newer than this client?)")]
+    UnknownErrorClass(String),
     #[error("event of an unknown kind (is the agent newer than this client?)")]
     UnknownEvent,
+}
+
+/// Every policy, to read one back by its name (its `Display`, which is also its JSON).
+const POLICIES: [PullPolicy; 3] = [
+    PullPolicy::Never,
+    PullPolicy::IfNotPresent,
+    PullPolicy::Always,
+];
+
+fn policy(name: String) -> Result<PullPolicy, ConversionError> {
+    POLICIES
+        .into_iter()
+        .find(|p| p.to_string() == name)
+        .ok_or(ConversionError::UnknownPolicy(name))
+}
+
+fn error_class(name: String) -> Result<ErrorClass, ConversionError> {
+    ErrorClass::ALL
+        .into_iter()
+        .find(|c| c.as_str() == name)
+        .ok_or(ConversionError::UnknownErrorClass(name))
 }
 
 impl TryFrom<pb::ImageState> for ImageState {
@@ -389,14 +201,14 @@ impl TryFrom<pb::ImageStatus> for ImageStatus {
             image: i.image,
             normalized: i.normalized,
             required: i.required,
-            policy: i.policy,
+            policy: policy(i.policy)?,
             state,
             image_id: i.image_id,
             repo_digest: i.repo_digest,
             size_bytes: i.size_bytes,
             attempts: i.attempts,
             last_error: i.last_error,
-            last_error_class: i.last_error_class,
+            last_error_class: i.last_error_class.map(error_class).transpose()?,
             next_retry_at: i.next_retry_at,
             last_pull_seconds: i.last_pull_seconds,
             present_since: i.present_since,
@@ -489,7 +301,7 @@ impl TryFrom<pb::Event> for WatchedEvent {
             Kind::AttemptFailed(f) => AgentEventKind::AttemptFailed {
                 image: f.image,
                 attempt: f.attempt,
-                class: f.class,
+                class: error_class(f.class)?,
                 reason: f.reason,
                 error: f.error,
                 next_retry_at: f.next_retry_at,
@@ -518,31 +330,11 @@ impl TryFrom<pb::Event> for WatchedEvent {
 mod tests {
     use super::*;
 
-    fn full_image(state: ImageState) -> ImageStatus {
-        ImageStatus {
-            image: "nginx:1.27".into(),
-            normalized: "docker.io/library/nginx:1.27".into(),
-            required: true,
-            policy: "IfNotPresent".into(),
-            state,
-            image_id: Some("sha256:aaa".into()),
-            repo_digest: Some("sha256:bbb".into()),
-            size_bytes: Some(67_000_000),
-            attempts: 2,
-            last_error: Some("registry said 503".into()),
-            last_error_class: Some("transient".into()),
-            next_retry_at: Some("2026-11-23T12:00:10Z".into()),
-            last_pull_seconds: Some(4.25),
-            present_since: Some("2026-11-23T12:00:00Z".into()),
-            drift: Some("tag drift: sha256:1 → sha256:2".into()),
-        }
-    }
-
     fn bare_image(state: ImageState) -> ImageStatus {
         ImageStatus {
             image: "x".into(),
-            policy: "Always".into(),
-            ..crate::report::test_image("docker.io/library/x:latest", false, state)
+            policy: PullPolicy::Always,
+            ..crate::status::test_image("docker.io/library/x:latest", false, state)
         }
     }
 
@@ -568,7 +360,7 @@ mod tests {
             },
             images: ImageState::ALL
                 .iter()
-                .map(|&s| full_image(s))
+                .map(|&s| crate::status::test_full_image(s))
                 .chain(ImageState::ALL.iter().map(|&s| bare_image(s)))
                 .collect(),
             shutting_down: true,
@@ -584,6 +376,16 @@ mod tests {
             serde_json::to_value(AgentStatus::try_from(wire).unwrap()).unwrap(),
             serde_json::to_value(&status).unwrap()
         );
+    }
+
+    #[test]
+    fn policies_and_classes_read_back_by_name() {
+        for p in POLICIES {
+            assert_eq!(policy(p.to_string()), Ok(p));
+        }
+        for c in ErrorClass::ALL {
+            assert_eq!(error_class(c.as_str().to_owned()), Ok(c));
+        }
     }
 
     #[test]
@@ -608,6 +410,18 @@ mod tests {
         assert_eq!(
             ImageStatus::try_from(i),
             Err(ConversionError::UnknownImageState(0))
+        );
+        let mut i = pb::ImageStatus::from(bare_image(ImageState::Present));
+        i.policy = "Sometimes".into();
+        assert_eq!(
+            ImageStatus::try_from(i),
+            Err(ConversionError::UnknownPolicy("Sometimes".into()))
+        );
+        let mut i = pb::ImageStatus::from(bare_image(ImageState::Present));
+        i.last_error_class = Some("fatal".into());
+        assert_eq!(
+            ImageStatus::try_from(i),
+            Err(ConversionError::UnknownErrorClass("fatal".into()))
         );
         let e = pb::Event {
             time: "t".into(),
@@ -636,7 +450,7 @@ mod tests {
             AgentEventKind::AttemptFailed {
                 image: "a".into(),
                 attempt: 2,
-                class: "transient".into(),
+                class: ErrorClass::Transient,
                 reason: "rate_limited".into(),
                 error: "429".into(),
                 next_retry_at: Some("2026-11-23T12:00:10Z".into()),
@@ -644,7 +458,7 @@ mod tests {
             AgentEventKind::AttemptFailed {
                 image: "a".into(),
                 attempt: 1,
-                class: "permanent".into(),
+                class: ErrorClass::Permanent,
                 reason: "not_found".into(),
                 error: "404".into(),
                 next_retry_at: None,
@@ -697,56 +511,5 @@ mod tests {
             serde_json::to_value(&w).unwrap(),
             serde_json::json!({"kind": "lagged", "time": "2026-11-23T12:00:00Z", "missed": 5})
         );
-    }
-
-    #[tokio::test]
-    async fn a_slow_watcher_is_told_how_many_events_it_missed() {
-        use pb::agent_server::Agent as _;
-        let hub = Arc::new(StatusHub::new(None, "c".into(), "e".into()));
-        let svc = AgentService {
-            hub: hub.clone(),
-            shutdown: CancellationToken::new(),
-        };
-        let mut stream = svc
-            .watch_events(Request::new(pb::WatchEventsRequest {}))
-            .await
-            .unwrap()
-            .into_inner();
-        // More than the hub keeps for one subscriber.
-        for n in 0..(super::super::EVENT_BUFFER + 10) {
-            hub.emit(AgentEventKind::Queued {
-                image: n.to_string(),
-            });
-        }
-        let first = stream.next().await.unwrap().unwrap();
-        assert_eq!(
-            first.kind,
-            Some(pb::event::Kind::Lagged(pb::event::Lagged { missed: 10 }))
-        );
-        let next = stream.next().await.unwrap().unwrap();
-        assert_eq!(
-            next.kind,
-            Some(pb::event::Kind::Queued(pb::event::Queued {
-                image: "10".into()
-            }))
-        );
-    }
-
-    #[tokio::test]
-    async fn watch_streams_end_on_shutdown() {
-        use pb::agent_server::Agent as _;
-        let hub = Arc::new(StatusHub::new(None, "c".into(), "e".into()));
-        let shutdown = CancellationToken::new();
-        let svc = AgentService {
-            hub: hub.clone(),
-            shutdown: shutdown.clone(),
-        };
-        let mut stream = svc
-            .watch_events(Request::new(pb::WatchEventsRequest {}))
-            .await
-            .unwrap()
-            .into_inner();
-        shutdown.cancel();
-        assert!(stream.next().await.is_none());
     }
 }

@@ -1,11 +1,10 @@
 //! The HTTP outlet: probes (`/livez`, `/readyz`), the status as JSON (`/status`) and the
 //! Prometheus metrics (`/metrics`). Every handler reads a snapshot of the [`StatusHub`].
 
-use std::convert::Infallible;
+mod listener;
+
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -13,14 +12,10 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use futures::future::BoxFuture;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
-use tower::{Service, ServiceBuilder, ServiceExt};
+
+pub use listener::{
+    HEADER_READ_TIMEOUT, MAX_CONNECTIONS, MAX_HEAD_BYTES, MAX_HEADERS, bind, serve,
+};
 
 use super::metrics::{self, Metrics};
 use super::{AgentStatus, StatusHub};
@@ -41,115 +36,6 @@ pub fn router(hub: Arc<StatusHub>, metrics: Arc<Metrics>) -> Router {
         .route("/status", get(status))
         .route("/metrics", get(metrics_handler))
         .with_state(AppState { hub, metrics })
-}
-
-/// Binds the listener up front, so a taken port fails startup rather than a background task.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("binding {addr}: {e}")))
-}
-
-/// At most this many connections are served at once. More wait in the kernel's accept queue,
-/// which costs the agent nothing; probes and scrapes need a handful. Each served connection
-/// holds at most about `MAX_HEAD_BYTES` of request plus its response: the cap bounds memory
-/// whatever any pod on the network does.
-pub const MAX_CONNECTIONS: usize = 256;
-/// A client has this long to send a request's headers, on a new connection and between
-/// requests on a kept-alive one; then it is disconnected. Frees the slots of idle, half-sent
-/// and slowloris connections; a probe or a scrape sends its request at once.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Bytes buffered for a request head (hyper's minimum); a larger head is answered 431.
-pub const MAX_HEAD_BYTES: usize = 8 * 1024;
-/// Headers per request; more are answered 431. A probe sends about five.
-pub const MAX_HEADERS: usize = 32;
-/// Pause after an accept error (out of file descriptors): retrying at once would spin.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
-
-/// Serves HTTP/1 until `shutdown` is cancelled, then lets in-flight requests finish.
-///
-/// Request bodies are never read (every route is a GET): hyper answers, then closes a
-/// connection whose body was left unread, so a body's size costs nothing either.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "serving /livez /readyz /status /metrics");
-    }
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEAD_BYTES)
-        .max_headers(MAX_HEADERS);
-    let graceful = Arc::new(GracefulShutdown::new());
-    // The cap is a tower concurrency limit on "serve this connection": a slot is taken before
-    // `accept` and given back when the connection ends.
-    let mut connections = ServiceBuilder::new()
-        .concurrency_limit(MAX_CONNECTIONS)
-        .service(ServeConnection {
-            http,
-            router,
-            graceful: graceful.clone(),
-        });
-    loop {
-        let ready = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            ready = connections.ready() => ready,
-        };
-        let Ok(slot) = ready;
-        let stream = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::debug!("accepting a connection failed: {e}");
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                    continue;
-                }
-            },
-        };
-        tokio::spawn(slot.call(stream));
-    }
-    drop(connections);
-    if let Ok(graceful) = Arc::try_unwrap(graceful) {
-        graceful.shutdown().await;
-    }
-    Ok(())
-}
-
-/// Serves one accepted connection to its end: the service the connection cap wraps.
-#[derive(Clone)]
-struct ServeConnection {
-    http: http1::Builder,
-    router: Router,
-    graceful: Arc<GracefulShutdown>,
-}
-
-impl Service<TcpStream> for ServeConnection {
-    type Response = ();
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<(), Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, stream: TcpStream) -> Self::Future {
-        let conn = self.http.serve_connection(
-            TokioIo::new(stream),
-            TowerToHyperService::new(self.router.clone()),
-        );
-        let conn = self.graceful.watch(conn);
-        Box::pin(async move {
-            if let Err(e) = conn.await {
-                // Timeouts, oversized heads, clients that went away: theirs to fix.
-                tracing::trace!("connection ended: {e}");
-            }
-            Ok(())
-        })
-    }
 }
 
 /// How long a runtime that had answered may stay silent before `/livez` fails.
@@ -240,19 +126,19 @@ async fn status(State(s): State<AppState>) -> Response {
 }
 
 async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
-    let body = s.metrics.render(&s.hub.snapshot());
+    let body = s.metrics.render();
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::ImageState;
+    use crate::status::ImageState;
     use axum::body::{Body, to_bytes};
     use axum::http::Request;
     use tower::ServiceExt;
 
-    use crate::report::test_image as image;
+    use crate::status::test_image as image;
 
     fn setup() -> (Arc<StatusHub>, Router) {
         let hub = Arc::new(StatusHub::new(
@@ -260,7 +146,7 @@ mod tests {
             "/etc/prepuller/images.yaml".into(),
             "unix:///run/containerd/containerd.sock".into(),
         ));
-        let app = router(hub.clone(), Arc::new(Metrics::new()));
+        let app = router(hub.clone(), Arc::new(Metrics::new(hub.clone())));
         (hub, app)
     }
 
@@ -388,7 +274,7 @@ mod tests {
             s.config.generation = 2;
             let mut i = image("docker.io/library/a:1", true, ImageState::BackingOff);
             i.last_error = Some("429 Too Many Requests".into());
-            i.last_error_class = Some("transient".into());
+            i.last_error_class = Some(crate::status::ErrorClass::Transient);
             i.next_retry_at = Some("2030-01-01T00:00:00Z".into());
             s.images = vec![i];
         });
@@ -412,9 +298,9 @@ mod tests {
     #[tokio::test]
     async fn metrics_are_openmetrics_text() {
         let hub = Arc::new(StatusHub::new(None, "c.yaml".into(), "unix:///x".into()));
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::new(hub.clone()));
         let app = router(hub.clone(), metrics.clone());
-        metrics.observe_pull_failure("not_found", "permanent");
+        metrics.observe_pull_failure("not_found", crate::status::ErrorClass::Permanent);
         hub.update(|s| {
             s.runtime.reachable = true;
             s.config.generation = 1;
