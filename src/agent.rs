@@ -15,10 +15,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError, ImageSpec, PullPolicy};
+use crate::config::{Config, ConfigError, ImageSpec, Labels, PullPolicy};
 use crate::credentials::{CredentialSource, Credentials, SecretReader};
 use crate::node::AgentLink;
-use crate::node::selector::Labels;
 use crate::puller::{PullEvent, PullResult, PullSettings, Puller, sleep_until_some};
 use crate::queue::{Finished, PullQueue};
 use crate::report::metrics::Metrics;

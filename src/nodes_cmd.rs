@@ -14,8 +14,7 @@ use kube::Api;
 use kube::api::ListParams;
 use serde::Serialize;
 
-use crate::config::duration;
-use crate::node::settings::DEFAULT_STARTUP_TAINT;
+use crate::config::{DEFAULT_STARTUP_TAINT, duration};
 use crate::node::{CONDITION_TYPE, explain};
 use crate::progress::human_duration;
 

@@ -18,8 +18,6 @@
 //! receives the Node's labels (to select image sets) through [`AgentLink`].
 
 pub mod events;
-pub mod selector;
-pub mod settings;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -32,10 +30,9 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::{Labels, NodeSettings};
 use crate::report::{AgentEventKind, AgentStatus, ImageState, StatusHub, rfc3339};
 use events::{EventSink, Occurrence, Type};
-use selector::Labels;
-use settings::NodeSettings;
 
 pub const CONDITION_TYPE: &str = "ImagesPrePulled";
 /// Records the boot in which the startup taint was removed, so it is removed once per boot.

@@ -18,7 +18,7 @@ use crate::report::{ImageState, ImageStatus, StatusHub};
 
 type MockHandle = Handle<Request<Body>, Response<Body>>;
 
-const TAINT: &str = settings::DEFAULT_STARTUP_TAINT;
+const TAINT: &str = crate::config::DEFAULT_STARTUP_TAINT;
 
 fn image(name: &str, state: ImageState) -> ImageStatus {
     crate::report::test_image(name, true, state)
