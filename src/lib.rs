@@ -7,10 +7,6 @@ pub mod credentials;
 pub mod k8s;
 /// The node selector and node-readiness settings of the config (their place until they join
 /// `config`).
-pub mod node {
-    pub mod selector;
-    pub mod settings;
-}
 pub mod nodes_cmd;
 pub mod progress;
 pub mod pull;

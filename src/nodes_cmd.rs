@@ -14,9 +14,8 @@ use kube::Api;
 use kube::api::ListParams;
 use serde::Serialize;
 
-use crate::config::duration;
+use crate::config::{DEFAULT_STARTUP_TAINT, duration};
 use crate::k8s::{CONDITION_TYPE, explain};
-use crate::node::settings::DEFAULT_STARTUP_TAINT;
 use crate::progress::human_duration;
 
 /// How often `--wait` lists the nodes again: one cheap LIST, however many nodes.

@@ -26,9 +26,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::config::Labels;
 use crate::credentials::{Credentials, SecretReader};
 use crate::k8s::AgentLink;
-use crate::node::selector::Labels;
 use crate::puller::sleep_until_some;
 use crate::runtime::Runtime;
 use crate::status::StatusHub;

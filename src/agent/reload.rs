@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::config::Labels;
 use crate::config::{Config, ConfigError};
-use crate::node::selector::Labels;
 use crate::runtime::Runtime;
 use crate::status::AgentEventKind;
 

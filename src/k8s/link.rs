@@ -4,8 +4,8 @@
 
 use tokio::sync::watch;
 
-use crate::node::selector::Labels;
-use crate::node::settings::NodeSettings;
+use crate::config::Labels;
+use crate::config::NodeSettings;
 
 /// The agent's side of the link: the Node's labels in, the node settings out.
 pub struct AgentLink {

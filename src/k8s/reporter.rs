@@ -21,8 +21,7 @@ use super::error::{CONFLICT_RETRIES, NodeError};
 use super::events::{EventSink, Occurrence, Type};
 use super::link::{AgentLink, ReporterLink, link};
 use super::own_node::{Seen, watch_node};
-use crate::node::selector::Labels;
-use crate::node::settings::NodeSettings;
+use crate::config::{Labels, NodeSettings};
 use crate::status::{AgentEventKind, StatusHub, rfc3339};
 
 /// An unchanged condition is rewritten this often, so a stale one shows a dead agent.

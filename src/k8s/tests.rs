@@ -15,12 +15,11 @@ use tower_test::mock::{self, Handle};
 
 use super::*;
 use crate::k8s::condition::reason;
-use crate::node::settings;
 use crate::status::{ImageState, ImageStatus, StatusHub};
 
 type MockHandle = Handle<Request<Body>, Response<Body>>;
 
-const TAINT: &str = settings::DEFAULT_STARTUP_TAINT;
+const TAINT: &str = crate::config::DEFAULT_STARTUP_TAINT;
 
 fn image(name: &str, state: ImageState) -> ImageStatus {
     crate::status::test_image(name, true, state)

@@ -1,9 +1,13 @@
 //! A config file's `nodeSelector`: which nodes its images are for, with the semantics of a
 //! Kubernetes `LabelSelector` (matchLabels and matchExpressions, ANDed).
+//!
+//! Matching is kube's own [`Selector`]; the declared form is kept for messages, and is
+//! validated here so that a bad selector is reported at its line, in our words.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
+use kube::core::{Expression, Selector, SelectorExt};
 use serde::Deserialize;
 
 /// A Node's labels.
@@ -30,8 +34,50 @@ pub struct Requirement {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "RawSelector")]
 pub struct NodeSelector {
+    /// As declared, for messages: kube's `Display` sorts and dedups `In` values and prints
+    /// nothing for an empty selector.
     pub match_labels: BTreeMap<String, String>,
     pub match_expressions: Vec<Requirement>,
+    /// The same, as kube evaluates it.
+    selector: Selector,
+}
+
+/// What is wrong with a `nodeSelector`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SelectorError {
+    #[error("matchLabels key {key:?}: {source}")]
+    LabelKey { key: String, source: NameError },
+    #[error("matchLabels value {value:?} of {key}: {source}")]
+    LabelValue {
+        key: String,
+        value: String,
+        source: NameError,
+    },
+    #[error("matchExpressions[{index}].key: {source}")]
+    ExpressionKey { index: usize, source: NameError },
+    #[error("matchExpressions[{index}]: operator {operator:?} needs at least one value")]
+    NeedsValues { index: usize, operator: Operator },
+    #[error("matchExpressions[{index}]: operator {operator:?} takes no values")]
+    TakesNoValues { index: usize, operator: Operator },
+    #[error("matchExpressions[{index}] value {value:?}: {source}")]
+    ExpressionValue {
+        index: usize,
+        value: String,
+        source: NameError,
+    },
+}
+
+/// A label or taint key, or a label value, that Kubernetes would refuse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("prefix {0:?} must be a lowercase DNS subdomain (e.g. example.com)")]
+    Prefix(String),
+    #[error("the name part must be 1 to 63 characters")]
+    NameLength,
+    #[error(
+        "must be at most 63 characters of letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+    )]
+    Value,
 }
 
 #[derive(Deserialize)]
@@ -44,37 +90,62 @@ struct RawSelector {
 }
 
 impl TryFrom<RawSelector> for NodeSelector {
-    type Error = String;
-    fn try_from(raw: RawSelector) -> Result<Self, String> {
+    type Error = SelectorError;
+    fn try_from(raw: RawSelector) -> Result<Self, SelectorError> {
         for (k, v) in &raw.match_labels {
-            qualified_name(k).map_err(|e| format!("matchLabels key {k:?}: {e}"))?;
-            label_value(v).map_err(|e| format!("matchLabels value {v:?} of {k}: {e}"))?;
+            qualified_name(k).map_err(|source| SelectorError::LabelKey {
+                key: k.clone(),
+                source,
+            })?;
+            label_value(v).map_err(|source| SelectorError::LabelValue {
+                key: k.clone(),
+                value: v.clone(),
+                source,
+            })?;
         }
-        for (n, r) in raw.match_expressions.iter().enumerate() {
-            qualified_name(&r.key).map_err(|e| format!("matchExpressions[{n}].key: {e}"))?;
-            match r.operator {
+        for (index, r) in raw.match_expressions.iter().enumerate() {
+            qualified_name(&r.key)
+                .map_err(|source| SelectorError::ExpressionKey { index, source })?;
+            let operator = r.operator;
+            match operator {
                 Operator::In | Operator::NotIn if r.values.is_empty() => {
-                    return Err(format!(
-                        "matchExpressions[{n}]: operator {:?} needs at least one value",
-                        r.operator
-                    ));
+                    return Err(SelectorError::NeedsValues { index, operator });
                 }
                 Operator::Exists | Operator::DoesNotExist if !r.values.is_empty() => {
-                    return Err(format!(
-                        "matchExpressions[{n}]: operator {:?} takes no values",
-                        r.operator
-                    ));
+                    return Err(SelectorError::TakesNoValues { index, operator });
                 }
                 _ => {}
             }
             for v in &r.values {
-                label_value(v).map_err(|e| format!("matchExpressions[{n}] value {v:?}: {e}"))?;
+                label_value(v).map_err(|source| SelectorError::ExpressionValue {
+                    index,
+                    value: v.clone(),
+                    source,
+                })?;
             }
         }
+        // Built from the validated parts rather than through `LabelSelector`, whose conversion
+        // can fail for cases refused above already.
+        let mut selector: Selector = raw.match_labels.clone().into_iter().collect();
+        selector.extend(raw.match_expressions.iter().map(Requirement::expression));
         Ok(NodeSelector {
             match_labels: raw.match_labels,
             match_expressions: raw.match_expressions,
+            selector,
         })
+    }
+}
+
+impl Requirement {
+    fn expression(&self) -> Expression {
+        let key = self.key.clone();
+        let values = || self.values.iter().cloned().collect();
+        match self.operator {
+            Operator::In => Expression::In(key, values()),
+            Operator::NotIn => Expression::NotIn(key, values()),
+            Operator::Exists => Expression::Exists(key),
+            Operator::DoesNotExist => Expression::DoesNotExist(key),
+        }
     }
 }
 
@@ -82,18 +153,7 @@ impl NodeSelector {
     /// Whether a node with `labels` is selected. An empty selector selects every node, as in
     /// Kubernetes.
     pub fn matches(&self, labels: &Labels) -> bool {
-        self.match_labels
-            .iter()
-            .all(|(k, v)| labels.get(k) == Some(v))
-            && self.match_expressions.iter().all(|r| {
-                let value = labels.get(&r.key);
-                match r.operator {
-                    Operator::In => value.is_some_and(|v| r.values.contains(v)),
-                    Operator::NotIn => value.is_none_or(|v| !r.values.contains(v)),
-                    Operator::Exists => value.is_some(),
-                    Operator::DoesNotExist => value.is_none(),
-                }
-            })
+        self.selector.matches(labels)
     }
 }
 
@@ -122,7 +182,7 @@ impl fmt::Display for NodeSelector {
 
 /// A label or taint key: `[prefix/]name`, prefix a DNS subdomain, name at most 63 characters
 /// of alphanumerics, `-`, `_`, `.`, starting and ending alphanumeric.
-pub fn qualified_name(key: &str) -> Result<(), String> {
+pub(super) fn qualified_name(key: &str) -> Result<(), NameError> {
     let (prefix, name) = match key.rsplit_once('/') {
         Some((p, n)) => (Some(p), n),
         None => (None, key),
@@ -139,20 +199,18 @@ pub fn qualified_name(key: &str) -> Result<(), String> {
                     && !part.ends_with('-')
             });
         if !ok {
-            return Err(format!(
-                "prefix {p:?} must be a lowercase DNS subdomain (e.g. example.com)"
-            ));
+            return Err(NameError::Prefix(p.to_string()));
         }
     }
     if name.is_empty() || name.len() > 63 {
-        return Err("the name part must be 1 to 63 characters".into());
+        return Err(NameError::NameLength);
     }
     label_value(name)
 }
 
 /// A label value: at most 63 characters, alphanumerics, `-`, `_`, `.`, starting and ending
 /// alphanumeric (or empty).
-pub fn label_value(v: &str) -> Result<(), String> {
+pub(super) fn label_value(v: &str) -> Result<(), NameError> {
     let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
     if v.is_empty() {
         return Ok(());
@@ -164,7 +222,7 @@ pub fn label_value(v: &str) -> Result<(), String> {
         || !alnum(v.chars().next())
         || !alnum(v.chars().last())
     {
-        return Err("must be at most 63 characters of letters, digits, '-', '_' or '.', starting and ending with a letter or digit".into());
+        return Err(NameError::Value);
     }
     Ok(())
 }
@@ -213,6 +271,13 @@ mod tests {
         );
         // An empty selector selects every node.
         assert!(selector("{}").unwrap().matches(&Labels::new()));
+        assert_eq!(selector("{}").unwrap().to_string(), "(every node)");
+        // Messages keep the declared order of values (kube's `Display` would sort them).
+        let s =
+            selector("matchExpressions: [{key: zone, operator: NotIn, values: [b, a]}]").unwrap();
+        assert_eq!(s.to_string(), "zone notin (b,a)");
+        assert!(s.matches(&labels(&[("zone", "c")])));
+        assert!(!s.matches(&labels(&[("zone", "a")])));
     }
 
     #[test]

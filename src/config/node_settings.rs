@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::selector::qualified_name;
-use crate::config::duration;
+use super::duration;
+use super::node_selector::{NameError, qualified_name};
 
 pub const DEFAULT_LABEL: &str = "prepuller.dev/ready";
 /// Cluster Autoscaler treats taints with the `startup-taint.cluster-autoscaler.kubernetes.io/`
@@ -37,10 +37,24 @@ impl Default for NodeSettings {
     }
 }
 
+/// What is wrong with `nodeReadiness:`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeSettingsError {
+    /// `field` is `label` or `startupTaint`.
+    #[error("{field} {key:?}: {source}")]
+    Key {
+        field: &'static str,
+        key: String,
+        source: NameError,
+    },
+    #[error("taintTimeout must be longer than 0s")]
+    ZeroTaintTimeout,
+}
+
 /// As written; an empty string turns the label or the taint removal off.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", try_from = "RawFields")]
-pub struct RawNodeSettings {
+pub(super) struct RawNodeSettings {
     label: Option<String>,
     startup_taint: Option<String>,
     taint_timeout: Option<Duration>,
@@ -58,15 +72,19 @@ struct RawFields {
 }
 
 impl TryFrom<RawFields> for RawNodeSettings {
-    type Error = String;
-    fn try_from(r: RawFields) -> Result<Self, String> {
+    type Error = NodeSettingsError;
+    fn try_from(r: RawFields) -> Result<Self, NodeSettingsError> {
         for (field, key) in [("label", &r.label), ("startupTaint", &r.startup_taint)] {
             if let Some(key) = key.as_deref().filter(|k| !k.is_empty()) {
-                qualified_name(key).map_err(|e| format!("{field} {key:?}: {e}"))?;
+                qualified_name(key).map_err(|source| NodeSettingsError::Key {
+                    field,
+                    key: key.to_string(),
+                    source,
+                })?;
             }
         }
         if r.taint_timeout.is_some_and(|t| t.is_zero()) {
-            return Err("taintTimeout must be longer than 0s".into());
+            return Err(NodeSettingsError::ZeroTaintTimeout);
         }
         Ok(RawNodeSettings {
             label: r.label,

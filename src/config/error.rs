@@ -1,0 +1,115 @@
+//! [`ConfigError`]: what is wrong with a config, at `file:line:column`, for people and editors.
+
+use std::path::{Path, PathBuf};
+
+use serde_saphyr::SnippetMode;
+
+/// A config that could not be read or is invalid. Boxed: it travels through every `?`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", self.headline())]
+pub struct ConfigError(Box<ConfigErrorDetails>);
+
+#[derive(Debug, Clone)]
+pub struct ConfigErrorDetails {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    /// Path of the offending field, e.g. `images[2].tag`.
+    pub field: Option<String>,
+    pub message: String,
+    /// The offending lines with a marker, for people.
+    pub snippet: Option<String>,
+}
+
+impl std::ops::Deref for ConfigError {
+    type Target = ConfigErrorDetails;
+    fn deref(&self) -> &ConfigErrorDetails {
+        &self.0
+    }
+}
+
+impl From<ConfigErrorDetails> for ConfigError {
+    fn from(d: ConfigErrorDetails) -> Self {
+        ConfigError(Box::new(d))
+    }
+}
+
+impl ConfigError {
+    /// An error about a whole file (or directory), without a position.
+    pub(super) fn whole_file(file: &Path, message: String) -> Self {
+        ConfigError::setting(file, None, message)
+    }
+
+    /// An error about a setting (`field`) as a whole, e.g. after merging several files.
+    pub(super) fn setting(file: &Path, field: Option<&str>, message: String) -> Self {
+        ConfigErrorDetails {
+            file: file.to_path_buf(),
+            line: None,
+            column: None,
+            field: field.map(str::to_string),
+            message,
+            snippet: None,
+        }
+        .into()
+    }
+
+    /// An error of the YAML reader (syntax, or a value our types refused), at its position.
+    pub(super) fn yaml(e: serde_saphyr::Error, field: Option<String>, source: &Path) -> Self {
+        let location = e.location();
+        let name = source.display().to_string();
+        let plain = e
+            .without_snippet()
+            .render_with_options(serde_saphyr::render_options! { snippets: SnippetMode::Off });
+        let snippet =
+            e.render_with_options(serde_saphyr::render_options! { source_name: Some(&name) });
+        ConfigErrorDetails {
+            file: source.to_path_buf(),
+            line: location.map(|l| l.line() as usize),
+            column: location.map(|l| l.column() as usize),
+            field,
+            message: strip_location(&plain),
+            snippet: (snippet != plain).then_some(snippet),
+        }
+        .into()
+    }
+
+    /// One line: `file:line:column: field `x`: message`.
+    pub fn headline(&self) -> String {
+        let mut s = self.file.display().to_string();
+        if let Some(line) = self.line {
+            s.push_str(&format!(":{line}"));
+            if let Some(col) = self.column {
+                s.push_str(&format!(":{col}"));
+            }
+        }
+        s.push_str(": ");
+        if let Some(field) = &self.field {
+            s.push_str(&format!("field `{field}`: "));
+        }
+        s.push_str(&self.message);
+        s
+    }
+
+    /// The headline followed by the snippet, for a terminal.
+    pub fn render(&self) -> String {
+        match &self.snippet {
+            Some(snippet) => format!("{}\n{snippet}", self.headline()),
+            None => self.headline(),
+        }
+    }
+}
+
+/// serde-saphyr puts "line L column C: " (or " at line L column C") into its plain messages;
+/// we print the location ourselves, in the `file:line:col` form editors understand.
+fn strip_location(message: &str) -> String {
+    let mut m = message.trim().trim_start_matches("error: ").to_string();
+    if let Some(rest) = m.strip_prefix("line ")
+        && let Some(idx) = rest.find(": ")
+    {
+        m = rest[idx + 2..].to_string();
+    }
+    if let Some(idx) = m.rfind(" at line ") {
+        m.truncate(idx);
+    }
+    m
+}
