@@ -2,16 +2,13 @@
 //! so that pods with `imagePullPolicy: IfNotPresent` start at once.
 
 pub mod agent;
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod credentials;
 pub mod node;
-pub mod nodes_cmd;
-pub mod progress;
-pub mod pull;
 pub mod puller;
 pub(crate) mod queue;
 pub mod reference;
 pub mod report;
 pub mod runtime;
-pub mod status_cmd;

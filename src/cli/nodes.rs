@@ -14,15 +14,14 @@ use kube::Api;
 use kube::api::ListParams;
 use serde::Serialize;
 
+use super::ExitCode;
+use super::format::human_duration;
 use crate::config::duration;
 use crate::node::settings::DEFAULT_STARTUP_TAINT;
 use crate::node::{CONDITION_TYPE, explain};
-use crate::progress::human_duration;
 
 /// How often `--wait` lists the nodes again: one cheap LIST, however many nodes.
 const POLL: Duration = Duration::from_secs(2);
-const NO_CLUSTER: u8 = 2;
-const API_FAILED: u8 = 3;
 /// Cold nodes named in the error of `--wait`.
 const NAMED: usize = 10;
 
@@ -178,19 +177,20 @@ fn ago(t: Option<&str>) -> String {
     )
 }
 
-/// Runs `prepuller nodes`; returns the exit code.
-pub async fn run(args: NodesArgs) -> u8 {
+/// Runs `prepuller nodes`.
+pub async fn run(args: NodesArgs) -> ExitCode {
+    // The process's one client.
     let client = match crate::cluster::connect().await {
         Ok(Some((client, _))) => client,
         Ok(None) => {
             eprintln!(
                 "error: no cluster configured: set KUBECONFIG (or ~/.kube/config), or run in a pod"
             );
-            return NO_CLUSTER;
+            return ExitCode::Usage;
         }
         Err(e) => {
             eprintln!("error: {e}");
-            return NO_CLUSTER;
+            return ExitCode::Usage;
         }
     };
     let api: Api<Node> = Api::all(client);
@@ -205,23 +205,23 @@ pub async fn run(args: NodesArgs) -> u8 {
             Ok(list) => Fleet::new(&list.items, &args.startup_taint),
             Err(e) => {
                 eprintln!("error: cannot list nodes: {}", explain(&e, "list", "nodes"));
-                return API_FAILED;
+                return ExitCode::Unavailable;
             }
         };
         if !args.wait {
             print!("{}", fleet.render(args.output));
-            return 0;
+            return ExitCode::Ok;
         }
         let done = fleet.total > 0 && fleet.warm == fleet.total;
         let timed_out = tokio::time::Instant::now() >= deadline;
         if done || timed_out {
             print!("{}", fleet.render(args.output));
             if done {
-                return 0;
+                return ExitCode::Ok;
             }
             if fleet.total == 0 {
                 eprintln!("error: no node matches the selector");
-                return 1;
+                return ExitCode::Failed;
             }
             let cold = fleet.cold();
             let mut named: Vec<String> = cold.iter().take(NAMED).map(|r| r.why_cold()).collect();
@@ -234,7 +234,7 @@ pub async fn run(args: NodesArgs) -> u8 {
                 fleet.summary(),
                 named.join(", ")
             );
-            return 1;
+            return ExitCode::Failed;
         }
         let summary = fleet.summary();
         if summary != last_summary {
