@@ -9,9 +9,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::shutdown::{spawn_signal_handler, until_cancelled};
-use super::{ExitCode, RuntimeArgs, cluster};
+use super::{ExitCode, RuntimeArgs, cluster, load_config};
 use crate::agent::Agent;
-use crate::config::Config;
 use crate::node::settings::NodeSettings;
 use crate::node::{AgentLink, Reporter};
 use crate::report::StatusHub;
@@ -45,12 +44,9 @@ pub async fn run(args: AgentArgs) -> ExitCode {
         api_socket,
         node_name,
     } = args;
-    let config = match Config::load(&config_path) {
+    let config = match load_config(&config_path) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: invalid config: {}", e.render());
-            return ExitCode::Usage;
-        }
+        Err(code) => return code,
     };
     let endpoint = match runtime_endpoint {
         Some(e) => e,

@@ -2,7 +2,11 @@
 //! rendering), and what they share. `main` parses [`Cli`], dispatches and exits with the
 //! [`ExitCode`] the subcommand returns.
 
+use std::path::Path;
+
 use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::Config;
 
 pub mod agent;
 pub mod check;
@@ -70,4 +74,12 @@ pub struct RuntimeArgs {
     /// /run/crio/crio.sock, /var/run/cri-dockerd.sock that exists.
     #[arg(long, env = "PREPULLER_RUNTIME_ENDPOINT")]
     pub runtime_endpoint: Option<String>,
+}
+
+/// The config `pull` and `agent` start with; an invalid one ends them as a usage error.
+fn load_config(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("error: invalid config: {}", e.render());
+        ExitCode::Usage
+    })
 }

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::format::print_json;
 use super::progress::{LogProgress, Progress, TerminalProgress};
 use super::shutdown::{spawn_signal_handler, until_cancelled};
-use super::{ExitCode, Output, RuntimeArgs, cluster};
+use super::{ExitCode, Output, RuntimeArgs, cluster, load_config};
 use crate::config::{Config, duration};
 use crate::credentials::{CredentialSource, Credentials};
 use crate::puller::PullSettings;
@@ -62,12 +62,9 @@ pub async fn command(args: PullArgs) -> ExitCode {
         timeout,
         output,
     } = args;
-    let config = match Config::load(&config_path) {
+    let config = match load_config(&config_path) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: invalid config: {}", e.render());
-            return ExitCode::Usage;
-        }
+        Err(code) => return code,
     };
     for note in &config.merged {
         tracing::info!("{note}");
