@@ -199,7 +199,8 @@ pub async fn run(args: NodesArgs) -> ExitCode {
         None => ListParams::default(),
     };
     let deadline = tokio::time::Instant::now() + args.timeout;
-    let mut last_summary = String::new();
+    // The progress line last printed: a new one only when it changes.
+    let mut last_summary: Option<String> = None;
     loop {
         let fleet = match api.list(&params).await {
             Ok(list) => Fleet::new(&list.items, &args.startup_taint),
@@ -237,9 +238,9 @@ pub async fn run(args: NodesArgs) -> ExitCode {
             return ExitCode::Failed;
         }
         let summary = fleet.summary();
-        if summary != last_summary {
+        if last_summary.as_ref() != Some(&summary) {
             eprintln!("{summary}, waiting");
-            last_summary = summary;
+            last_summary = Some(summary);
         }
         tokio::time::sleep(POLL.min(deadline - tokio::time::Instant::now())).await;
     }
