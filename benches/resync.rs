@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prepuller::agent::Agent;
+use prepuller::cli::progress::Progress;
+use prepuller::cli::pull;
 use prepuller::config::Config;
 use prepuller::credentials::Credentials;
-use prepuller::progress::Progress;
-use prepuller::pull;
 use prepuller::puller::PullSettings;
 use prepuller::runtime::RuntimeVersion;
 use prepuller::runtime::fake::FakeRuntime;

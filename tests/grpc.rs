@@ -336,11 +336,11 @@ async fn status_table_summarizes_the_node() {
 }
 
 #[tokio::test]
-async fn status_names_an_unreachable_socket_and_exits_3() {
+async fn status_names_an_unreachable_socket_and_exits_4() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("agent.sock");
     let run = prepuller_status(&["--socket", socket.to_str().unwrap()]).await;
-    assert_eq!(run.code, Some(3));
+    assert_eq!(run.code, Some(4));
     assert!(
         run.stderr.contains(socket.to_str().unwrap()),
         "{}",
@@ -393,7 +393,7 @@ async fn status_watch_prints_the_summary_then_one_line_per_event() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(status.code(), Some(3));
+    assert_eq!(status.code(), Some(4));
 }
 
 #[tokio::test]

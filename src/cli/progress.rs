@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::cli::format::{human_bytes, human_duration, short_digest};
 use crate::config::ImageSpec;
 use crate::puller::PullEvent;
 
@@ -13,26 +14,6 @@ pub trait Progress: Send + Sync {
     fn event(&self, images: &[ImageSpec], event: &PullEvent);
     /// Clears anything drawn, before the summary is printed.
     fn finish(&self) {}
-}
-
-pub fn human_bytes(bytes: u64) -> String {
-    indicatif::DecimalBytes(bytes).to_string()
-}
-
-/// `name@sha256:0123456789ab…`: full digests are in the JSON; a line should fit a terminal.
-pub fn short_digest(reference: &str) -> String {
-    match reference.split_once('@') {
-        Some((name, digest)) if digest.len() > 19 => format!("{name}@{}…", &digest[..19]),
-        _ => reference.to_string(),
-    }
-}
-
-pub fn human_duration(d: Duration) -> String {
-    if d < Duration::from_secs(60) {
-        format!("{:.1}s", d.as_secs_f64())
-    } else {
-        humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
-    }
 }
 
 /// One `tracing` line per event, for logs and CI.

@@ -14,14 +14,13 @@ use kube::Api;
 use kube::api::ListParams;
 use serde::Serialize;
 
+use super::ExitCode;
+use super::format::human_duration;
 use crate::config::{DEFAULT_STARTUP_TAINT, duration};
 use crate::k8s::{CONDITION_TYPE, explain};
-use crate::progress::human_duration;
 
 /// How often `--wait` lists the nodes again: one cheap LIST, however many nodes.
 const POLL: Duration = Duration::from_secs(2);
-const NO_CLUSTER: u8 = 2;
-const API_FAILED: u8 = 3;
 /// Cold nodes named in the error of `--wait`.
 const NAMED: usize = 10;
 
@@ -177,19 +176,20 @@ fn ago(t: Option<&str>) -> String {
     )
 }
 
-/// Runs `prepuller nodes`; returns the exit code.
-pub async fn run(args: NodesArgs) -> u8 {
+/// Runs `prepuller nodes`.
+pub async fn run(args: NodesArgs) -> ExitCode {
+    // The process's one client.
     let client = match crate::k8s::connect().await {
         Ok(Some((client, _))) => client,
         Ok(None) => {
             eprintln!(
                 "error: no cluster configured: set KUBECONFIG (or ~/.kube/config), or run in a pod"
             );
-            return NO_CLUSTER;
+            return ExitCode::Usage;
         }
         Err(e) => {
             eprintln!("error: {e}");
-            return NO_CLUSTER;
+            return ExitCode::Usage;
         }
     };
     let api: Api<Node> = Api::all(client);
@@ -198,29 +198,30 @@ pub async fn run(args: NodesArgs) -> u8 {
         None => ListParams::default(),
     };
     let deadline = tokio::time::Instant::now() + args.timeout;
-    let mut last_summary = String::new();
+    // The progress line last printed: a new one only when it changes.
+    let mut last_summary: Option<String> = None;
     loop {
         let fleet = match api.list(&params).await {
             Ok(list) => Fleet::new(&list.items, &args.startup_taint),
             Err(e) => {
                 eprintln!("error: cannot list nodes: {}", explain(&e, "list", "nodes"));
-                return API_FAILED;
+                return ExitCode::Unavailable;
             }
         };
         if !args.wait {
             print!("{}", fleet.render(args.output));
-            return 0;
+            return ExitCode::Ok;
         }
         let done = fleet.total > 0 && fleet.warm == fleet.total;
         let timed_out = tokio::time::Instant::now() >= deadline;
         if done || timed_out {
             print!("{}", fleet.render(args.output));
             if done {
-                return 0;
+                return ExitCode::Ok;
             }
             if fleet.total == 0 {
                 eprintln!("error: no node matches the selector");
-                return 1;
+                return ExitCode::Failed;
             }
             let cold = fleet.cold();
             let mut named: Vec<String> = cold.iter().take(NAMED).map(|r| r.why_cold()).collect();
@@ -233,12 +234,12 @@ pub async fn run(args: NodesArgs) -> u8 {
                 fleet.summary(),
                 named.join(", ")
             );
-            return 1;
+            return ExitCode::Failed;
         }
         let summary = fleet.summary();
-        if summary != last_summary {
+        if last_summary.as_ref() != Some(&summary) {
             eprintln!("{summary}, waiting");
-            last_summary = summary;
+            last_summary = Some(summary);
         }
         tokio::time::sleep(POLL.min(deadline - tokio::time::Instant::now())).await;
     }

@@ -1,0 +1,85 @@
+//! The `prepuller` command line: one module per subcommand (its clap `*Args`, its `run`, its
+//! rendering), and what they share. `main` parses [`Cli`], dispatches and exits with the
+//! [`ExitCode`] the subcommand returns.
+
+use std::path::Path;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::Config;
+
+pub mod agent;
+pub mod check;
+mod cluster;
+mod exit;
+pub mod format;
+pub mod nodes;
+pub mod progress;
+pub mod pull;
+mod shutdown;
+pub mod status;
+
+pub use exit::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "prepuller",
+    version,
+    about = "Pre-pulls a declared list of images through the node's container runtime (CRI)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Pull every declared image that is missing, then exit (for bootstrap scripts).
+    ///
+    /// Exit codes: 0 every required image is present; 1 some required image failed;
+    /// 2 bad usage or invalid config; 3 container runtime unreachable.
+    Pull(pull::PullArgs),
+    /// Keep the declared images present on this node and report readiness, status and metrics
+    /// (what the DaemonSet runs).
+    ///
+    /// Exit code 2 when the config is invalid at start; later invalid configs are rejected
+    /// and the last good one keeps running.
+    Agent(agent::AgentArgs),
+    /// Show a running agent's status, or follow its events with --watch.
+    ///
+    /// Exit code 4 when the agent cannot be reached.
+    Status(status::StatusArgs),
+    /// List the cluster's nodes with their ImagesPrePulled condition; --wait until all are warm.
+    ///
+    /// Exit codes: 0 listed, or (--wait) every selected node warm; 1 (--wait) some node still
+    /// cold at --timeout, or none selected; 2 no cluster configured; 3 the API refused or failed.
+    Nodes(nodes::NodesArgs),
+    /// Validate a config and print every entry's normalized reference and policy.
+    ///
+    /// Exit code 0 when valid, 1 otherwise.
+    Check(check::CheckArgs),
+}
+
+/// The output of `pull` and `check`.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+// The container runtime to talk to (`pull`, `agent`).
+#[derive(clap::Args)]
+pub struct RuntimeArgs {
+    /// CRI socket, unix:///path. Default: the first of /run/containerd/containerd.sock,
+    /// /run/crio/crio.sock, /var/run/cri-dockerd.sock that exists.
+    #[arg(long, env = "PREPULLER_RUNTIME_ENDPOINT")]
+    pub runtime_endpoint: Option<String>,
+}
+
+/// The config `pull` and `agent` start with; an invalid one ends them as a usage error.
+fn load_config(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("error: invalid config: {}", e.render());
+        ExitCode::Usage
+    })
+}
