@@ -2,13 +2,10 @@
 //! containerd: measured once the node is ready, and again after many resyncs, to show that it
 //! does not grow. `make bench` runs it.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use support::{Sandbox, free_port, prepuller_bin, push_image};
+use testkit::{Sandbox, free_port, prepuller_bin, push_image};
 
 const IMAGES: usize = 100;
 const SETTLE: Duration = Duration::from_secs(5);
@@ -36,7 +33,7 @@ async fn main() {
     let config = sb.path().join("images.yaml");
     std::fs::write(&config, yaml).unwrap();
     let port = free_port();
-    let mut agent = tokio::process::Command::new(prepuller_bin!())
+    let mut agent = tokio::process::Command::new(prepuller_bin())
         .args([
             "agent",
             "--listen",
@@ -56,7 +53,7 @@ async fn main() {
     let pid = agent.id().unwrap();
     let started = Instant::now();
     loop {
-        if let Ok(r) = support::http_client()
+        if let Ok(r) = testkit::http_client()
             .get(format!("http://127.0.0.1:{port}/readyz"))
             .send()
             .await

@@ -3,13 +3,10 @@
 //! must follow the parallelism, not the number of images waiting. Then `prepuller pull` with
 //! 10,000 such entries and a 30 s `--timeout`: its peak RSS. `make bench` runs it.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::process::Stdio;
 use std::time::Duration;
 
-use support::{Sandbox, free_port, prepuller_bin};
+use testkit::{Sandbox, free_port, prepuller_bin};
 
 const SETTLE: Duration = Duration::from_secs(30);
 
@@ -32,7 +29,7 @@ async fn measure(sb: &Sandbox, images: usize) {
     let config = sb.path().join(format!("missing-{images}.yaml"));
     std::fs::write(&config, yaml).unwrap();
     let port = free_port();
-    let mut agent = tokio::process::Command::new(prepuller_bin!())
+    let mut agent = tokio::process::Command::new(prepuller_bin())
         .args([
             "agent",
             "--listen",
@@ -82,7 +79,7 @@ async fn measure_pull(sb: &Sandbox, images: usize) {
     }
     let config = sb.path().join(format!("pull-{images}.yaml"));
     std::fs::write(&config, yaml).unwrap();
-    let mut pull = tokio::process::Command::new(prepuller_bin!())
+    let mut pull = tokio::process::Command::new(prepuller_bin())
         .args([
             "pull",
             "--runtime-endpoint",

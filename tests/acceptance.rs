@@ -8,15 +8,13 @@
 //! and served over TLS with a bearer token, as a cluster serves it. The tests are `#[ignore]`d
 //! so that `cargo test` (debug binaries) skips them; run without the variable they fail.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::{Value, json};
-use support::{
+use testkit::{
     Sandbox, SecureRegistry, dockerconfigjson, free_port, images_prepulled_condition, log_tail,
     push_image, taint_keys,
 };
@@ -105,7 +103,7 @@ impl FakeApiProc {
             control: ready["control"].as_str().unwrap().to_string(),
             kubeconfig: PathBuf::from(ready["kubeconfig"].as_str().unwrap()),
             log,
-            http: support::http_client(),
+            http: testkit::http_client(),
         }
     }
 

@@ -12,7 +12,7 @@ use prepuller::report::{AgentEventKind, AgentStatus, ImageState, ImageStatus, St
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -104,17 +104,7 @@ async fn serve(hub: Arc<StatusHub>) -> Server {
 }
 
 async fn client(socket: &Path) -> AgentClient<Channel> {
-    let socket = socket.to_path_buf();
-    let channel = Endpoint::from_static("http://[::]:50051")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(&socket).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        }))
-        .await
-        .unwrap();
+    let channel = testkit::unix_channel(socket).await.unwrap();
     AgentClient::new(channel)
 }
 

@@ -2,18 +2,15 @@
 //! from a real registry, writing to a stateful fake Kubernetes API (`fake_api`), and
 //! `prepuller nodes` reading it back.
 
-#[path = "support/agent.rs"]
-mod agent_proc;
 mod fake_api;
-mod support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agent_proc::{AGENT_CONVERGE, AgentProc};
 use fake_api::FakeApi;
 use serde_json::{Value, json};
-use support::{
+use testkit::agent::{AGENT_CONVERGE, AgentProc};
+use testkit::{
     ConfigMapDir, Sandbox, images_prepulled_condition, prepuller_bin, push_image, taint_keys,
 };
 
@@ -67,7 +64,7 @@ fn boot_id() -> String {
 
 /// `prepuller nodes ARGS` against the fake API: (exit code, stdout, stderr).
 async fn nodes_cmd(api: &FakeApi, dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let o = tokio::process::Command::new(prepuller_bin!())
+    let o = tokio::process::Command::new(prepuller_bin())
         .arg("nodes")
         .args(args)
         .env("KUBECONFIG", api.kubeconfig(dir))

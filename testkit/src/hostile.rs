@@ -1,9 +1,6 @@
 //! A hostile HTTP client: what any pod on the network can do to a listener. Idle connections,
 //! half-sent requests and slowloris drips, each reporting when the server closed them.
 
-// Each test binary uses a part of it.
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 

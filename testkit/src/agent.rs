@@ -1,15 +1,32 @@
-//! A running `prepuller agent` for the end-to-end tests. Not in `support/mod.rs`: the sandbox
-//! example shares that file, and the binary's path is only known to integration tests.
-
-// Each test binary uses a part of it.
-#![allow(dead_code)]
+//! A running `prepuller agent` for the end-to-end tests and the memory benches.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::support::{Sandbox, free_port, http_client, log_tail, prepuller_bin};
+use crate::{Sandbox, free_port, http_client, log_tail};
+
+/// Path of the built `prepuller` binary. Cargo builds it for the integration tests and benches
+/// of its package, next to their `deps/` directory; it names it in `CARGO_BIN_EXE_prepuller`
+/// only while compiling them, which a library cannot read, hence the look-up at run time.
+pub fn prepuller_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("CARGO_BIN_EXE_prepuller") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let mut dir = exe.parent().expect("the test executable's directory");
+    if dir.ends_with("deps") || dir.ends_with("examples") {
+        dir = dir.parent().expect("the target directory");
+    }
+    let bin = dir.join("prepuller");
+    assert!(
+        bin.is_file(),
+        "no prepuller binary at {} (built by `cargo test`/`cargo bench`)",
+        bin.display()
+    );
+    bin
+}
 
 /// Generous: a 2-core CI machine runs several sandboxes at once.
 pub const AGENT_CONVERGE: Duration = Duration::from_secs(60);
@@ -58,7 +75,7 @@ impl AgentProc {
     ) -> AgentProc {
         let port = free_port();
         let log = dir.join(format!("agent-{port}.log"));
-        let child = tokio::process::Command::new(prepuller_bin!())
+        let child = tokio::process::Command::new(prepuller_bin())
             .arg("agent")
             .arg("--config")
             .arg(config)
