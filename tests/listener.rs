@@ -29,7 +29,7 @@ async fn hostile_connections_are_capped_timed_out_and_cost_bounded_memory() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let pid = agent.child.id().unwrap();
-    let rss_before = testkit::hostile::rss_kib(pid);
+    let rss_before = testkit::rss_kib(pid);
 
     // Slowloris: a byte of a header every second never finishes the head.
     let mut drips = tokio::task::JoinSet::new();
@@ -65,9 +65,9 @@ async fn hostile_connections_are_capped_timed_out_and_cost_bounded_memory() {
         hostile.not_connected,
     );
     // Under attack: /readyz still answers (the hostile sockets are still held).
-    let mut peak = testkit::hostile::rss_kib(pid);
+    let mut peak = testkit::rss_kib(pid);
     let readyz = loop {
-        peak = peak.max(testkit::hostile::rss_kib(pid));
+        peak = peak.max(testkit::rss_kib(pid));
         let probe = tokio::time::timeout(
             Duration::from_secs(2),
             testkit::hostile::get(addr, "/readyz"),
@@ -88,7 +88,7 @@ async fn hostile_connections_are_capped_timed_out_and_cost_bounded_memory() {
     let sampler = tokio::spawn(async move {
         let mut peak = peak;
         while !*stopped.borrow() {
-            peak = peak.max(testkit::hostile::rss_kib(pid));
+            peak = peak.max(testkit::rss_kib(pid));
             let _ = tokio::time::timeout(Duration::from_millis(100), stopped.changed()).await;
         }
         peak
@@ -98,7 +98,7 @@ async fn hostile_connections_are_capped_timed_out_and_cost_bounded_memory() {
         .await;
     sampler_stop.send(true).unwrap();
     let peak = sampler.await.unwrap();
-    let after = testkit::hostile::rss_kib(pid);
+    let after = testkit::rss_kib(pid);
     eprintln!(
         "RSS before {rss_before} KiB, peak under attack {peak} KiB, after {after} KiB; \
          the agent closed {closed} hostile sockets (longest open {longest:?})"

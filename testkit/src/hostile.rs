@@ -152,16 +152,6 @@ pub async fn slowloris(addr: SocketAddr, drip: Duration, give_up: Duration) -> O
     }
 }
 
-/// Resident memory of a process in KiB (`VmRSS` in /proc/PID/status).
-pub fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status")
-}
-
 /// Raises this process's soft limit on open files towards `wanted` (capped by the hard limit);
 /// returns the limit in force.
 pub fn raise_open_files(wanted: u64) -> u64 {

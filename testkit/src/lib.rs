@@ -34,7 +34,7 @@ pub use images::{
     OCI_CONFIG, OCI_LAYER_TAR, OCI_MANIFEST, TestImage, build_image, delete_manifest,
     manifest_digest, oci_arch, push_built, push_image, push_image_by_digest, sha256_digest,
 };
-pub use process::{Lifetime, free_port, log_tail};
+pub use process::{Lifetime, free_port, log_tail, rss_kib, status_kib};
 pub use registry::Registry;
 pub use sandbox::Sandbox;
 pub use secure_registry::{SECURE_REGISTRY_IP, SecureRegistry};

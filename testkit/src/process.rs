@@ -206,3 +206,18 @@ pub fn free_port() -> u16 {
 pub(crate) fn port_free(port: u16) -> bool {
     TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
 }
+
+/// Resident memory of a process in KiB (`VmRSS` in /proc/PID/status).
+pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS").expect("VmRSS in /proc/PID/status")
+}
+
+/// A memory figure of /proc/PID/status in KiB (`VmRSS`, `VmHWM`, …); None once the process is
+/// gone.
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
