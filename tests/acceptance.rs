@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::{Value, json};
 use testkit::{
-    Sandbox, SecureRegistry, dockerconfigjson, free_port, images_prepulled_condition, log_tail,
-    push_image, taint_keys,
+    AgentProc, AgentSpec, Sandbox, SecureRegistry, dockerconfigjson, images_prepulled_condition,
+    log_tail, push_image, taint_keys,
 };
 use tokio::io::AsyncBufReadExt;
 
@@ -167,30 +167,20 @@ impl Agent {
         node: Option<&str>,
         kubeconfig: &Path,
     ) -> Agent {
-        let port = free_port();
-        let log = dir.join(format!("agent-{port}.log"));
-        let mut cmd = tokio::process::Command::new(shipped_bin());
-        cmd.arg("agent")
-            .arg("--config")
-            .arg(config)
-            .arg("--runtime-endpoint")
-            .arg(endpoint)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--api-socket")
-            .arg(dir.join(format!("agent-{port}.sock")))
-            .env("KUBECONFIG", kubeconfig)
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .env_remove("NODE_NAME")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .kill_on_drop(true);
-        if let Some(node) = node {
-            cmd.env("NODE_NAME", node);
-        }
+        let agent = AgentProc::spawn(
+            &AgentSpec {
+                bin: &shipped_bin(),
+                dir,
+                endpoint,
+                config,
+                node,
+                kubeconfig,
+            },
+            &[],
+        );
         Agent {
-            child: cmd.spawn().expect("start the shipped prepuller"),
-            log,
+            child: agent.child,
+            log: agent.log,
         }
     }
 

@@ -148,11 +148,16 @@ pub async fn push_image(
     seed: u64,
     layer_bytes: usize,
 ) -> String {
-    let image = tokio::task::spawn_blocking(move || build_image(seed, layer_bytes))
-        .await
-        .expect("build image");
+    let image = build_off_thread(seed, layer_bytes).await;
     push_built(registry_host, repo, tag, &image).await;
     image.digest
+}
+
+/// `build_image` on a blocking thread: hashing megabytes would stall the test's runtime.
+async fn build_off_thread(seed: u64, layer_bytes: usize) -> TestImage {
+    tokio::task::spawn_blocking(move || build_image(seed, layer_bytes))
+        .await
+        .expect("build image")
 }
 
 /// Push an image with no tag (manifest PUT by digest), for `repo@sha256:...` references.
@@ -162,9 +167,7 @@ pub async fn push_image_by_digest(
     seed: u64,
     layer_bytes: usize,
 ) -> String {
-    let image = tokio::task::spawn_blocking(move || build_image(seed, layer_bytes))
-        .await
-        .expect("build image");
+    let image = build_off_thread(seed, layer_bytes).await;
     push_built(registry_host, repo, &image.digest, &image).await;
     image.digest
 }

@@ -25,7 +25,7 @@ mod sandbox;
 mod secure_registry;
 mod tls;
 
-pub use agent::{AGENT_CONVERGE, AgentProc, prepuller_bin};
+pub use agent::{AGENT_CONVERGE, AgentProc, AgentSpec, prepuller_bin};
 pub use configmap::ConfigMapDir;
 pub use containerd::{Containerd, unix_channel};
 pub use fixtures::{dockerconfigjson, images_prepulled_condition, taint_keys};
