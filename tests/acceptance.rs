@@ -280,13 +280,6 @@ fn warm_and_untainted(node: &Value) -> bool {
         && !taint_keys(node).contains(&STARTUP_TAINT.to_string())
 }
 
-fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
 /// Polls the fake's Node until `check` holds; panics with the agent's log after CONVERGE.
 async fn wait_node(
     api: &FakeApiProc,
@@ -375,7 +368,10 @@ async fn the_shipped_agent_makes_a_tainted_node_warm_over_tls_and_prepuller_node
         ["dedicated"],
         "only the startup taint goes"
     );
-    assert_eq!(node["metadata"]["annotations"][BOOT_ANNOTATION], boot_id());
+    assert_eq!(
+        node["metadata"]["annotations"][BOOT_ANNOTATION],
+        testkit::boot_id()
+    );
     assert_eq!(node["metadata"]["labels"]["pool"], "general");
     assert_eq!(node["status"]["conditions"][0]["reason"], "KubeletReady");
     assert!(

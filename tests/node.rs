@@ -55,13 +55,6 @@ fn new_node(labels: Value) -> Value {
     })
 }
 
-fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
 /// `prepuller nodes ARGS` against the fake API: (exit code, stdout, stderr).
 async fn nodes_cmd(api: &FakeApi, dir: &Path, args: &[&str]) -> (i32, String, String) {
     let o = tokio::process::Command::new(prepuller_bin())
@@ -164,7 +157,10 @@ async fn the_node_turns_warm_as_images_land_and_the_startup_taint_goes_exactly_t
         node["metadata"]["annotations"]["team.example.com/owner"],
         "infra"
     );
-    assert_eq!(node["metadata"]["annotations"][BOOT_ANNOTATION], boot_id());
+    assert_eq!(
+        node["metadata"]["annotations"][BOOT_ANNOTATION],
+        testkit::boot_id()
+    );
     assert_eq!(node["status"]["conditions"][0]["type"], "Ready");
     assert_eq!(node["status"]["conditions"][0]["reason"], "KubeletReady");
     let taint_patches: Vec<u16> = api

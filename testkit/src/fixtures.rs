@@ -34,3 +34,11 @@ pub fn taint_keys(node: &serde_json::Value) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// This machine's boot id, which the agent records on the Node when it removes the startup taint.
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap()
+        .trim()
+        .to_string()
+}

@@ -28,7 +28,7 @@ mod tls;
 pub use agent::{AGENT_CONVERGE, AgentProc, AgentSpec, prepuller_bin};
 pub use configmap::ConfigMapDir;
 pub use containerd::{Containerd, unix_channel};
-pub use fixtures::{dockerconfigjson, images_prepulled_condition, taint_keys};
+pub use fixtures::{boot_id, dockerconfigjson, images_prepulled_condition, taint_keys};
 pub use http::http_client;
 pub use images::{
     OCI_CONFIG, OCI_LAYER_TAR, OCI_MANIFEST, TestImage, build_image, delete_manifest,
