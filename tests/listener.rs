@@ -1,5 +1,5 @@
 //! The agent's HTTP listener under attack: the real binary, probed by the hostile client of
-//! tests/support/hostile.rs (what any pod on the network can do to `0.0.0.0:8080`).
+//! testkit/src/hostile.rs (what any pod on the network can do to `0.0.0.0:8080`).
 
 use std::time::{Duration, Instant};
 
