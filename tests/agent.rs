@@ -4,9 +4,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use testkit::agent::AgentProc;
 use testkit::faults::HungSocket;
-use testkit::{ConfigMapDir, Sandbox, SecureRegistry, dockerconfigjson, prepuller_bin, push_image};
+use testkit::{
+    AgentProc, ConfigMapDir, Sandbox, SecureRegistry, dockerconfigjson, prepuller_bin, push_image,
+};
 
 const MB: usize = 1024 * 1024;
 
@@ -460,7 +461,7 @@ async fn files_written_beside_the_config_and_credentials_do_not_wake_the_agent()
         "the log lies beside the config"
     );
     let addr = agent.http_addr();
-    let deadline = Instant::now() + testkit::agent::AGENT_CONVERGE;
+    let deadline = Instant::now() + testkit::AGENT_CONVERGE;
     while testkit::hostile::get(addr, "/readyz").await.map(|r| r.0) != Some(200) {
         assert!(Instant::now() < deadline, "never ready\n{}", agent.log());
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -5,9 +5,8 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use testkit::agent::AgentProc;
 use testkit::faults::{Fault, FaultProxy, Target};
-use testkit::{Sandbox, build_image, push_built};
+use testkit::{AgentProc, Sandbox, build_image, push_built};
 
 /// Images behind the dead host: enough that per-image back-off alone would hammer it (200
 /// images with a 1 s..8 s back-off each is ~25 attempts/s), few enough to pull in seconds.
@@ -181,7 +180,7 @@ async fn reset_connections_are_network_errors_and_retried() {
     let agent = AgentProc::start(&sb, &config);
     let image = format!("{}/team/app:t0", proxy.host());
 
-    let deadline = Instant::now() + testkit::agent::AGENT_CONVERGE;
+    let deadline = Instant::now() + testkit::AGENT_CONVERGE;
     let network = "prepuller_pull_failures_total{reason=\"network\",class=\"transient\"}";
     while metric(&agent, network).await < 2.0 {
         let unknown = "prepuller_pull_failures_total{reason=\"unknown\",class=\"transient\"}";

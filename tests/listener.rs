@@ -3,9 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use testkit::Sandbox;
-use testkit::agent::AgentProc;
 use testkit::hostile::{Flood, Hostile};
+use testkit::{AgentProc, Sandbox};
 
 /// The goals of issue 10 (README, "Cost"): the figures a user was promised.
 const RSS_LIMIT_KIB: u64 = 40 * 1024;
@@ -23,7 +22,7 @@ async fn hostile_connections_are_capped_timed_out_and_cost_bounded_memory() {
     std::fs::write(&config, "images: []\n").unwrap();
     let agent = AgentProc::start(&sb, &config);
     let addr = agent.http_addr();
-    let deadline = Instant::now() + testkit::agent::AGENT_CONVERGE;
+    let deadline = Instant::now() + testkit::AGENT_CONVERGE;
     while testkit::hostile::get(addr, "/readyz").await.map(|r| r.0) != Some(200) {
         assert!(Instant::now() < deadline, "never ready\n{}", agent.log());
         tokio::time::sleep(Duration::from_millis(200)).await;

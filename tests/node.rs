@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use fake_api::FakeApi;
 use serde_json::{Value, json};
-use testkit::agent::{AGENT_CONVERGE, AgentProc};
 use testkit::{
-    ConfigMapDir, Sandbox, images_prepulled_condition, prepuller_bin, push_image, taint_keys,
+    AGENT_CONVERGE, AgentProc, ConfigMapDir, Sandbox, images_prepulled_condition, prepuller_bin,
+    push_image, taint_keys,
 };
 
 const MB: usize = 1024 * 1024;

@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-pub mod agent;
+mod agent;
 mod configmap;
 mod containerd;
 pub mod faults;
