@@ -2,27 +2,14 @@
 //! containerd: measured once the node is ready, and again after many resyncs, to show that it
 //! does not grow. `make bench` runs it.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
-use std::process::Stdio;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::{Sandbox, free_port, prepuller_bin, push_image};
+use testkit::{AgentProc, Sandbox, push_image, rss_kib};
 
 const IMAGES: usize = 100;
 const SETTLE: Duration = Duration::from_secs(5);
 const SOAK: Duration = Duration::from_secs(60);
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
-}
 
 #[tokio::main]
 async fn main() {
@@ -35,35 +22,15 @@ async fn main() {
     }
     let config = sb.path().join("images.yaml");
     std::fs::write(&config, yaml).unwrap();
-    let port = free_port();
-    let mut agent = tokio::process::Command::new(prepuller_bin!())
-        .args([
-            "agent",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--runtime-endpoint",
-            &sb.containerd.endpoint(),
-            "--config",
-        ])
-        .arg(&config)
-        .arg("--api-socket")
-        .arg(sb.path().join("agent.sock"))
-        .env("PREPULLER_LOG", "warn")
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let pid = agent.id().unwrap();
+    let mut agent = AgentProc::start_with(
+        &sb,
+        &config,
+        Path::new("/nonexistent/kubeconfig"),
+        &[("PREPULLER_LOG", "warn")],
+    );
+    let pid = agent.child.id().unwrap();
     let started = Instant::now();
-    loop {
-        if let Ok(r) = support::http_client()
-            .get(format!("http://127.0.0.1:{port}/readyz"))
-            .send()
-            .await
-            && r.status().is_success()
-        {
-            break;
-        }
+    while agent.get("/readyz").await.map(|r| r.0) != Some(200) {
         assert!(
             started.elapsed() < Duration::from_secs(120),
             "agent not ready"
@@ -89,5 +56,5 @@ async fn main() {
         SOAK.as_secs(),
         later as f64 / 1024.0
     );
-    agent.kill().await.unwrap();
+    agent.child.kill().await.unwrap();
 }

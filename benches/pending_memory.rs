@@ -3,25 +3,13 @@
 //! must follow the parallelism, not the number of images waiting. Then `prepuller pull` with
 //! 10,000 such entries and a 30 s `--timeout`: its peak RSS. `make bench` runs it.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use support::{Sandbox, free_port, prepuller_bin};
+use testkit::{AgentProc, Sandbox, prepuller_bin, rss_kib, status_kib};
 
 const SETTLE: Duration = Duration::from_secs(30);
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
-}
 
 async fn measure(sb: &Sandbox, images: usize) {
     // Port 1 on loopback: connection refused, as a registry that is down.
@@ -31,27 +19,13 @@ async fn measure(sb: &Sandbox, images: usize) {
     }
     let config = sb.path().join(format!("missing-{images}.yaml"));
     std::fs::write(&config, yaml).unwrap();
-    let port = free_port();
-    let mut agent = tokio::process::Command::new(prepuller_bin!())
-        .args([
-            "agent",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--runtime-endpoint",
-            &sb.containerd.endpoint(),
-            "--config",
-        ])
-        .arg(&config)
-        .arg("--api-socket")
-        .arg(sb.path().join(format!("agent-{images}.sock")))
-        .env("PREPULLER_LOG", "warn")
-        .env("KUBECONFIG", "/nonexistent/kubeconfig")
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let pid = agent.id().unwrap();
+    let mut agent = AgentProc::start_with(
+        sb,
+        &config,
+        Path::new("/nonexistent/kubeconfig"),
+        &[("PREPULLER_LOG", "warn")],
+    );
+    let pid = agent.child.id().unwrap();
     tokio::time::sleep(SETTLE).await;
     let first = rss_kib(pid);
     tokio::time::sleep(SETTLE).await;
@@ -63,16 +37,7 @@ async fn measure(sb: &Sandbox, images: usize) {
         later as f64 / 1024.0,
         2 * SETTLE.as_secs()
     );
-    agent.kill().await.unwrap();
-}
-
-fn hwm_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
+    agent.child.kill().await.unwrap();
 }
 
 async fn measure_pull(sb: &Sandbox, images: usize) {
@@ -82,7 +47,7 @@ async fn measure_pull(sb: &Sandbox, images: usize) {
     }
     let config = sb.path().join(format!("pull-{images}.yaml"));
     std::fs::write(&config, yaml).unwrap();
-    let mut pull = tokio::process::Command::new(prepuller_bin!())
+    let mut pull = tokio::process::Command::new(prepuller_bin())
         .args([
             "pull",
             "--runtime-endpoint",
@@ -104,7 +69,7 @@ async fn measure_pull(sb: &Sandbox, images: usize) {
     // The peak so far, read until the process is gone.
     let mut peak = 0;
     loop {
-        if let Some(h) = hwm_kib(pid) {
+        if let Some(h) = status_kib(pid, "VmHWM") {
             peak = peak.max(h);
         }
         tokio::select! {

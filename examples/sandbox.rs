@@ -7,14 +7,11 @@
 //! writes `<dir>/images.yaml` (a prepuller image list) and `<dir>/endpoint` (containerd's CRI
 //! endpoint). `down` stops both and removes only the pid files; `--purge` deletes the dir.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use support::{Containerd, Registry, push_image, push_image_by_digest};
+use testkit::{Containerd, Registry, push_image, push_image_by_digest};
 
 const MB: usize = 1 << 20;
 

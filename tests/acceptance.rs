@@ -8,17 +8,15 @@
 //! and served over TLS with a bearer token, as a cluster serves it. The tests are `#[ignore]`d
 //! so that `cargo test` (debug binaries) skips them; run without the variable they fail.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::{Value, json};
-use support::{
-    Sandbox, SecureRegistry, dockerconfigjson, free_port, images_prepulled_condition, log_tail,
-    push_image, taint_keys,
+use testkit::{
+    AgentProc, AgentSpec, Sandbox, SecureRegistry, dockerconfigjson, images_prepulled_condition,
+    log_tail, push_image, taint_keys,
 };
 use tokio::io::AsyncBufReadExt;
 
@@ -105,7 +103,7 @@ impl FakeApiProc {
             control: ready["control"].as_str().unwrap().to_string(),
             kubeconfig: PathBuf::from(ready["kubeconfig"].as_str().unwrap()),
             log,
-            http: support::http_client(),
+            http: testkit::http_client(),
         }
     }
 
@@ -169,30 +167,20 @@ impl Agent {
         node: Option<&str>,
         kubeconfig: &Path,
     ) -> Agent {
-        let port = free_port();
-        let log = dir.join(format!("agent-{port}.log"));
-        let mut cmd = tokio::process::Command::new(shipped_bin());
-        cmd.arg("agent")
-            .arg("--config")
-            .arg(config)
-            .arg("--runtime-endpoint")
-            .arg(endpoint)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--api-socket")
-            .arg(dir.join(format!("agent-{port}.sock")))
-            .env("KUBECONFIG", kubeconfig)
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .env_remove("NODE_NAME")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .kill_on_drop(true);
-        if let Some(node) = node {
-            cmd.env("NODE_NAME", node);
-        }
+        let agent = AgentProc::spawn(
+            &AgentSpec {
+                bin: &shipped_bin(),
+                dir,
+                endpoint,
+                config,
+                node,
+                kubeconfig,
+            },
+            &[],
+        );
         Agent {
-            child: cmd.spawn().expect("start the shipped prepuller"),
-            log,
+            child: agent.child,
+            log: agent.log,
         }
     }
 
@@ -292,13 +280,6 @@ fn warm_and_untainted(node: &Value) -> bool {
         && !taint_keys(node).contains(&STARTUP_TAINT.to_string())
 }
 
-fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
 /// Polls the fake's Node until `check` holds; panics with the agent's log after CONVERGE.
 async fn wait_node(
     api: &FakeApiProc,
@@ -387,7 +368,10 @@ async fn the_shipped_agent_makes_a_tainted_node_warm_over_tls_and_prepuller_node
         ["dedicated"],
         "only the startup taint goes"
     );
-    assert_eq!(node["metadata"]["annotations"][BOOT_ANNOTATION], boot_id());
+    assert_eq!(
+        node["metadata"]["annotations"][BOOT_ANNOTATION],
+        testkit::boot_id()
+    );
     assert_eq!(node["metadata"]["labels"]["pool"], "general");
     assert_eq!(node["status"]["conditions"][0]["reason"], "KubeletReady");
     assert!(

@@ -1,18 +1,13 @@
 //! `prepuller agent` end to end: the real binary, a real containerd and a real registry.
 
-#[path = "support/agent.rs"]
-mod agent_proc;
-#[path = "support/hostile.rs"]
-mod hostile;
-mod support;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agent_proc::AgentProc;
 use serde_json::Value;
-use support::faults::HungSocket;
-use support::{ConfigMapDir, Sandbox, SecureRegistry, dockerconfigjson, prepuller_bin, push_image};
+use testkit::faults::HungSocket;
+use testkit::{
+    AgentProc, ConfigMapDir, Sandbox, SecureRegistry, dockerconfigjson, prepuller_bin, push_image,
+};
 
 const MB: usize = 1024 * 1024;
 
@@ -402,7 +397,7 @@ async fn an_invalid_config_at_start_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("images.yaml");
     std::fs::write(&config, "images:\n  - Nginx:1.25\n").unwrap();
-    let o = tokio::process::Command::new(prepuller_bin!())
+    let o = tokio::process::Command::new(prepuller_bin())
         .args([
             "agent",
             "--listen",
@@ -466,8 +461,8 @@ async fn files_written_beside_the_config_and_credentials_do_not_wake_the_agent()
         "the log lies beside the config"
     );
     let addr = agent.http_addr();
-    let deadline = Instant::now() + agent_proc::AGENT_CONVERGE;
-    while hostile::get(addr, "/readyz").await.map(|r| r.0) != Some(200) {
+    let deadline = Instant::now() + testkit::AGENT_CONVERGE;
+    while testkit::hostile::get(addr, "/readyz").await.map(|r| r.0) != Some(200) {
         assert!(Instant::now() < deadline, "never ready\n{}", agent.log());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -1,14 +1,12 @@
 //! Credentials end to end: `prepuller pull` against a registry with TLS (a CA made by the test,
 //! trusted by containerd through certs.d) and htpasswd basic auth, on a real containerd.
 
-mod support;
-
 use std::path::Path;
 use std::process::Stdio;
 
 use base64::Engine;
 use serde_json::Value;
-use support::{Sandbox, SecureRegistry, dockerconfigjson, prepuller_bin, push_image};
+use testkit::{Sandbox, SecureRegistry, dockerconfigjson, prepuller_bin, push_image};
 
 const KB: usize = 1024;
 const PASSWORD: &str = "s3cret-Pa55word";
@@ -71,7 +69,7 @@ async fn pull(
         ),
     )
     .unwrap();
-    let out = tokio::process::Command::new(prepuller_bin!())
+    let out = tokio::process::Command::new(prepuller_bin())
         .arg("pull")
         .arg("--config")
         .arg(&config)

@@ -2,16 +2,11 @@
 //! a [`FaultProxy`] between containerd and docker-registry. These produce the reliability
 //! figures in the README ("Per-registry circuit breaker").
 
-#[path = "support/agent.rs"]
-mod agent_proc;
-mod support;
-
 use std::time::{Duration, Instant};
 
-use agent_proc::AgentProc;
 use serde_json::Value;
-use support::faults::{Fault, FaultProxy, Target};
-use support::{Sandbox, build_image, push_built};
+use testkit::faults::{Fault, FaultProxy, Target};
+use testkit::{AgentProc, Sandbox, build_image, push_built};
 
 /// Images behind the dead host: enough that per-image back-off alone would hammer it (200
 /// images with a 1 s..8 s back-off each is ~25 attempts/s), few enough to pull in seconds.
@@ -185,7 +180,7 @@ async fn reset_connections_are_network_errors_and_retried() {
     let agent = AgentProc::start(&sb, &config);
     let image = format!("{}/team/app:t0", proxy.host());
 
-    let deadline = Instant::now() + agent_proc::AGENT_CONVERGE;
+    let deadline = Instant::now() + testkit::AGENT_CONVERGE;
     let network = "prepuller_pull_failures_total{reason=\"network\",class=\"transient\"}";
     while metric(&agent, network).await < 2.0 {
         let unknown = "prepuller_pull_failures_total{reason=\"unknown\",class=\"transient\"}";

@@ -15,7 +15,7 @@ use prepuller::status::{
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -107,12 +107,7 @@ async fn serve(hub: Arc<StatusHub>) -> Server {
 }
 
 async fn client(socket: &Path) -> AgentClient<Channel> {
-    // tonic connects to `unix://` endpoints itself.
-    let channel = Endpoint::from_shared(format!("unix://{}", socket.display()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = testkit::unix_channel(socket).await.unwrap();
     AgentClient::new(channel)
 }
 

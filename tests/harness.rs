@@ -1,12 +1,10 @@
 //! Proves the harness itself: real registry + containerd, an image pushed over the registry API
 //! and pulled through CRI. Timings print with `cargo test --test harness -- --nocapture`.
 
-mod support;
-
 use std::time::Instant;
 
 use k8s_cri::v1::{ImageSpec, ImageStatusRequest, ListImagesRequest, PullImageRequest};
-use support::{Registry, Sandbox, manifest_digest, push_image};
+use testkit::{Registry, Sandbox, manifest_digest, push_image};
 
 fn spec(image: &str) -> Option<ImageSpec> {
     Some(ImageSpec {
@@ -118,7 +116,7 @@ async fn registry_stop_and_restart_keeps_port_and_storage() {
     let digest = push_image(&host, "harness/r", "1", 7, 64 << 10).await;
 
     reg.stop();
-    let down = support::http_client()
+    let down = testkit::http_client()
         .get(format!("http://{host}/v2/"))
         .send()
         .await;

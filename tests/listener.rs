@@ -1,17 +1,10 @@
 //! The agent's HTTP listener under attack: the real binary, probed by the hostile client of
-//! tests/support/hostile.rs (what any pod on the network can do to `0.0.0.0:8080`).
-
-#[path = "support/agent.rs"]
-mod agent_proc;
-#[path = "support/hostile.rs"]
-mod hostile;
-mod support;
+//! testkit/src/hostile.rs (what any pod on the network can do to `0.0.0.0:8080`).
 
 use std::time::{Duration, Instant};
 
-use agent_proc::AgentProc;
-use hostile::{Flood, Hostile};
-use support::Sandbox;
+use testkit::hostile::{Flood, Hostile};
+use testkit::{AgentProc, Sandbox};
 
 /// The goals of issue 10 (README, "Cost"): the figures a user was promised.
 const RSS_LIMIT_KIB: u64 = 40 * 1024;
@@ -21,7 +14,7 @@ const FLOOD: usize = 10_000;
 
 #[tokio::test]
 async fn hostile_connections_are_capped_timed_out_and_cost_bounded_memory() {
-    let limit = hostile::raise_open_files(FLOOD as u64 + 1024);
+    let limit = testkit::hostile::raise_open_files(FLOOD as u64 + 1024);
     let flood = FLOOD.min((limit as usize).saturating_sub(512));
     let sb = Sandbox::start();
     // Ready with nothing to pull: /readyz answers 200 from the first pass on.
@@ -29,18 +22,18 @@ async fn hostile_connections_are_capped_timed_out_and_cost_bounded_memory() {
     std::fs::write(&config, "images: []\n").unwrap();
     let agent = AgentProc::start(&sb, &config);
     let addr = agent.http_addr();
-    let deadline = Instant::now() + agent_proc::AGENT_CONVERGE;
-    while hostile::get(addr, "/readyz").await.map(|r| r.0) != Some(200) {
+    let deadline = Instant::now() + testkit::AGENT_CONVERGE;
+    while testkit::hostile::get(addr, "/readyz").await.map(|r| r.0) != Some(200) {
         assert!(Instant::now() < deadline, "never ready\n{}", agent.log());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let pid = agent.child.id().unwrap();
-    let rss_before = hostile::rss_kib(pid);
+    let rss_before = testkit::rss_kib(pid);
 
     // Slowloris: a byte of a header every second never finishes the head.
     let mut drips = tokio::task::JoinSet::new();
     for _ in 0..5 {
-        drips.spawn(hostile::slowloris(
+        drips.spawn(testkit::hostile::slowloris(
             addr,
             Duration::from_secs(1),
             Duration::from_secs(30),
@@ -71,11 +64,14 @@ async fn hostile_connections_are_capped_timed_out_and_cost_bounded_memory() {
         hostile.not_connected,
     );
     // Under attack: /readyz still answers (the hostile sockets are still held).
-    let mut peak = hostile::rss_kib(pid);
+    let mut peak = testkit::rss_kib(pid);
     let readyz = loop {
-        peak = peak.max(hostile::rss_kib(pid));
-        let probe =
-            tokio::time::timeout(Duration::from_secs(2), hostile::get(addr, "/readyz")).await;
+        peak = peak.max(testkit::rss_kib(pid));
+        let probe = tokio::time::timeout(
+            Duration::from_secs(2),
+            testkit::hostile::get(addr, "/readyz"),
+        )
+        .await;
         if let Ok(Some((code, body))) = probe {
             break (code, body, started.elapsed());
         }
@@ -91,7 +87,7 @@ async fn hostile_connections_are_capped_timed_out_and_cost_bounded_memory() {
     let sampler = tokio::spawn(async move {
         let mut peak = peak;
         while !*stopped.borrow() {
-            peak = peak.max(hostile::rss_kib(pid));
+            peak = peak.max(testkit::rss_kib(pid));
             let _ = tokio::time::timeout(Duration::from_millis(100), stopped.changed()).await;
         }
         peak
@@ -101,7 +97,7 @@ async fn hostile_connections_are_capped_timed_out_and_cost_bounded_memory() {
         .await;
     sampler_stop.send(true).unwrap();
     let peak = sampler.await.unwrap();
-    let after = hostile::rss_kib(pid);
+    let after = testkit::rss_kib(pid);
     eprintln!(
         "RSS before {rss_before} KiB, peak under attack {peak} KiB, after {after} KiB; \
          the agent closed {closed} hostile sockets (longest open {longest:?})"
@@ -112,7 +108,7 @@ async fn hostile_connections_are_capped_timed_out_and_cost_bounded_memory() {
     );
     assert_eq!(closed, connected, "hostile sockets the agent never closed");
     assert_eq!(
-        hostile::get(addr, "/readyz").await.map(|r| r.0),
+        testkit::hostile::get(addr, "/readyz").await.map(|r| r.0),
         Some(200),
         "after the attack"
     );

@@ -2,19 +2,16 @@
 //! from a real registry, writing to a stateful fake Kubernetes API (`fake_api`), and
 //! `prepuller nodes` reading it back.
 
-#[path = "support/agent.rs"]
-mod agent_proc;
 mod fake_api;
-mod support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agent_proc::{AGENT_CONVERGE, AgentProc};
 use fake_api::FakeApi;
 use serde_json::{Value, json};
-use support::{
-    ConfigMapDir, Sandbox, images_prepulled_condition, prepuller_bin, push_image, taint_keys,
+use testkit::{
+    AGENT_CONVERGE, AgentProc, ConfigMapDir, Sandbox, images_prepulled_condition, prepuller_bin,
+    push_image, taint_keys,
 };
 
 const MB: usize = 1024 * 1024;
@@ -58,16 +55,9 @@ fn new_node(labels: Value) -> Value {
     })
 }
 
-fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
 /// `prepuller nodes ARGS` against the fake API: (exit code, stdout, stderr).
 async fn nodes_cmd(api: &FakeApi, dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let o = tokio::process::Command::new(prepuller_bin!())
+    let o = tokio::process::Command::new(prepuller_bin())
         .arg("nodes")
         .args(args)
         .env("KUBECONFIG", api.kubeconfig(dir))
@@ -167,7 +157,10 @@ async fn the_node_turns_warm_as_images_land_and_the_startup_taint_goes_exactly_t
         node["metadata"]["annotations"]["team.example.com/owner"],
         "infra"
     );
-    assert_eq!(node["metadata"]["annotations"][BOOT_ANNOTATION], boot_id());
+    assert_eq!(
+        node["metadata"]["annotations"][BOOT_ANNOTATION],
+        testkit::boot_id()
+    );
     assert_eq!(node["status"]["conditions"][0]["type"], "Ready");
     assert_eq!(node["status"]["conditions"][0]["reason"], "KubeletReady");
     let taint_patches: Vec<u16> = api

@@ -1,14 +1,12 @@
 //! `prepuller pull` end to end: the real binary, a real containerd and a real registry.
 
-mod support;
-
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::faults::{HungSocket, StallProxy};
-use support::{Sandbox, prepuller_bin, push_image};
+use testkit::faults::{HungSocket, StallProxy};
+use testkit::{Sandbox, prepuller_bin, push_image};
 
 const MB: usize = 1024 * 1024;
 
@@ -46,7 +44,7 @@ fn from_output(o: Output) -> Pull {
 }
 
 fn command(sandbox: &Sandbox, config: &Path, extra: &[&str]) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(prepuller_bin!());
+    let mut cmd = tokio::process::Command::new(prepuller_bin());
     cmd.arg("pull")
         .arg("--config")
         .arg(config)
@@ -273,7 +271,7 @@ async fn an_unreachable_runtime_exits_3() {
     let config = dir.path().join("images.yaml");
     std::fs::write(&config, "images: [nginx:1.25]\n").unwrap();
     let socket = format!("unix://{}", dir.path().join("missing.sock").display());
-    let o = tokio::process::Command::new(prepuller_bin!())
+    let o = tokio::process::Command::new(prepuller_bin())
         .args([
             "pull",
             "--runtime-wait",
@@ -305,7 +303,7 @@ async fn an_invalid_config_exits_2_naming_file_line_and_field() {
         "images:\n  - image: nginx:1.25\n    pullPolicy: Sometimes\n",
     )
     .unwrap();
-    let o = tokio::process::Command::new(prepuller_bin!())
+    let o = tokio::process::Command::new(prepuller_bin())
         .args([
             "pull",
             "--runtime-endpoint",
@@ -322,7 +320,7 @@ async fn an_invalid_config_exits_2_naming_file_line_and_field() {
     assert!(run.stderr.contains(&want), "{}", run.stderr);
 
     // `check` validates the same way, with exit code 1.
-    let o = tokio::process::Command::new(prepuller_bin!())
+    let o = tokio::process::Command::new(prepuller_bin())
         .args(["check", "--config"])
         .arg(&config)
         .output()
@@ -342,7 +340,7 @@ async fn check_prints_normalized_references_and_policies() {
         "images:\n  - nginx\n  - image: quay.io/prometheus/node-exporter:v1.8.0\n    required: false\n  - registry: index.docker.io\n    repository: bitnami/redis\n    tag: \"7.2\"\n",
     )
     .unwrap();
-    let o = tokio::process::Command::new(prepuller_bin!())
+    let o = tokio::process::Command::new(prepuller_bin())
         .args(["check", "-o", "json", "--config"])
         .arg(&config)
         .output()
@@ -432,7 +430,7 @@ async fn sigterm_ends_the_wait_for_a_hung_runtime() {
     let hung = HungSocket::start(&dir.path().join("hung.sock"));
     let config = dir.path().join("images.yaml");
     std::fs::write(&config, "images: [nginx:1.25]\n").unwrap();
-    let child = tokio::process::Command::new(prepuller_bin!())
+    let child = tokio::process::Command::new(prepuller_bin())
         .args(["pull", "--runtime-endpoint", &hung.endpoint(), "--config"])
         .arg(&config)
         .stdout(std::process::Stdio::piped())
@@ -472,7 +470,7 @@ async fn the_runtime_wait_and_the_timeout_bound_the_run() {
         let config = config.clone();
         async move {
             let started = std::time::Instant::now();
-            let o = tokio::process::Command::new(prepuller_bin!())
+            let o = tokio::process::Command::new(prepuller_bin())
                 .arg("pull")
                 .args(args)
                 .arg("--config")

@@ -1,18 +1,47 @@
-//! A running `prepuller agent` for the end-to-end tests. Not in `support/mod.rs`: the sandbox
-//! example shares that file, and the binary's path is only known to integration tests.
-
-// Each test binary uses a part of it.
-#![allow(dead_code)]
+//! A running `prepuller agent` for the end-to-end tests and the memory benches.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::support::{Sandbox, free_port, http_client, log_tail, prepuller_bin};
+use crate::{Sandbox, free_port, http_client, log_tail};
+
+/// Path of the built `prepuller` binary. Cargo builds it for the integration tests and benches
+/// of its package, next to their `deps/` directory; it names it in `CARGO_BIN_EXE_prepuller`
+/// only while compiling them, which a library cannot read, hence the look-up at run time.
+pub fn prepuller_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("CARGO_BIN_EXE_prepuller") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let mut dir = exe.parent().expect("the test executable's directory");
+    if dir.ends_with("deps") || dir.ends_with("examples") {
+        dir = dir.parent().expect("the target directory");
+    }
+    let bin = dir.join("prepuller");
+    assert!(
+        bin.is_file(),
+        "no prepuller binary at {} (built by `cargo test`/`cargo bench`)",
+        bin.display()
+    );
+    bin
+}
 
 /// Generous: a 2-core CI machine runs several sandboxes at once.
 pub const AGENT_CONVERGE: Duration = Duration::from_secs(60);
+
+/// How to start an agent: which binary, where its files go, what it runs against.
+pub struct AgentSpec<'a> {
+    pub bin: &'a Path,
+    /// Its log and API socket go here.
+    pub dir: &'a Path,
+    pub endpoint: &'a str,
+    pub config: &'a Path,
+    /// `NODE_NAME`; None leaves it unset.
+    pub node: Option<&'a str>,
+    pub kubeconfig: &'a Path,
+}
 
 /// A running `prepuller agent` (node `node-a`) on a sandbox, its HTTP on a free port, its log
 /// in the sandbox dir. Killed on drop.
@@ -56,27 +85,46 @@ impl AgentProc {
         kubeconfig: &Path,
         env: &[(&str, &str)],
     ) -> AgentProc {
+        Self::spawn(
+            &AgentSpec {
+                bin: &prepuller_bin(),
+                dir,
+                endpoint,
+                config,
+                node: Some("node-a"),
+                kubeconfig,
+            },
+            env,
+        )
+    }
+
+    /// Any binary (the release build, say), any node name or none (`NODE_NAME` unset).
+    pub fn spawn(spec: &AgentSpec, env: &[(&str, &str)]) -> AgentProc {
         let port = free_port();
-        let log = dir.join(format!("agent-{port}.log"));
-        let child = tokio::process::Command::new(prepuller_bin!())
-            .arg("agent")
+        let log = spec.dir.join(format!("agent-{port}.log"));
+        let mut cmd = tokio::process::Command::new(spec.bin);
+        cmd.arg("agent")
             .arg("--config")
-            .arg(config)
+            .arg(spec.config)
             .arg("--runtime-endpoint")
-            .arg(endpoint)
+            .arg(spec.endpoint)
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--api-socket")
-            .arg(dir.join(format!("agent-{port}.sock")))
-            .env("NODE_NAME", "node-a")
-            .env("KUBECONFIG", kubeconfig)
+            .arg(spec.dir.join(format!("agent-{port}.sock")))
+            .env("KUBECONFIG", spec.kubeconfig)
             .env_remove("KUBERNETES_SERVICE_HOST")
-            .envs(env.iter().copied())
+            .env_remove("NODE_NAME")
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).unwrap())
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        if let Some(node) = spec.node {
+            cmd.env("NODE_NAME", node);
+        }
+        cmd.envs(env.iter().copied());
+        let child = cmd
             .spawn()
-            .unwrap();
+            .unwrap_or_else(|e| panic!("start {}: {e}", spec.bin.display()));
         AgentProc {
             child,
             base: format!("http://127.0.0.1:{port}"),

@@ -1,9 +1,6 @@
 //! A hostile HTTP client: what any pod on the network can do to a listener. Idle connections,
 //! half-sent requests and slowloris drips, each reporting when the server closed them.
 
-// Each test binary uses a part of it.
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -153,16 +150,6 @@ pub async fn slowloris(addr: SocketAddr, drip: Duration, give_up: Duration) -> O
         _ = drip_forever => unreachable!(),
         _ = tokio::time::sleep(give_up) => None,
     }
-}
-
-/// Resident memory of a process in KiB (`VmRSS` in /proc/PID/status).
-pub fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status")
 }
 
 /// Raises this process's soft limit on open files towards `wanted` (capped by the hard limit);
