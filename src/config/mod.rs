@@ -9,7 +9,6 @@
 //! references come from elsewhere ([`crate::reference`]); nothing here knows the runtime,
 //! the credentials' content or the cluster.
 
-mod check;
 mod credentials;
 pub mod duration;
 mod error;
@@ -27,7 +26,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::reference::ImageRef;
 
-pub use check::{CheckReport, CheckedImage};
 pub use credentials::{CredentialSource, DEFAULT_KUBELET_ROOT_DIR, SourceError};
 pub use duration::DurationError;
 pub use error::{ConfigError, ConfigErrorDetails};
