@@ -20,7 +20,7 @@ use crate::credentials::{CredentialSource, Credentials, SecretReader};
 use crate::node::AgentLink;
 use crate::node::selector::Labels;
 use crate::puller::{PullEvent, PullResult, PullSettings, Puller, sleep_until_some};
-use crate::queue::{Finished, PullQueue};
+use crate::puller::queue::{Finished, PullQueue};
 use crate::report::metrics::Metrics;
 use crate::report::{AgentEventKind, ImageState, ImageStatus, StatusHub, now_rfc3339, rfc3339};
 use crate::runtime::{ErrorKind, ImageInfo, Runtime};

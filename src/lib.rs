@@ -10,7 +10,6 @@ pub mod nodes_cmd;
 pub mod progress;
 pub mod pull;
 pub mod puller;
-pub(crate) mod queue;
 pub mod reference;
 pub mod report;
 pub mod runtime;

@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{BackoffSettings, Config, ImageSpec, PullPolicy};
 use crate::credentials::{Credentials, redact};
-use crate::queue::PullQueue;
+pub(crate) mod queue;
+
+use queue::PullQueue;
 use crate::runtime::{ErrorKind, ImageInfo, Runtime, RuntimeError};
 
 /// containerd already retries a 429 about six times without pausing, so when one reaches us
@@ -1071,7 +1073,7 @@ mod tests {
     /// everything: a waiting image is now one queue record, a small part of that.
     #[test]
     fn a_waiting_image_is_a_small_record() {
-        let size = std::mem::size_of::<crate::queue::Record<()>>();
+        let size = std::mem::size_of::<crate::puller::queue::Record<()>>();
         assert!(size < 160, "{size} bytes per waiting image");
     }
 
