@@ -19,8 +19,8 @@ use crate::config::{Config, ConfigError, ImageSpec, PullPolicy};
 use crate::credentials::{CredentialSource, Credentials, SecretReader};
 use crate::node::AgentLink;
 use crate::node::selector::Labels;
-use crate::puller::{PullEvent, PullResult, PullSettings, Puller, sleep_until_some};
-use crate::puller::queue::{Finished, PullQueue};
+use crate::puller::{FailureKind, PullEvent, PullResult, PullSettings, Puller, sleep_until_some};
+use crate::puller::{Finished, PullQueue};
 use crate::report::metrics::Metrics;
 use crate::report::{AgentEventKind, ImageState, ImageStatus, StatusHub, now_rfc3339, rfc3339};
 use crate::runtime::{ErrorKind, ImageInfo, Runtime};
@@ -754,10 +754,10 @@ impl Mark<'_> {
                 i.last_error = Some(format!(
                     "{}: {} ({})",
                     i.normalized,
-                    ErrorKind::NotPresent.summary(),
-                    ErrorKind::NotPresent.hint()
+                    FailureKind::NotPresent.summary(),
+                    FailureKind::NotPresent.hint()
                 ));
-                i.last_error_class = Some(ErrorKind::NotPresent.class().into());
+                i.last_error_class = Some(FailureKind::NotPresent.class().into());
             }
         }
     }
@@ -826,8 +826,8 @@ fn record_event(
             ..
         } => {
             let next = rfc3339(SystemTime::now() + retry_in);
-            tracing::warn!(image = %key, attempt, class = error.kind.class(), reason = error.kind.reason(), retry_in = ?retry_in, "pull failed, retrying: {error}");
-            metrics.observe_pull_failure(error.kind.reason(), error.kind.class());
+            tracing::warn!(image = %key, attempt, class = error.kind.class(), reason = error.kind.as_str(), retry_in = ?retry_in, "pull failed, retrying: {error}");
+            metrics.observe_pull_failure(error.kind.as_str(), error.kind.class());
             update(&|i| {
                 if !was_present {
                     i.state = ImageState::BackingOff;
@@ -840,7 +840,7 @@ fn record_event(
                 image: key.into(),
                 attempt,
                 class: error.kind.class().into(),
-                reason: error.kind.reason().into(),
+                reason: error.kind.as_str().into(),
                 error: error.to_string(),
                 next_retry_at: Some(next),
             });
@@ -868,8 +868,8 @@ fn record_event(
         PullEvent::Failed {
             error, attempts, ..
         } => {
-            tracing::error!(image = %key, attempts, class = error.kind.class(), reason = error.kind.reason(), "pull failed: {error}");
-            metrics.observe_pull_failure(error.kind.reason(), error.kind.class());
+            tracing::error!(image = %key, attempts, class = error.kind.class(), reason = error.kind.as_str(), "pull failed: {error}");
+            metrics.observe_pull_failure(error.kind.as_str(), error.kind.class());
             update(&|i| {
                 if !was_present {
                     i.state = ImageState::Failed;
@@ -882,7 +882,7 @@ fn record_event(
                 image: key.into(),
                 attempt: attempts,
                 class: error.kind.class().into(),
-                reason: error.kind.reason().into(),
+                reason: error.kind.as_str().into(),
                 error: error.to_string(),
                 next_retry_at: None,
             });

@@ -111,7 +111,7 @@ impl Metrics {
         self.pulled_bytes.inc_by(bytes);
     }
 
-    /// `reason` and `class` come from `runtime::ErrorKind::{reason, class}`: fixed sets.
+    /// `reason` and `class` come from `puller::FailureKind::{as_str, class}`: fixed sets.
     pub fn observe_pull_failure(&self, reason: &str, class: &str) {
         self.pulls.get_or_create(&[("result", "failure")]).inc();
         self.pull_failures
