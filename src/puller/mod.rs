@@ -1,17 +1,18 @@
 //! Pulling a list of images: policies, bounded parallelism, and back-off.
 //!
 //! A pull attempt holds a slot of its registry and a global slot; an image waiting (in back-off
-//! or for a slot) is a record in a [`PullQueue`], not a task, and holds neither. Permanent failures end an image's run at once; transient ones are
-//! retried with full-jitter exponential back-off. A 429 also pauses new attempts to that
-//! registry, because every parallel pull would otherwise hit the same limit; and a host that
-//! refuses, fails (5xx) or limits (429) is paused as a whole by its circuit breaker, probed
-//! by one pull, and resumed for every image when the probe works.
+//! or for a slot) is a record in the pull queue, not a task, and holds neither. Permanent
+//! failures end an image's run at once; transient ones are retried with full-jitter
+//! exponential back-off. A 429 also pauses new attempts to that registry, because every
+//! parallel pull would otherwise hit the same limit; and a host that refuses, fails (5xx) or
+//! limits (429) is paused as a whole by its circuit breaker, probed by one pull, and resumed
+//! for every image when the probe works.
 //!
 //! Here: the settings, what a run reports, and the entry points ([`Puller::run`] for one run
-//! over a list; [`PullQueue`] for a caller that keeps images queued across passes, the agent).
-//! [`plan`] decides what each image needs, [`queue`] holds the images that wait, [`gate`]
-//! admits attempts (slots, 429 holds, the breaker), [`attempt`] runs one, [`backoff`] says
-//! how long to wait, and [`error`] names what failed.
+//! over a list; `PullQueue` for a caller that keeps images queued across passes, the agent).
+//! `plan` decides what each image needs, `queue` holds the images that wait, `gate` admits
+//! attempts (slots, 429 holds, the breaker), `attempt` runs one, `backoff` says how long to
+//! wait, and `error` names what failed.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
