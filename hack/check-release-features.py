@@ -25,6 +25,10 @@ ALLOWED = {
     "tower": {"timeout"},  # the Timeout layer (the library sets its own timeouts)
     "tower-http": {"follow-redirect", "futures-util"},  # reqwest's redirect layer
     "zerocopy": {"default"},
+    # This package through its own dev-dependency (Cargo.toml): `test-util` compiles the
+    # in-memory runtime (`runtime::fake`), a module nothing in the binary names; `default` is
+    # empty.
+    "prepuller": {"default", "test-util"},
 }
 
 
@@ -41,7 +45,7 @@ def features(edges: str) -> dict[str, set[str]]:
     # Lines look like `rustls feature "ring"` or `rustls v0.23.1` (crates without a feature).
     result: dict[str, set[str]] = {}
     for line in out.splitlines():
-        line = line.removesuffix(" (*)").strip()
+        line = line.removesuffix(" (*)").removesuffix(" (command-line)").strip()
         if ' feature "' in line:
             name, feature = line.split(' feature "', 1)
             result.setdefault(name, set()).add(feature.rstrip('"'))

@@ -7,7 +7,7 @@
 //! `stat`s run in `spawn_blocking`, never on the async worker threads. Secrets read through the
 //! Kubernetes API are cached for a short time. A rotated password is thus used on the next
 //! attempt without a restart.
-//! Secrets live in [`SecretString`]s: they print as `[REDACTED]` in Debug output and have no
+//! Secrets live in [`secrecy::SecretString`]s: they print as `[REDACTED]` in Debug output and have no
 //! Display, so they cannot reach a log, an error, `/status` or a metric by accident.
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,10 +20,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
 use futures::future::BoxFuture;
-use secrecy::{ExposeSecret, SecretString};
+#[cfg(test)]
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 
 use crate::reference::ImageRef;
+pub use crate::runtime::RegistryAuth;
 
 /// How long a secret read through the API is reused before it is read again (a 401 forces an
 /// earlier read). Pulls are rare, so this keeps API traffic near zero.
@@ -47,45 +49,6 @@ impl CredentialSource {
                 node_default_files(kubelet_root_dir)
             }
         }
-    }
-}
-
-/// What the runtime is sent for one registry: the CRI `AuthConfig` fields.
-#[derive(Clone)]
-pub struct RegistryAuth {
-    pub username: String,
-    pub password: SecretString,
-    pub identity_token: Option<SecretString>,
-    pub registry_token: Option<SecretString>,
-}
-
-impl fmt::Debug for RegistryAuth {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Even the user name stays out: it is half of a credential, and often an account id.
-        f.debug_struct("RegistryAuth")
-            .field("username", &"[REDACTED]")
-            .field("password", &"[REDACTED]")
-            .field(
-                "identity_token",
-                &self.identity_token.as_ref().map(|_| "[REDACTED]"),
-            )
-            .field(
-                "registry_token",
-                &self.registry_token.as_ref().map(|_| "[REDACTED]"),
-            )
-            .finish()
-    }
-}
-
-impl RegistryAuth {
-    /// Every secret string of this credential, to scrub from text that came from elsewhere
-    /// (a runtime's error message could echo what it was sent).
-    pub fn secrets(&self) -> Vec<&str> {
-        let mut out = vec![self.password.expose_secret()];
-        out.extend(self.identity_token.iter().map(|t| t.expose_secret()));
-        out.extend(self.registry_token.iter().map(|t| t.expose_secret()));
-        out.retain(|s| s.len() >= 3);
-        out
     }
 }
 

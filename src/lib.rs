@@ -7,7 +7,6 @@ pub mod config;
 pub mod credentials;
 pub mod k8s;
 pub mod puller;
-pub(crate) mod queue;
 pub mod reference;
 pub mod runtime;
 pub mod status;

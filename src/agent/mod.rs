@@ -2,7 +2,7 @@
 //! and reports through the [`StatusHub`].
 //!
 //! Each pass lists the runtime's images once, then queues every image that needs a pull and is
-//! not queued yet. The queue ([`crate::queue::PullQueue`]) keeps one small record per image
+//! not queued yet. The queue ([`crate::puller::PullQueue`]) keeps one small record per image
 //! and starts attempts only into free slots; records outlive passes, so an image in back-off
 //! keeps its back-off across resyncs. The agent never removes images.
 //!

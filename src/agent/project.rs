@@ -7,8 +7,9 @@ use std::collections::HashMap;
 use std::time::SystemTime;
 
 use crate::config::{Config, ImageSpec};
+use crate::puller::FailureKind;
 use crate::puller::PullEvent;
-use crate::runtime::{ErrorKind, ImageInfo, RuntimeError, RuntimeVersion};
+use crate::runtime::{ImageInfo, RuntimeError, RuntimeVersion};
 use crate::status::metrics::Metrics;
 use crate::status::{
     AgentEventKind, ErrorClass, ImageState, ImageStatus, StatusHub, now_rfc3339, rfc3339,
@@ -134,11 +135,11 @@ impl Mark<'_> {
                 i.last_error = Some(format!(
                     "{}: {} ({})",
                     i.normalized,
-                    ErrorKind::NotPresent.summary(),
-                    ErrorKind::NotPresent.hint()
+                    FailureKind::NotPresent.summary(),
+                    FailureKind::NotPresent.hint()
                 ));
                 i.last_error_class = Some(ErrorClass::from_permanent(
-                    ErrorKind::NotPresent.is_permanent(),
+                    FailureKind::NotPresent.is_permanent(),
                 ));
             }
         }
@@ -254,8 +255,8 @@ pub(super) fn record_event(
         } => {
             let next = rfc3339(SystemTime::now() + retry_in);
             let class = ErrorClass::from_permanent(error.kind.is_permanent());
-            tracing::warn!(image = %key, attempt, class = error.kind.class(), reason = error.kind.reason(), retry_in = ?retry_in, "pull failed, retrying: {error}");
-            metrics.observe_pull_failure(error.kind.reason(), class);
+            tracing::warn!(image = %key, attempt, class = error.kind.class(), reason = error.kind.as_str(), retry_in = ?retry_in, "pull failed, retrying: {error}");
+            metrics.observe_pull_failure(error.kind.as_str(), class);
             update(&|i| {
                 if !was_present {
                     i.state = ImageState::BackingOff;
@@ -268,7 +269,7 @@ pub(super) fn record_event(
                 image: key.into(),
                 attempt,
                 class,
-                reason: error.kind.reason().into(),
+                reason: error.kind.as_str().into(),
                 error: error.to_string(),
                 next_retry_at: Some(next),
             });
@@ -297,8 +298,8 @@ pub(super) fn record_event(
             error, attempts, ..
         } => {
             let class = ErrorClass::from_permanent(error.kind.is_permanent());
-            tracing::error!(image = %key, attempts, class = error.kind.class(), reason = error.kind.reason(), "pull failed: {error}");
-            metrics.observe_pull_failure(error.kind.reason(), class);
+            tracing::error!(image = %key, attempts, class = error.kind.class(), reason = error.kind.as_str(), "pull failed: {error}");
+            metrics.observe_pull_failure(error.kind.as_str(), class);
             update(&|i| {
                 if !was_present {
                     i.state = ImageState::Failed;
@@ -311,7 +312,7 @@ pub(super) fn record_event(
                 image: key.into(),
                 attempt: attempts,
                 class,
-                reason: error.kind.reason().into(),
+                reason: error.kind.as_str().into(),
                 error: error.to_string(),
                 next_retry_at: None,
             });

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use crate::config::{Config, ImageSpec, PullPolicy};
 use crate::credentials::Credentials;
 use crate::puller::{AttemptEnd, PullEvent, PullResult, PullSettings, Puller};
-use crate::queue::{Finished, PullQueue};
+use crate::puller::{Finished, PullQueue};
 use crate::runtime::{ErrorKind, ImageInfo, Runtime};
 
 use super::Context;

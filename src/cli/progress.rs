@@ -41,7 +41,7 @@ impl Progress for LogProgress {
                 image = %image(*index),
                 attempt,
                 class = error.kind.class(),
-                reason = error.kind.reason(),
+                reason = error.kind.as_str(),
                 retry_in = %human_duration(*retry_in),
                 "pull failed, retrying: {error}"
             ),
@@ -60,9 +60,9 @@ impl Progress for LogProgress {
             PullEvent::Failed { index, error, .. } => {
                 let required = images[*index].required;
                 if required {
-                    tracing::error!(image = %image(*index), class = error.kind.class(), reason = error.kind.reason(), "failed: {error}")
+                    tracing::error!(image = %image(*index), class = error.kind.class(), reason = error.kind.as_str(), "failed: {error}")
                 } else {
-                    tracing::warn!(image = %image(*index), class = error.kind.class(), reason = error.kind.reason(), "optional image failed: {error}")
+                    tracing::warn!(image = %image(*index), class = error.kind.class(), reason = error.kind.as_str(), "optional image failed: {error}")
                 }
             }
         }

@@ -1,6 +1,9 @@
 //! An in-memory runtime for fast tests and benchmarks: scripted pull results, pull delays
 //! (on tokio's clock, so paused-time tests run instantly), and counters of what was called and
 //! how many pulls overlapped.
+//!
+//! Compiled for this crate's unit tests, and with the `test-util` feature for the integration
+//! tests and benches (a dev-dependency turns it on): never in the release build.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -11,8 +14,7 @@ use tonic::Code;
 
 use secrecy::ExposeSecret;
 
-use super::{ImageInfo, Runtime, RuntimeError, RuntimeVersion};
-use crate::credentials::RegistryAuth;
+use super::{ImageInfo, RegistryAuth, Runtime, RuntimeError, RuntimeVersion};
 use crate::reference::ImageRef;
 
 #[derive(Debug, Default, Clone)]
@@ -59,12 +61,6 @@ pub fn fake_digest(name: &str) -> String {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     name.hash(&mut h);
     format!("sha256:{:016x}{}", h.finish(), "0".repeat(48))
-}
-
-fn registry_of(image: &str) -> String {
-    ImageRef::parse(image)
-        .map(|r| r.domain().to_string())
-        .unwrap_or_default()
 }
 
 impl FakeRuntime {
@@ -240,7 +236,7 @@ impl Runtime for FakeRuntime {
                 format!("failed to parse image reference {image:?}: invalid reference format: {e}"),
             )
         })?;
-        let registry = registry_of(image);
+        let registry = r.domain().to_string();
         let (delay, scripted) = {
             let mut s = self.state();
             s.stats.pulls.push(image.to_string());
