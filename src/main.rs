@@ -170,6 +170,22 @@ fn needs_cluster(config: &Config) -> bool {
         .any(|c| matches!(c, prepuller::credentials::CredentialSource::Secret { .. }))
 }
 
+/// The reader of `secret:` credentials, through a client connected here (the library never
+/// connects by itself); said once in the log either way.
+async fn secret_reader() -> Option<Arc<dyn prepuller::credentials::SecretReader>> {
+    match prepuller::cluster::connect().await {
+        Ok(Some((client, source))) => {
+            tracing::debug!(%source, "Kubernetes API available for `secret:` credentials");
+            Some(prepuller::credentials::secret_reader(client))
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!("`secret:` credentials cannot be read: {e}");
+            None
+        }
+    }
+}
+
 fn block_on(f: impl std::future::Future<Output = anyhow::Result<u8>>) -> anyhow::Result<u8> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -299,9 +315,7 @@ async fn pull_command(
         Box::new(LogProgress)
     };
     let secrets = if needs_cluster(&config) {
-        until_cancelled(&cancel, prepuller::credentials::cluster_secret_reader())
-            .await
-            .flatten()
+        until_cancelled(&cancel, secret_reader()).await.flatten()
     } else {
         None
     };
@@ -407,9 +421,7 @@ async fn agent_command(
         })
     };
     // Connected once: a reload that adds a `secret:` source can use it without a restart.
-    let secrets = until_cancelled(&cancel, prepuller::credentials::cluster_secret_reader())
-        .await
-        .flatten();
+    let secrets = until_cancelled(&cancel, secret_reader()).await.flatten();
     let mut agent =
         Agent::new(cri, hub.clone(), metrics, config_path, config).with_secret_reader(secrets);
     let mut reporter = None;
