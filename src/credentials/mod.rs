@@ -230,20 +230,11 @@ mod tests {
         std::fs::write(&file, dockerconfigjson("r.example.com", "from-file", "a")).unwrap();
         // A mounted secret, as the kubelet lays it out.
         let secrets = dir.path().join("pull-secrets");
-        let data = secrets.join("regcred").join("..2026_11_23_00_00_00.1");
-        std::fs::create_dir_all(&data).unwrap();
-        std::fs::write(
-            data.join(".dockerconfigjson"),
-            dockerconfigjson("r.example.com/team", "from-dir", "b"),
-        )
-        .unwrap();
-        std::os::unix::fs::symlink("..2026_11_23_00_00_00.1", secrets.join("regcred/..data"))
-            .unwrap();
-        std::os::unix::fs::symlink(
-            "..data/.dockerconfigjson",
-            secrets.join("regcred/.dockerconfigjson"),
-        )
-        .unwrap();
+        mount(
+            &secrets.join("regcred"),
+            0,
+            &dockerconfigjson("r.example.com/team", "from-dir", "b"),
+        );
         let legacy = secrets.join("old");
         std::fs::create_dir_all(&legacy).unwrap();
         std::fs::write(
