@@ -10,7 +10,7 @@ use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::credentials::CredentialSource;
+use crate::config::CredentialSource;
 
 /// Config files are often written in several steps; wait for the writes to settle.
 const RELOAD_DEBOUNCE: Duration = Duration::from_millis(300);

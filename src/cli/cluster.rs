@@ -32,7 +32,7 @@ pub fn secret_reader(connected: &Connected) -> Option<Arc<dyn SecretReader>> {
     match connected {
         Ok(Some((client, source))) => {
             tracing::debug!(%source, "Kubernetes API available for `secret:` credentials");
-            Some(Arc::new(client.clone()))
+            Some(crate::credentials::secret_reader(client.clone()))
         }
         Ok(None) => None,
         Err(e) => {

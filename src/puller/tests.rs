@@ -397,7 +397,8 @@ async fn timeouts_are_transient() {
 
 mod credentials {
     use super::*;
-    use crate::credentials::{CredentialSource, Credentials};
+    use crate::config::CredentialSource;
+    use crate::credentials::Credentials;
     use base64::Engine;
 
     /// A docker config file with one `auth` entry per (key, user, password).

@@ -12,8 +12,9 @@ use super::format::print_json;
 use super::progress::{LogProgress, Progress, TerminalProgress};
 use super::shutdown::{spawn_signal_handler, until_cancelled};
 use super::{ExitCode, Output, RuntimeArgs, cluster, load_config};
+use crate::config::CredentialSource;
 use crate::config::{Config, duration};
-use crate::credentials::{CredentialSource, Credentials};
+use crate::credentials::Credentials;
 use crate::puller::PullSettings;
 use crate::runtime::{self, CriRuntime};
 
