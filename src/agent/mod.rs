@@ -55,7 +55,7 @@ struct Context<R> {
     metrics: Arc<Metrics>,
     /// Reads `secret:` credential sources, when there is a cluster.
     secrets: Option<Arc<dyn SecretReader>>,
-    /// In a cluster: the Node's labels in, the node settings out (see [`crate::node`]).
+    /// In a cluster: the Node's labels in, the node settings out (see [`crate::k8s`]).
     node: Option<AgentLink>,
 }
 

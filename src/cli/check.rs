@@ -144,3 +144,27 @@ pub fn run(args: &CheckArgs) -> ExitCode {
     }
     ExitCode::Ok
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_sets_for_other_nodes_are_named_not_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("base.yaml"), "images: [nginx:1.25]\n").unwrap();
+        std::fs::write(
+            dir.path().join("gpu.yaml"),
+            "nodeSelector:\n  matchLabels: {pool: gpu}\nimages: [cuda:12]\n",
+        )
+        .unwrap();
+        // Without Node labels (no cluster) only the sets without a selector apply.
+        let report = CheckReport::from(&Config::load(dir.path()).unwrap());
+        let table = report.table();
+        assert!(
+            table.contains("only for nodes matching pool=gpu"),
+            "{table}"
+        );
+        assert!(!table.contains("cuda"), "{table}");
+    }
+}
