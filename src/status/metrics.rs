@@ -350,17 +350,15 @@ mod tests {
     #[test]
     fn counters_and_histogram_follow_observations() {
         let (_hub, m) = metrics_of(AgentStatus::default());
+        // Every result is exported from the start, at zero.
         let text = m.render();
+        let result = |text: &str, family: &str, result: &str| {
+            value(text, &format!("{family}_total{{result=\"{result}\"}}"))
+        };
+        assert_eq!(result(&text, "prepuller_pulls", "success"), Some(0.0));
+        assert_eq!(result(&text, "prepuller_pulls", "failure"), Some(0.0));
         assert_eq!(
-            value(&text, "prepuller_pulls_total{result=\"success\"}"),
-            Some(0.0)
-        );
-        assert_eq!(
-            value(&text, "prepuller_pulls_total{result=\"failure\"}"),
-            Some(0.0)
-        );
-        assert_eq!(
-            value(&text, "prepuller_config_reloads_total{result=\"error\"}"),
+            result(&text, "prepuller_config_reloads", "error"),
             Some(0.0)
         );
 
@@ -397,14 +395,8 @@ mod tests {
         assert_eq!(bucket("+Inf"), Some(2.0));
 
         assert!(text.contains("# TYPE prepuller_pulls counter"), "{text}");
-        assert_eq!(
-            value(&text, "prepuller_pulls_total{result=\"success\"}"),
-            Some(2.0)
-        );
-        assert_eq!(
-            value(&text, "prepuller_pulls_total{result=\"failure\"}"),
-            Some(3.0)
-        );
+        assert_eq!(result(&text, "prepuller_pulls", "success"), Some(2.0));
+        assert_eq!(result(&text, "prepuller_pulls", "failure"), Some(3.0));
 
         assert!(
             text.contains("# TYPE prepuller_pull_failures counter"),
@@ -427,28 +419,31 @@ mod tests {
         assert_eq!(value(&text, "prepuller_pulled_bytes_total"), Some(1500.0));
 
         assert_eq!(
-            value(&text, "prepuller_config_reloads_total{result=\"success\"}"),
+            result(&text, "prepuller_config_reloads", "success"),
             Some(2.0)
         );
         assert_eq!(
-            value(&text, "prepuller_config_reloads_total{result=\"error\"}"),
+            result(&text, "prepuller_config_reloads", "error"),
             Some(1.0)
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
         assert_eq!(text.matches("# EOF").count(), 1, "{text}");
     }
 
+    /// `prepuller_images{state, required}` in `text`.
+    fn images_in(text: &str, state: &str, required: &str) -> Option<f64> {
+        labelled(
+            text,
+            "prepuller_images",
+            &[("state", state), ("required", required)],
+        )
+    }
+
     #[test]
     fn gauges_come_from_the_hub() {
         let (hub, m) = metrics_of(status());
         let text = m.render();
-        let images = |state, required| {
-            labelled(
-                &text,
-                "prepuller_images",
-                &[("state", state), ("required", required)],
-            )
-        };
+        let images = |state, required| images_in(&text, state, required);
         assert!(text.contains("# TYPE prepuller_images gauge"), "{text}");
         assert_eq!(images("Present", "true"), Some(2.0));
         assert_eq!(images("Pulling", "true"), Some(1.0));
@@ -487,13 +482,7 @@ mod tests {
             s.runtime.reachable = false;
         });
         let text = m.render();
-        let images = |state, required| {
-            labelled(
-                &text,
-                "prepuller_images",
-                &[("state", state), ("required", required)],
-            )
-        };
+        let images = |state, required| images_in(&text, state, required);
         assert_eq!(images("Failed", "false"), Some(0.0), "{text}");
         assert_eq!(images("Pulling", "true"), Some(0.0), "{text}");
         assert_eq!(images("Present", "true"), Some(2.0), "{text}");

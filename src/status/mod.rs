@@ -17,4 +17,4 @@ pub use model::{
     RuntimeStatus, now_rfc3339, rfc3339,
 };
 #[cfg(test)]
-pub(crate) use model::{test_full_image, test_image};
+pub(crate) use model::{test_full_image, test_image, test_runtime};

@@ -272,6 +272,20 @@ pub(crate) fn test_image(name: &str, required: bool, state: ImageState) -> Image
     }
 }
 
+/// A reachable containerd's status; shared by the outlets' tests.
+#[cfg(test)]
+pub(crate) fn test_runtime() -> RuntimeStatus {
+    RuntimeStatus {
+        endpoint: "unix:///run/containerd/containerd.sock".into(),
+        name: Some("containerd".into()),
+        version: Some("v1.7.2".into()),
+        api_version: Some("v1".into()),
+        reachable: true,
+        last_error: None,
+        lost_at: None,
+    }
+}
+
 /// An image status with every field set; shared by the model's and the wire's tests.
 #[cfg(test)]
 pub(crate) fn test_full_image(state: ImageState) -> ImageStatus {

@@ -193,7 +193,7 @@ fn short_hash(digest: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{ConfigStatus, ImageState, RuntimeStatus};
+    use crate::status::{ConfigStatus, ImageState};
 
     fn image(name: &str, state: ImageState) -> ImageStatus {
         crate::status::test_image(name, true, state)
@@ -209,15 +209,7 @@ mod tests {
                 applied_at: None,
                 last_error: None,
             },
-            runtime: RuntimeStatus {
-                endpoint: "unix:///run/containerd/containerd.sock".into(),
-                name: Some("containerd".into()),
-                version: Some("v1.7.2".into()),
-                api_version: Some("v1".into()),
-                reachable: true,
-                last_error: None,
-                lost_at: None,
-            },
+            runtime: crate::status::test_runtime(),
             images: vec![
                 image("a:1", ImageState::Present),
                 image("b:1", ImageState::BackingOff),

@@ -349,15 +349,7 @@ mod tests {
                 applied_at: Some("2026-11-23T11:00:00Z".into()),
                 last_error: Some("images.yaml:4:3: image: empty".into()),
             },
-            runtime: RuntimeStatus {
-                endpoint: "unix:///run/containerd/containerd.sock".into(),
-                name: Some("containerd".into()),
-                version: Some("v1.7.2".into()),
-                api_version: Some("v1".into()),
-                reachable: true,
-                last_error: None,
-                lost_at: None,
-            },
+            runtime: crate::status::test_runtime(),
             images: ImageState::ALL
                 .iter()
                 .map(|&s| crate::status::test_full_image(s))
