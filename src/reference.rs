@@ -43,8 +43,79 @@ pub struct ImageRef {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid image reference {input:?}: {reason}")]
 pub struct ReferenceError {
+    /// The reference as written (for [`ImageRef::from_parts`], the parts joined back together).
     pub input: String,
-    pub reason: String,
+    pub reason: Invalid,
+}
+
+/// Which rule a reference breaks, one variant per rule. The texts are quoted by config errors,
+/// the README and tests, so they stay exactly as they are.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    #[error("reference is empty")]
+    Empty,
+    /// A bare image ID would otherwise parse as docker.io/library/<hex>.
+    #[error("cannot specify 64-byte hexadecimal strings")]
+    ImageId,
+    #[error("missing repository name")]
+    MissingRepository,
+    #[error("registry is empty")]
+    EmptyRegistry,
+    #[error("registry {registry:?} must not contain '/'")]
+    RegistryWithSlash { registry: String },
+    #[error(
+        "registry {registry:?} would be read as a docker hub namespace; \
+         a registry needs a '.', a ':port', or to be localhost"
+    )]
+    RegistryReadAsNamespace { registry: String },
+    #[error("invalid registry domain {domain:?}: unclosed '['")]
+    DomainUnclosedBracket { domain: String },
+    #[error("invalid registry domain {domain:?}: ipv6 address must be hex digits and ':' only")]
+    DomainIpv6 { domain: String },
+    #[error(
+        "invalid registry domain {domain:?}: host parts must be letters and digits with inner '-'"
+    )]
+    DomainHost { domain: String },
+    #[error("invalid registry domain {domain:?}: port must be digits")]
+    DomainPort { domain: String },
+    #[error("repository is empty")]
+    EmptyRepository,
+    #[error("repository must not contain a tag or digest; set them separately")]
+    RepositoryWithTagOrDigest,
+    #[error("repository starts with registry-like {first:?}; set the registry separately")]
+    RepositoryWithRegistry { first: String },
+    #[error("repository name must be lowercase")]
+    Uppercase,
+    #[error("repository path has an empty component (double or trailing '/')")]
+    EmptyPathComponent,
+    #[error(
+        "invalid repository path component {component:?}: use lowercase letters and digits \
+         joined by '.', '_', '__' or '-'"
+    )]
+    PathComponent { component: String },
+    #[error("repository name must not be more than {MAX_PATH_LEN} characters (got {len})")]
+    PathTooLong { len: usize },
+    #[error("tag is empty")]
+    EmptyTag,
+    #[error("tag must not be more than {MAX_TAG_LEN} characters (got {len})")]
+    TagTooLong { len: usize },
+    #[error(
+        "invalid tag {tag:?}: use letters, digits, '_', '.' and '-', not starting with '.' or '-'"
+    )]
+    Tag { tag: String },
+    #[error("invalid digest {digest:?}: expected <algorithm>:<hex>, e.g. sha256:<64 hex>")]
+    DigestSyntax { digest: String },
+    #[error("unsupported digest algorithm {algorithm:?} (use sha256, sha384 or sha512)")]
+    DigestAlgorithm { algorithm: String },
+    #[error("invalid digest {digest:?}: {algorithm} needs {want} hex characters, got {got}")]
+    DigestLength {
+        digest: String,
+        algorithm: String,
+        want: usize,
+        got: usize,
+    },
+    #[error("invalid digest {digest:?}: hex must be lowercase")]
+    DigestUppercase { digest: String },
 }
 
 impl ImageRef {
@@ -139,13 +210,13 @@ impl FromStr for ImageRef {
     }
 }
 
-fn parse_inner(s: &str) -> Result<ImageRef, String> {
+fn parse_inner(s: &str) -> Result<ImageRef, Invalid> {
     if s.is_empty() {
-        return Err("reference is empty".into());
+        return Err(Invalid::Empty);
     }
     // A bare image ID would otherwise parse as docker.io/library/<hex>.
     if s.len() == 64 && s.bytes().all(is_lower_hex) {
-        return Err("cannot specify 64-byte hexadecimal strings".into());
+        return Err(Invalid::ImageId);
     }
     // Neither tags nor digests contain '@', and names cannot either.
     let (name_tag, digest) = match s.split_once('@') {
@@ -159,18 +230,10 @@ fn parse_inner(s: &str) -> Result<ImageRef, String> {
         None => (remainder, None),
     };
     if path.is_empty() {
-        return Err("missing repository name".into());
+        return Err(Invalid::MissingRepository);
     }
     validate_domain(domain)?;
-    let path = normalize_path(domain, path);
-    validate_path(&path)?;
-    if let Some(t) = tag {
-        validate_tag(t)?;
-    }
-    if let Some(d) = digest {
-        validate_digest(d)?;
-    }
-    Ok(build(domain, path, tag, digest))
+    validated(domain, normalize_path(domain, path), tag, digest)
 }
 
 fn from_parts_inner(
@@ -178,20 +241,17 @@ fn from_parts_inner(
     repository: &str,
     tag: Option<&str>,
     digest: Option<&str>,
-) -> Result<ImageRef, String> {
+) -> Result<ImageRef, Invalid> {
     let domain = match registry {
         None => DEFAULT_DOMAIN,
-        Some("") => return Err("registry is empty".into()),
+        Some("") => return Err(Invalid::EmptyRegistry),
         Some(r) if r.contains('/') => {
-            return Err(format!("registry {r:?} must not contain '/'"));
+            return Err(Invalid::RegistryWithSlash { registry: r.into() });
         }
         Some(r) => {
             validate_domain(r)?;
             if !looks_like_domain(r) {
-                return Err(format!(
-                    "registry {r:?} would be read as a docker hub namespace; \
-                     a registry needs a '.', a ':port', or to be localhost"
-                ));
+                return Err(Invalid::RegistryReadAsNamespace { registry: r.into() });
             }
             if r == LEGACY_DEFAULT_DOMAIN {
                 DEFAULT_DOMAIN
@@ -201,23 +261,32 @@ fn from_parts_inner(
         }
     };
     if repository.is_empty() {
-        return Err("repository is empty".into());
+        return Err(Invalid::EmptyRepository);
     }
     if repository.contains([':', '@']) {
-        return Err("repository must not contain a tag or digest; set them separately".into());
+        return Err(Invalid::RepositoryWithTagOrDigest);
     }
     if repository.chars().any(char::is_uppercase) {
-        return Err("repository name must be lowercase".into());
+        return Err(Invalid::Uppercase);
     }
     if registry.is_none() {
         let first = repository.split('/').next().unwrap_or_default();
         if repository.contains('/') && looks_like_domain(first) {
-            return Err(format!(
-                "repository starts with registry-like {first:?}; set the registry separately"
-            ));
+            return Err(Invalid::RepositoryWithRegistry {
+                first: first.into(),
+            });
         }
     }
-    let path = normalize_path(domain, repository);
+    validated(domain, normalize_path(domain, repository), tag, digest)
+}
+
+/// The rules both entry points share once the domain is known and the path normalized.
+fn validated(
+    domain: &str,
+    path: String,
+    tag: Option<&str>,
+    digest: Option<&str>,
+) -> Result<ImageRef, Invalid> {
     validate_path(&path)?;
     if let Some(t) = tag {
         validate_tag(t)?;
@@ -269,17 +338,15 @@ fn normalize_path(domain: &str, path: &str) -> String {
     }
 }
 
-fn validate_domain(d: &str) -> Result<(), String> {
+fn validate_domain(d: &str) -> Result<(), Invalid> {
     let (host_ok, port) = if let Some(inner) = d.strip_prefix('[') {
         // IPv6 only as hex digits and colons: no zone ids, no embedded IPv4.
         let Some((addr, after)) = inner.split_once(']') else {
-            return Err(format!("invalid registry domain {d:?}: unclosed '['"));
+            return Err(Invalid::DomainUnclosedBracket { domain: d.into() });
         };
         let addr_ok = !addr.is_empty() && addr.bytes().all(|b| b.is_ascii_hexdigit() || b == b':');
         if !addr_ok {
-            return Err(format!(
-                "invalid registry domain {d:?}: ipv6 address must be hex digits and ':' only"
-            ));
+            return Err(Invalid::DomainIpv6 { domain: d.into() });
         }
         match after {
             "" => (true, None),
@@ -296,16 +363,12 @@ fn validate_domain(d: &str) -> Result<(), String> {
         (host.split('.').all(is_domain_component), port)
     };
     if !host_ok {
-        return Err(format!(
-            "invalid registry domain {d:?}: host parts must be letters and digits with inner '-'"
-        ));
+        return Err(Invalid::DomainHost { domain: d.into() });
     }
     if let Some(p) = port
         && (p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
     {
-        return Err(format!(
-            "invalid registry domain {d:?}: port must be digits"
-        ));
+        return Err(Invalid::DomainPort { domain: d.into() });
     }
     Ok(())
 }
@@ -322,26 +385,22 @@ fn is_domain_component(c: &str) -> bool {
     }
 }
 
-fn validate_path(path: &str) -> Result<(), String> {
+fn validate_path(path: &str) -> Result<(), Invalid> {
     if path.chars().any(char::is_uppercase) {
-        return Err("repository name must be lowercase".into());
+        return Err(Invalid::Uppercase);
     }
     for comp in path.split('/') {
         if comp.is_empty() {
-            return Err("repository path has an empty component (double or trailing '/')".into());
+            return Err(Invalid::EmptyPathComponent);
         }
         if !is_path_component(comp) {
-            return Err(format!(
-                "invalid repository path component {comp:?}: use lowercase letters and digits \
-                 joined by '.', '_', '__' or '-'"
-            ));
+            return Err(Invalid::PathComponent {
+                component: comp.into(),
+            });
         }
     }
     if path.len() > MAX_PATH_LEN {
-        return Err(format!(
-            "repository name must not be more than {MAX_PATH_LEN} characters (got {})",
-            path.len()
-        ));
+        return Err(Invalid::PathTooLong { len: path.len() });
     }
     Ok(())
 }
@@ -376,34 +435,27 @@ fn is_path_component(c: &str) -> bool {
     }
 }
 
-fn validate_tag(t: &str) -> Result<(), String> {
+fn validate_tag(t: &str) -> Result<(), Invalid> {
     let word = |x: u8| x.is_ascii_alphanumeric() || x == b'_';
     let b = t.as_bytes();
     let Some(&first) = b.first() else {
-        return Err("tag is empty".into());
+        return Err(Invalid::EmptyTag);
     };
     if b.len() > MAX_TAG_LEN {
-        return Err(format!(
-            "tag must not be more than {MAX_TAG_LEN} characters (got {})",
-            b.len()
-        ));
+        return Err(Invalid::TagTooLong { len: b.len() });
     }
     if !word(first) || !b.iter().all(|&x| word(x) || x == b'.' || x == b'-') {
-        return Err(format!(
-            "invalid tag {t:?}: use letters, digits, '_', '.' and '-', not starting with '.' or '-'"
-        ));
+        return Err(Invalid::Tag { tag: t.into() });
     }
     Ok(())
 }
 
-fn validate_digest(d: &str) -> Result<(), String> {
+fn validate_digest(d: &str) -> Result<(), Invalid> {
     let syntax_ok = d.split_once(':').is_some_and(|(alg, hex)| {
         is_digest_algorithm(alg) && !hex.is_empty() && hex.bytes().all(|x| x.is_ascii_hexdigit())
     });
     let Some((alg, hex)) = d.split_once(':').filter(|_| syntax_ok) else {
-        return Err(format!(
-            "invalid digest {d:?}: expected <algorithm>:<hex>, e.g. sha256:<64 hex>"
-        ));
+        return Err(Invalid::DigestSyntax { digest: d.into() });
     };
     // The algorithms the kubelet links in (crypto/sha256, crypto/sha512); case-sensitive.
     let want = match alg {
@@ -411,19 +463,21 @@ fn validate_digest(d: &str) -> Result<(), String> {
         "sha384" => 96,
         "sha512" => 128,
         _ => {
-            return Err(format!(
-                "unsupported digest algorithm {alg:?} (use sha256, sha384 or sha512)"
-            ));
+            return Err(Invalid::DigestAlgorithm {
+                algorithm: alg.into(),
+            });
         }
     };
     if hex.len() != want {
-        return Err(format!(
-            "invalid digest {d:?}: {alg} needs {want} hex characters, got {}",
-            hex.len()
-        ));
+        return Err(Invalid::DigestLength {
+            digest: d.into(),
+            algorithm: alg.into(),
+            want,
+            got: hex.len(),
+        });
     }
     if !hex.bytes().all(is_lower_hex) {
-        return Err(format!("invalid digest {d:?}: hex must be lowercase"));
+        return Err(Invalid::DigestUppercase { digest: d.into() });
     }
     Ok(())
 }
@@ -460,7 +514,7 @@ mod tests {
 
     struct Case {
         input: String,
-        want: Result<Want, String>,
+        want: Result<Want, &'static str>,
     }
 
     #[derive(Default)]
@@ -488,10 +542,10 @@ mod tests {
             });
         }
 
-        fn err(&mut self, input: impl Into<String>, reason: &str) {
+        fn err(&mut self, input: impl Into<String>, reason: &'static str) {
             self.0.push(Case {
                 input: input.into(),
-                want: Err(reason.into()),
+                want: Err(reason),
             });
         }
     }
@@ -691,18 +745,16 @@ mod tests {
                     assert_eq!(again.pull_ref(), r.pull_ref(), "reparse of {:?}", c.input);
                 }
                 (Err(reason), Err(e)) => {
+                    let got = e.reason.to_string();
                     assert!(
-                        e.reason.contains(reason.as_str()),
+                        got.contains(*reason),
                         "{:?}: reason {:?} lacks {:?}",
                         c.input,
-                        e.reason,
+                        got,
                         reason
                     );
                     assert_eq!(e.input, c.input);
-                    assert!(
-                        e.reason.starts_with(|c: char| c.is_ascii_lowercase()),
-                        "{e}"
-                    );
+                    assert!(got.starts_with(|c: char| c.is_ascii_lowercase()), "{e}");
                 }
                 (Ok(_), Err(e)) => panic!("{:?}: unexpected error: {e}", c.input),
                 (Err(reason), Ok(r)) => {
@@ -723,6 +775,60 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "invalid image reference \"\": reference is empty"
+        );
+    }
+
+    /// The whole text of every reason, one rule each: config errors, the README and users' scripts
+    /// quote them, so a reworded message must show up here.
+    #[test]
+    #[rustfmt::skip]
+    fn every_reason_text_is_pinned() {
+        let upper = format!("sha256:{}", hex(64).to_uppercase());
+        let upper_text = format!("invalid digest {upper:?}: hex must be lowercase");
+        let parsed: Vec<(String, Invalid, &str)> = vec![
+            ("".into(), Invalid::Empty, "reference is empty"),
+            (hex(64), Invalid::ImageId, "cannot specify 64-byte hexadecimal strings"),
+            (":tag".into(), Invalid::MissingRepository, "missing repository name"),
+            ("[::1/foo".into(), Invalid::DomainUnclosedBracket { domain: "[::1".into() }, "invalid registry domain \"[::1\": unclosed '['"),
+            ("[fe80::1%eth0]/foo".into(), Invalid::DomainIpv6 { domain: "[fe80::1%eth0]".into() }, "invalid registry domain \"[fe80::1%eth0]\": ipv6 address must be hex digits and ':' only"),
+            ("foo_bar.com/foo".into(), Invalid::DomainHost { domain: "foo_bar.com".into() }, "invalid registry domain \"foo_bar.com\": host parts must be letters and digits with inner '-'"),
+            ("host:port/foo".into(), Invalid::DomainPort { domain: "host:port".into() }, "invalid registry domain \"host:port\": port must be digits"),
+            ("Upper".into(), Invalid::Uppercase, "repository name must be lowercase"),
+            ("a//b".into(), Invalid::EmptyPathComponent, "repository path has an empty component (double or trailing '/')"),
+            ("a._b".into(), Invalid::PathComponent { component: "a._b".into() }, "invalid repository path component \"a._b\": use lowercase letters and digits joined by '.', '_', '__' or '-'"),
+            ("a".repeat(248), Invalid::PathTooLong { len: 256 }, "repository name must not be more than 255 characters (got 256)"),
+            ("foo:".into(), Invalid::EmptyTag, "tag is empty"),
+            (format!("foo:{}", "t".repeat(129)), Invalid::TagTooLong { len: 129 }, "tag must not be more than 128 characters (got 129)"),
+            ("foo:-x".into(), Invalid::Tag { tag: "-x".into() }, "invalid tag \"-x\": use letters, digits, '_', '.' and '-', not starting with '.' or '-'"),
+            ("foo@sha256".into(), Invalid::DigestSyntax { digest: "sha256".into() }, "invalid digest \"sha256\": expected <algorithm>:<hex>, e.g. sha256:<64 hex>"),
+            (format!("foo@md5:{}", hex(32)), Invalid::DigestAlgorithm { algorithm: "md5".into() }, "unsupported digest algorithm \"md5\" (use sha256, sha384 or sha512)"),
+            ("foo@sha256:ffff".into(), Invalid::DigestLength { digest: "sha256:ffff".into(), algorithm: "sha256".into(), want: 64, got: 4 }, "invalid digest \"sha256:ffff\": sha256 needs 64 hex characters, got 4"),
+            (format!("foo@{upper}"), Invalid::DigestUppercase { digest: upper.clone() }, &upper_text),
+        ];
+        for (input, reason, text) in parsed {
+            let e = ImageRef::parse(&input).unwrap_err();
+            assert_eq!(e.reason, reason, "{input:?}");
+            assert_eq!(e.reason.to_string(), text, "{input:?}");
+        }
+
+        let parts: Vec<(Parts, Invalid, &str)> = vec![
+            ((Some(""), "app", None, None), Invalid::EmptyRegistry, "registry is empty"),
+            ((Some("quay.io/org"), "app", None, None), Invalid::RegistryWithSlash { registry: "quay.io/org".into() }, "registry \"quay.io/org\" must not contain '/'"),
+            ((Some("myregistry"), "app", None, None), Invalid::RegistryReadAsNamespace { registry: "myregistry".into() }, "registry \"myregistry\" would be read as a docker hub namespace; a registry needs a '.', a ':port', or to be localhost"),
+            ((None, "", None, None), Invalid::EmptyRepository, "repository is empty"),
+            ((None, "nginx:1", None, None), Invalid::RepositoryWithTagOrDigest, "repository must not contain a tag or digest; set them separately"),
+            ((None, "quay.io/app", None, None), Invalid::RepositoryWithRegistry { first: "quay.io".into() }, "repository starts with registry-like \"quay.io\"; set the registry separately"),
+        ];
+        for ((reg, repo, tag, dig), reason, text) in parts {
+            let e = ImageRef::from_parts(reg, repo, tag, dig).unwrap_err();
+            assert_eq!(e.reason, reason, "{reg:?} {repo:?}");
+            assert_eq!(e.reason.to_string(), text, "{reg:?} {repo:?}");
+        }
+        let e = ImageRef::from_parts(Some("quay.io"), "app", Some("v1"), Some("sha1:ab")).unwrap_err();
+        assert_eq!(e.input, "quay.io/app:v1@sha1:ab");
+        assert_eq!(
+            e.to_string(),
+            "invalid image reference \"quay.io/app:v1@sha1:ab\": unsupported digest algorithm \"sha1\" (use sha256, sha384 or sha512)"
         );
     }
 
@@ -814,7 +920,8 @@ mod tests {
         ];
         for ((reg, repo, tag, dig), reason) in errs {
             let e = ImageRef::from_parts(reg, repo, tag, dig).unwrap_err();
-            assert!(e.reason.contains(reason), "{reg:?} {repo:?}: {:?} lacks {reason:?}", e.reason);
+            let got = e.reason.to_string();
+            assert!(got.contains(reason), "{reg:?} {repo:?}: {got:?} lacks {reason:?}");
             assert!(e.input.contains(repo), "{:?} should show {repo:?}", e.input);
         }
     }

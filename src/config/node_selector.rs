@@ -238,8 +238,8 @@ mod tests {
             .collect()
     }
 
-    fn selector(yaml: &str) -> Result<NodeSelector, String> {
-        serde_saphyr::from_str::<NodeSelector>(yaml).map_err(|e| e.to_string())
+    fn selector(yaml: &str) -> Result<NodeSelector, serde_saphyr::Error> {
+        serde_saphyr::from_str::<NodeSelector>(yaml)
     }
 
     #[test]
@@ -296,7 +296,7 @@ mod tests {
             ("matchLabels: {pool: \"-x\"}", "at most 63"),
             ("matchLabel: {pool: x}", "matchLabel"),
         ] {
-            let e = selector(yaml).unwrap_err();
+            let e = selector(yaml).unwrap_err().to_string();
             assert!(e.contains(needle), "{yaml}: {e}");
         }
     }
