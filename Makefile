@@ -4,11 +4,11 @@ SANDBOX ?= .sandbox
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the tests and the demo start as real processes.
-APT_PACKAGES := containerd docker-registry protobuf-compiler skopeo umoci nginx apache2-utils curl
+APT_PACKAGES := containerd docker-registry protobuf-compiler skopeo umoci nginx apache2-utils curl prometheus
 # The commands those packages provide, checked to decide whether setup has work to do.
-NEEDED_COMMANDS := containerd ctr docker-registry protoc skopeo umoci nginx htpasswd curl
+NEEDED_COMMANDS := containerd ctr docker-registry protoc skopeo umoci nginx htpasswd curl promtool
 
-.PHONY: setup test demo demo-down build lint bench deploy-check image image-check acceptance fuzz fuzz-smoke
+.PHONY: setup test demo demo-down build lint bench deploy-check alerts-check image image-check acceptance fuzz fuzz-smoke
 
 ## setup: install what the build, the tests and the demo need (apt packages, rustfmt, clippy,
 ## and for the deploy checks: .venv/ with kubernetes-validate, kubectl if the machine has none)
@@ -37,12 +37,12 @@ lint: setup
 	python3 hack/check-release-features.py
 
 ## test: formatting, clippy, unit tests and the integration tests on real containerd + registry,
-## then the deploy manifests and the container image (deploy-check, image-check), and the image's
-## own binary end to end (acceptance)
+## then the deploy manifests, the alerts and dashboard, and the container image (deploy-check,
+## alerts-check, image-check), and the image's own binary end to end (acceptance)
 ## (benches/ are compiled by clippy above and run by `make bench`, not here: they measure, not test)
 test: lint
 	$(CARGO) test --lib --bins --tests --examples
-	@$(MAKE) --no-print-directory deploy-check image-check acceptance fuzz-smoke
+	@$(MAKE) --no-print-directory deploy-check alerts-check image-check acceptance fuzz-smoke
 
 # Fuzzing (fuzz/): libFuzzer through cargo-fuzz, which needs a nightly toolchain.
 HAS_NIGHTLY = rustup toolchain list 2>/dev/null | grep -q '^nightly'
@@ -81,6 +81,12 @@ IMAGE_DIR = target/image
 deploy-check: setup
 	$(CARGO) build -q --bin prepuller
 	$(DEPLOY_PATH) .venv/bin/python hack/check-manifests.py --prepuller target/debug/prepuller
+
+## alerts-check: the PrometheusRule of deploy/components/metrics through `promtool check rules`
+## and its unit tests (`promtool test rules`, each alert firing and not, shown not vacuous), and
+## every query of its Grafana dashboard parsed by promtool; all over the README's metric names
+alerts-check: setup
+	.venv/bin/python hack/check-alerts.py
 
 ## image: the container image without Docker: the release binary into an OCI layout
 ## ($(IMAGE_DIR)/oci, tag = the crate version) and an oci-archive next to it

@@ -45,7 +45,7 @@ ALLOWED_RULES = {
 
 # Kinds that come from CRDs: kubernetes-validate has no schema for them; the assertions below
 # check what matters about them.
-CRD_KINDS = {("monitoring.coreos.com/v1", "PodMonitor")}
+CRD_KINDS = {("monitoring.coreos.com/v1", "PodMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
 
 
 class Report:
@@ -305,6 +305,26 @@ def check_podmonitors(report, where, docs, ds):
                          f"{name_of(pm)}: endpoint {ep} must scrape port 'metrics' at /metrics")
 
 
+def check_prometheusrules(report, where, docs, ds):
+    """The rules' own tests are `make alerts-check`; here: the shape the operator needs, and the
+    job the alerts select is the one the PodMonitor gives the series."""
+    pod_labels = ds["spec"]["template"]["metadata"]["labels"]
+    jobs = set()
+    for pm in find(docs, "PodMonitor"):
+        job_label = pm["spec"].get("jobLabel")
+        # Without jobLabel the operator names the job NAMESPACE/NAME of the PodMonitor.
+        jobs.add(pod_labels.get(job_label) if job_label else f"{pm['metadata'].get('namespace')}/{pm['metadata']['name']}")
+    for pr in find(docs, "PrometheusRule"):
+        groups = pr.get("spec", {}).get("groups", [])
+        report.check(where, bool(groups) and all(g.get("name") and g.get("rules") for g in groups),
+                     f"{name_of(pr)}: spec.groups must be named groups with rules")
+        for g in groups:
+            for r in g.get("rules", []):
+                for job in re.findall(r'\bjob\s*=\s*"([^"]*)"', r.get("expr", "")):
+                    report.check(where, job in jobs,
+                                 f"{name_of(pr)}: {r.get('alert') or r.get('record')} selects job={job!r}, but the PodMonitor's series have job {sorted(jobs)}")
+
+
 def check_configs(report, where, docs, ds, prepuller, notes):
     """Every ConfigMap the DaemonSet mounts must be a valid prepuller config: `prepuller check`
     on the directory the agent would see."""
@@ -345,6 +365,7 @@ def check_render(report, where, docs, versions, prepuller):
     if ds:
         check_image_tag(report, where, ds)
         check_podmonitors(report, where, docs, ds)
+        check_prometheusrules(report, where, docs, ds)
         check_configs(report, where, docs, ds, prepuller, notes)
     return notes
 
