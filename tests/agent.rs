@@ -94,6 +94,84 @@ async fn readiness_flips_when_the_last_required_image_lands_and_removed_images_c
         metrics.contains("prepuller_pull_failures_total"),
         "{metrics}"
     );
+    // Every family is in this scrape (a failure was counted): Prometheus' own linter on it.
+    promtool_check_metrics(&metrics);
+}
+
+/// Runs `promtool check metrics` (Prometheus' exposition linter: naming conventions, help
+/// texts, units) on a scrape, and fails on any problem it reports.
+///
+/// promtool parses the Prometheus text format (0.0.4), not OpenMetrics, where a counter's
+/// `# TYPE`/`# HELP` name the family without the `_total` of its samples: on the raw body it
+/// reports `X_total no help text` for each counter `X`, which is that difference and nothing
+/// else, so only those lines are allowed there. The body is then rewritten as the text format
+/// (the counters' `_total` on their `# TYPE`/`# HELP`, no `# UNIT`/`# EOF`, as Prometheus stores
+/// the series) and must pass with nothing reported.
+fn promtool_check_metrics(body: &str) {
+    let counters: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    assert!(!counters.is_empty(), "{body}");
+    let (_, raw) = promtool_metrics(body);
+    for line in raw.lines().filter(|l| !l.trim().is_empty()) {
+        let format_artifact = line
+            .strip_suffix("_total no help text")
+            .is_some_and(|family| counters.contains(&family));
+        assert!(
+            format_artifact,
+            "promtool check metrics on the agent's /metrics: {line}\n{raw}\n{body}"
+        );
+    }
+
+    let text_format: String = body
+        .lines()
+        .filter(|l| !l.starts_with("# UNIT ") && *l != "# EOF")
+        .map(|l| {
+            for kind in ["# TYPE ", "# HELP "] {
+                if let Some(rest) = l.strip_prefix(kind)
+                    && let Some((family, tail)) = rest.split_once(' ')
+                    && counters.contains(&family)
+                {
+                    return format!("{kind}{family}_total {tail}\n");
+                }
+            }
+            format!("{l}\n")
+        })
+        .collect();
+    let (ok, out) = promtool_metrics(&text_format);
+    assert!(
+        ok && out.trim().is_empty(),
+        "promtool check metrics on the agent's /metrics as the text format:\n{out}\n{text_format}"
+    );
+}
+
+/// `promtool check metrics` with `text` on stdin: whether it exited 0, and what it printed.
+fn promtool_metrics(text: &str) -> (bool, String) {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "promtool (Debian package prometheus) is needed to lint /metrics: {e}; \
+                 `make setup` installs it"
+            )
+        });
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
 }
 
 #[tokio::test]
