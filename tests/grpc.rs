@@ -20,22 +20,10 @@ use tonic::transport::Channel;
 const WAIT: Duration = Duration::from_secs(10);
 
 fn image(name: &str, required: bool, state: ImageState) -> ImageStatus {
+    let normalized = format!("docker.io/library/{name}");
     ImageStatus {
-        image: name.into(),
-        normalized: format!("docker.io/library/{name}"),
-        required,
-        policy: PullPolicy::IfNotPresent,
         state,
-        image_id: None,
-        repo_digest: None,
-        size_bytes: None,
-        attempts: 0,
-        last_error: None,
-        last_error_class: None,
-        next_retry_at: None,
-        last_pull_seconds: None,
-        present_since: None,
-        drift: None,
+        ..ImageStatus::new(name.into(), normalized, required, PullPolicy::IfNotPresent)
     }
 }
 
