@@ -22,7 +22,7 @@ mod files;
 mod keyring;
 mod secret;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 
 use std::fmt;
 use std::hash::{Hash, Hasher};

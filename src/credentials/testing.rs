@@ -20,9 +20,19 @@ pub fn auth(user: &str) -> RegistryAuth {
 
 /// A `.dockerconfigjson` with one `auth` entry.
 pub fn dockerconfigjson(host: &str, user: &str, password: &str) -> Vec<u8> {
-    format!(
-        r#"{{"auths": {{"{host}": {{"auth": "{}"}}}}}}"#,
-        b64(&format!("{user}:{password}"))
-    )
-    .into_bytes()
+    dockerconfigjson_of(&[(host, user, password)]).into_bytes()
+}
+
+/// A `.dockerconfigjson` with one `auth` entry per (key, user, password).
+pub fn dockerconfigjson_of(entries: &[(&str, &str, &str)]) -> String {
+    let auths: Vec<String> = entries
+        .iter()
+        .map(|(key, user, password)| {
+            format!(
+                r#""{key}": {{"auth": "{}"}}"#,
+                b64(&format!("{user}:{password}"))
+            )
+        })
+        .collect();
+    format!(r#"{{"auths": {{{}}}}}"#, auths.join(", "))
 }

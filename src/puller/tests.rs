@@ -399,20 +399,15 @@ mod credentials {
     use super::*;
     use crate::config::CredentialSource;
     use crate::credentials::Credentials;
-    use base64::Engine;
 
     /// A docker config file with one `auth` entry per (key, user, password).
     fn docker_config(dir: &Path, name: &str, entries: &[(&str, &str, &str)]) -> CredentialSource {
-        let auths: Vec<String> = entries
-            .iter()
-            .map(|(key, user, password)| {
-                let auth =
-                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-                format!("\"{key}\": {{\"auth\": \"{auth}\"}}")
-            })
-            .collect();
         let path = dir.join(name);
-        std::fs::write(&path, format!("{{\"auths\": {{{}}}}}", auths.join(","))).unwrap();
+        std::fs::write(
+            &path,
+            crate::credentials::testing::dockerconfigjson_of(entries),
+        )
+        .unwrap();
         CredentialSource::DockerConfig(path)
     }
 
