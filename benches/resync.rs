@@ -11,7 +11,6 @@ use prepuller::cli::pull;
 use prepuller::config::Config;
 use prepuller::credentials::Credentials;
 use prepuller::puller::PullSettings;
-use prepuller::runtime::RuntimeVersion;
 use prepuller::runtime::fake::FakeRuntime;
 use prepuller::status::StatusHub;
 use prepuller::status::metrics::Metrics;
@@ -106,11 +105,7 @@ fn main() {
             &config,
             pull::RunOptions {
                 endpoint: "unix:///fake.sock",
-                version: RuntimeVersion {
-                    runtime_name: "fake".into(),
-                    runtime_version: "1".into(),
-                    runtime_api_version: "v1".into(),
-                },
+                version: FakeRuntime::runtime_version(),
                 settings: PullSettings::from(&config),
                 timeout: None,
                 credentials: Arc::new(Credentials::none()),

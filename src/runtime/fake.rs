@@ -194,15 +194,22 @@ impl FakeRuntime {
     }
 }
 
+impl FakeRuntime {
+    /// What `version()` answers: for callers that need it without a call.
+    pub fn runtime_version() -> RuntimeVersion {
+        RuntimeVersion {
+            runtime_name: "fake".into(),
+            runtime_version: "1.0".into(),
+            runtime_api_version: "v1".into(),
+        }
+    }
+}
+
 impl Runtime for FakeRuntime {
     async fn version(&self) -> Result<RuntimeVersion, RuntimeError> {
         self.state().stats.version_calls += 1;
         self.check_available().await?;
-        Ok(RuntimeVersion {
-            runtime_name: "fake".into(),
-            runtime_version: "1.0".into(),
-            runtime_api_version: "v1".into(),
-        })
+        Ok(FakeRuntime::runtime_version())
     }
 
     async fn list_images(&self) -> Result<Vec<ImageInfo>, RuntimeError> {

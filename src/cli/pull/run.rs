@@ -226,11 +226,7 @@ mod tests {
         let config = Config::parse("images: [r.example/a:1]", Path::new("t.yaml")).unwrap();
         RunOptions {
             endpoint: "unix:///fake.sock",
-            version: RuntimeVersion {
-                runtime_name: "fake".into(),
-                runtime_version: "1".into(),
-                runtime_api_version: "v1".into(),
-            },
+            version: FakeRuntime::runtime_version(),
             settings: PullSettings::from(&config),
             timeout: Some(timeout),
             credentials: Arc::new(Credentials::none()),
