@@ -61,8 +61,10 @@ pub enum Invalid {
     MissingRepository,
     #[error("registry is empty")]
     EmptyRegistry,
-    #[error("registry {registry:?} must not contain '/'")]
-    RegistryWithSlash { registry: String },
+    #[error("registry {registry:?} must not have a scheme; write the host, e.g. {host:?}")]
+    RegistryWithScheme { registry: String, host: String },
+    #[error("registry {registry:?} must not contain a tag or digest")]
+    RegistryWithTagOrDigest { registry: String },
     #[error(
         "registry {registry:?} would be read as a docker hub namespace; \
          a registry needs a '.', a ':port', or to be localhost"
@@ -82,8 +84,13 @@ pub enum Invalid {
     EmptyRepository,
     #[error("repository must not contain a tag or digest; set them separately")]
     RepositoryWithTagOrDigest,
-    #[error("repository starts with registry-like {first:?}; set the registry separately")]
-    RepositoryWithRegistry { first: String },
+    #[error(
+        "repository starts with registry {first:?} (a registry with a port) and `registry` is \
+         set too; name the registry in one place"
+    )]
+    RepositoryWithRegistryPort { first: String },
+    #[error("repository {repository:?} is a registry with a port and no repository path")]
+    RepositoryOnlyRegistry { repository: String },
     #[error("repository name must be lowercase")]
     Uppercase,
     #[error("repository path has an empty component (double or trailing '/')")]
@@ -127,12 +134,14 @@ impl ImageRef {
         })
     }
 
-    /// Build from coordinates (config form). registry None => docker.io. repository is the path,
-    /// e.g. "myrepo/cass-management-api" or "nginx" (=> library/nginx on docker.io). tag/digest optional.
+    /// Build from coordinates (config form). registry None => docker.io; it may carry a path
+    /// (`gcr.io/yourproject`). repository is the path, e.g. "myrepo/cass-management-api" or
+    /// "nginx" (=> library/nginx on docker.io); without `registry` it may start with one (the
+    /// REC form `gcr.io/yourproject/redislabs/redis`). tag/digest optional.
     ///
-    /// The result always round-trips through [`ImageRef::parse`] of its [`pull_ref`](Self::pull_ref),
-    /// so a registry the parser would read as a Docker Hub namespace (e.g. `myregistry`) is refused,
-    /// as is a repository starting with something that looks like a registry when none is given.
+    /// The result is what the kubelet makes of the joined `registry/repository:tag@digest`, and
+    /// always round-trips through [`ImageRef::parse`] of its [`pull_ref`](Self::pull_ref), so a
+    /// registry the parser would read as a Docker Hub namespace (e.g. `myregistry`) is refused.
     pub fn from_parts(
         registry: Option<&str>,
         repository: &str,
@@ -242,42 +251,192 @@ fn from_parts_inner(
     tag: Option<&str>,
     digest: Option<&str>,
 ) -> Result<ImageRef, Invalid> {
-    let domain = match registry {
-        None => DEFAULT_DOMAIN,
-        Some("") => return Err(Invalid::EmptyRegistry),
-        Some(r) if r.contains('/') => {
-            return Err(Invalid::RegistryWithSlash { registry: r.into() });
-        }
-        Some(r) => {
-            validate_domain(r)?;
-            if !looks_like_domain(r) {
-                return Err(Invalid::RegistryReadAsNamespace { registry: r.into() });
-            }
-            if r == LEGACY_DEFAULT_DOMAIN {
-                DEFAULT_DOMAIN
-            } else {
-                r
-            }
-        }
-    };
+    let registry = registry.map(RegistryPath::parse_inner).transpose()?;
     if repository.is_empty() {
         return Err(Invalid::EmptyRepository);
     }
-    if repository.contains([':', '@']) {
-        return Err(Invalid::RepositoryWithTagOrDigest);
-    }
-    if repository.chars().any(char::is_uppercase) {
-        return Err(Invalid::Uppercase);
-    }
-    if registry.is_none() {
-        let first = repository.split('/').next().unwrap_or_default();
-        if repository.contains('/') && looks_like_domain(first) {
-            return Err(Invalid::RepositoryWithRegistry {
+    // A repository may carry its registry (the REC form, `gcr.io/project/redislabs/redis`):
+    // read it as the kubelet reads the joined `repository:tag`.
+    let (registry, path) = match (registry, repository.split_once('/')) {
+        (None, Some((first, rest))) if looks_like_domain(first) => {
+            validate_domain(first)?;
+            (RegistryPath::new(first, None), rest)
+        }
+        // Joined behind another registry, the port would be read as a tag.
+        (Some(_), Some((first, _))) if first.contains(':') => {
+            return Err(Invalid::RepositoryWithRegistryPort {
                 first: first.into(),
             });
         }
+        (registry, _) => (
+            registry.unwrap_or_else(|| RegistryPath::new(DEFAULT_DOMAIN, None)),
+            repository,
+        ),
+    };
+    if path.contains([':', '@']) {
+        let registry_only = path == repository
+            && repository.split_once(':').is_some_and(|(host, port)| {
+                (host == "localhost" || host.contains('.'))
+                    && !port.is_empty()
+                    && port.bytes().all(|b| b.is_ascii_digit())
+            });
+        if registry_only {
+            return Err(Invalid::RepositoryOnlyRegistry {
+                repository: repository.into(),
+            });
+        }
+        return Err(Invalid::RepositoryWithTagOrDigest);
     }
-    validated(domain, normalize_path(domain, repository), tag, digest)
+    if path.chars().any(char::is_uppercase) {
+        return Err(Invalid::Uppercase);
+    }
+    registry.join(path, tag, digest)
+}
+
+/// A registry host with an optional path below it (`gcr.io/yourproject`): what `registry:`
+/// coordinates and `imageRegistry` name. Images below it are `<host>/<path>/<repository>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RegistryPath {
+    /// Normalized: `index.docker.io` is `docker.io`.
+    domain: String,
+    prefix: Option<String>,
+}
+
+impl RegistryPath {
+    /// Parses `host[:port][/path]`; the host must be one the kubelet reads as a registry.
+    pub fn parse(s: &str) -> Result<RegistryPath, ReferenceError> {
+        RegistryPath::parse_inner(s).map_err(|reason| ReferenceError {
+            input: s.to_owned(),
+            reason,
+        })
+    }
+
+    fn parse_inner(r: &str) -> Result<RegistryPath, Invalid> {
+        if r.is_empty() {
+            return Err(Invalid::EmptyRegistry);
+        }
+        if let Some((_, after)) = r.split_once("://") {
+            return Err(Invalid::RegistryWithScheme {
+                registry: r.into(),
+                host: after.split('/').next().unwrap_or_default().into(),
+            });
+        }
+        let (host, prefix) = match r.split_once('/') {
+            Some((h, p)) => (h, Some(p)),
+            None => (r, None),
+        };
+        validate_domain(host)?;
+        if !looks_like_domain(host) {
+            return Err(Invalid::RegistryReadAsNamespace { registry: r.into() });
+        }
+        if let Some(p) = prefix {
+            if p.contains([':', '@']) {
+                return Err(Invalid::RegistryWithTagOrDigest { registry: r.into() });
+            }
+            validate_path(p)?;
+        }
+        Ok(RegistryPath::new(host, prefix))
+    }
+
+    fn new(host: &str, prefix: Option<&str>) -> RegistryPath {
+        let domain = if host == LEGACY_DEFAULT_DOMAIN {
+            DEFAULT_DOMAIN
+        } else {
+            host
+        };
+        RegistryPath {
+            domain: domain.to_owned(),
+            prefix: prefix.map(str::to_owned),
+        }
+    }
+
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    /// The path below the host, e.g. `yourproject` of `gcr.io/yourproject`.
+    pub fn prefix(&self) -> Option<&str> {
+        self.prefix.as_deref()
+    }
+
+    /// `repository` below this registry path: `<host>/<path>/<repository>`, parsed as the
+    /// kubelet parses that joined reference (`library/` only where the host is Docker Hub).
+    pub fn image(
+        &self,
+        repository: &str,
+        tag: Option<&str>,
+        digest: Option<&str>,
+    ) -> Result<ImageRef, ReferenceError> {
+        self.join(repository, tag, digest)
+            .map_err(|reason| ReferenceError {
+                input: joined(&self.to_string(), repository, tag, digest),
+                reason,
+            })
+    }
+
+    fn join(
+        &self,
+        repository: &str,
+        tag: Option<&str>,
+        digest: Option<&str>,
+    ) -> Result<ImageRef, Invalid> {
+        let path = match &self.prefix {
+            Some(p) => format!("{p}/{repository}"),
+            None => repository.to_owned(),
+        };
+        validated(
+            &self.domain,
+            normalize_path(&self.domain, &path),
+            tag,
+            digest,
+        )
+    }
+
+    /// Whether `image` already lives below this registry path.
+    pub fn holds(&self, image: &ImageRef) -> bool {
+        image.domain == self.domain
+            && self.prefix.as_ref().is_none_or(|p| {
+                image
+                    .path
+                    .strip_prefix(p.as_str())
+                    .is_some_and(|rest| rest.starts_with('/'))
+            })
+    }
+}
+
+impl fmt::Display for RegistryPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.domain)?;
+        if let Some(p) = &self.prefix {
+            write!(f, "/{p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The repository of a valid reference as written: without its registry, tag and digest, and
+/// without the `library/` that Docker Hub normalization adds (`nginx:1` is `nginx`,
+/// `docker.io/library/nginx` is `library/nginx`, `gcr.io/p/app@sha256:…` is `p/app`).
+pub fn written_repository(reference: &str) -> &str {
+    let name_tag = reference.split_once('@').map_or(reference, |(n, _)| n);
+    let rest = match name_tag.split_once('/') {
+        Some((first, rest)) if looks_like_domain(first) => rest,
+        _ => name_tag,
+    };
+    rest.split_once(':').map_or(rest, |(path, _)| path)
+}
+
+fn joined(registry: &str, repository: &str, tag: Option<&str>, digest: Option<&str>) -> String {
+    let mut input = format!("{registry}/{repository}");
+    if let Some(t) = tag {
+        input.push(':');
+        input.push_str(t);
+    }
+    if let Some(d) = digest {
+        input.push('@');
+        input.push_str(d);
+    }
+    input
 }
 
 /// The rules both entry points share once the domain is known and the path normalized.
@@ -813,11 +972,13 @@ mod tests {
 
         let parts: Vec<(Parts, Invalid, &str)> = vec![
             ((Some(""), "app", None, None), Invalid::EmptyRegistry, "registry is empty"),
-            ((Some("quay.io/org"), "app", None, None), Invalid::RegistryWithSlash { registry: "quay.io/org".into() }, "registry \"quay.io/org\" must not contain '/'"),
+            ((Some("https://quay.io/org"), "app", None, None), Invalid::RegistryWithScheme { registry: "https://quay.io/org".into(), host: "quay.io".into() }, "registry \"https://quay.io/org\" must not have a scheme; write the host, e.g. \"quay.io\""),
+            ((Some("gcr.io/p:1"), "app", None, None), Invalid::RegistryWithTagOrDigest { registry: "gcr.io/p:1".into() }, "registry \"gcr.io/p:1\" must not contain a tag or digest"),
             ((Some("myregistry"), "app", None, None), Invalid::RegistryReadAsNamespace { registry: "myregistry".into() }, "registry \"myregistry\" would be read as a docker hub namespace; a registry needs a '.', a ':port', or to be localhost"),
             ((None, "", None, None), Invalid::EmptyRepository, "repository is empty"),
             ((None, "nginx:1", None, None), Invalid::RepositoryWithTagOrDigest, "repository must not contain a tag or digest; set them separately"),
-            ((None, "quay.io/app", None, None), Invalid::RepositoryWithRegistry { first: "quay.io".into() }, "repository starts with registry-like \"quay.io\"; set the registry separately"),
+            ((Some("quay.io"), "registry.example.com:5000/app", None, None), Invalid::RepositoryWithRegistryPort { first: "registry.example.com:5000".into() }, "repository starts with registry \"registry.example.com:5000\" (a registry with a port) and `registry` is set too; name the registry in one place"),
+            ((None, "registry.example.com:5000", None, None), Invalid::RepositoryOnlyRegistry { repository: "registry.example.com:5000".into() }, "repository \"registry.example.com:5000\" is a registry with a port and no repository path"),
         ];
         for ((reg, repo, tag, dig), reason, text) in parts {
             let e = ImageRef::from_parts(reg, repo, tag, dig).unwrap_err();
@@ -880,6 +1041,18 @@ mod tests {
             ((Some("quay.io"), "test.example.com/app", None, None), "quay.io/test.example.com/app:latest".into(), "quay.io", "test.example.com/app", lat),
             ((None, "nginx", None, d), format!("docker.io/library/nginx@{d256}"), "docker.io", "library/nginx", None),
             ((Some("quay.io"), "org/app", Some("v1"), d), format!("quay.io/org/app@{d256}"), "quay.io", "org/app", Some("v1")),
+            // A registry with a path (Redis's private repository prefix).
+            ((Some("gcr.io/yourproject"), "redislabs/redis", Some("7.2.4-64"), None), "gcr.io/yourproject/redislabs/redis:7.2.4-64".into(), "gcr.io", "yourproject/redislabs/redis", Some("7.2.4-64")),
+            ((Some("quay.io/org"), "app", None, None), "quay.io/org/app:latest".into(), "quay.io", "org/app", lat),
+            ((Some("docker.io/bitnami"), "redis", Some("7"), None), "docker.io/bitnami/redis:7".into(), "docker.io", "bitnami/redis", Some("7")),
+            ((Some("index.docker.io/library"), "nginx", None, None), "docker.io/library/nginx:latest".into(), "docker.io", "library/nginx", lat),
+            ((Some("localhost:5000/a/b"), "c", None, None), "localhost:5000/a/b/c:latest".into(), "localhost:5000", "a/b/c", lat),
+            // A repository that carries its registry (the REC form), read as the kubelet would.
+            ((None, "gcr.io/yourproject/redislabs/redis", Some("7.2.4-64"), None), "gcr.io/yourproject/redislabs/redis:7.2.4-64".into(), "gcr.io", "yourproject/redislabs/redis", Some("7.2.4-64")),
+            ((None, "registry.example.com:5000/repo", Some("1"), None), "registry.example.com:5000/repo:1".into(), "registry.example.com:5000", "repo", Some("1")),
+            ((None, "localhost/app", None, None), "localhost/app:latest".into(), "localhost", "app", lat),
+            ((None, "index.docker.io/nginx", Some("1"), None), "docker.io/library/nginx:1".into(), "docker.io", "library/nginx", Some("1")),
+            ((None, "quay.io/org/app", None, d), format!("quay.io/org/app@{d256}"), "quay.io", "org/app", None),
         ];
         for ((reg, repo, tag, dig), want, domain, path, want_tag) in ok {
             let r = ImageRef::from_parts(reg, repo, tag, dig)
@@ -897,8 +1070,17 @@ mod tests {
 
         let a248 = "a".repeat(248);
         let errs: Vec<(Parts, &str)> = vec![
-            ((Some("quay.io/org"), "app", None, None), "registry \"quay.io/org\" must not contain '/'"),
-            ((Some("https://quay.io"), "app", None, None), "must not contain '/'"),
+            ((Some("https://quay.io"), "app", None, None), "must not have a scheme; write the host, e.g. \"quay.io\""),
+            ((Some("gcr.io/p@sha256:ab"), "app", None, None), "must not contain a tag or digest"),
+            ((Some("myorg/sub"), "app", None, None), "registry \"myorg/sub\" would be read as a docker hub namespace"),
+            ((Some("gcr.io//p"), "app", None, None), "empty component"),
+            ((Some("gcr.io/p/"), "app", None, None), "empty component"),
+            ((Some("gcr.io/Proj"), "app", None, None), "must be lowercase"),
+            ((Some("quay.io"), "localhost:5000/app", None, None), "repository starts with registry \"localhost:5000\" (a registry with a port)"),
+            ((None, "localhost:5000", None, None), "is a registry with a port and no repository path"),
+            ((None, "registry.example.com:5000/repo:1", None, None), "repository must not contain a tag or digest"),
+            ((None, "gcr.io/p/app@sha256:abc", None, None), "repository must not contain a tag or digest"),
+            ((None, "bad_host.com/app", None, None), "invalid registry domain \"bad_host.com\""),
             ((Some(""), "app", None, None), "registry is empty"),
             ((Some("myregistry"), "app", None, None), "would be read as a docker hub namespace"),
             ((Some("bad_host.com"), "app", None, None), "invalid registry domain \"bad_host.com\""),
@@ -906,8 +1088,6 @@ mod tests {
             ((None, "Nginx", None, None), "repository name must be lowercase"),
             ((None, "nginx:1.25", None, None), "repository must not contain a tag or digest"),
             ((None, "nginx@sha256:abc", None, None), "repository must not contain a tag or digest"),
-            ((None, "quay.io/org/app", None, None), "repository starts with registry-like \"quay.io\""),
-            ((None, "localhost/app", None, None), "repository starts with registry-like \"localhost\""),
             ((None, "", None, None), "repository is empty"),
             ((None, "a//b", None, None), "empty component"),
             ((Some("quay.io"), "app/", None, None), "empty component"),
@@ -923,6 +1103,86 @@ mod tests {
             let got = e.reason.to_string();
             assert!(got.contains(reason), "{reg:?} {repo:?}: {got:?} lacks {reason:?}");
             assert!(e.input.contains(repo), "{:?} should show {repo:?}", e.input);
+        }
+    }
+
+    #[test]
+    fn written_repository_drops_registry_tag_digest_and_implied_library() {
+        let d = format!("sha256:{}", hex(64));
+        let cases = [
+            ("nginx".to_owned(), "nginx"),
+            ("nginx:1.25".to_owned(), "nginx"),
+            ("library/nginx:1.25".to_owned(), "library/nginx"),
+            ("docker.io/library/nginx".to_owned(), "library/nginx"),
+            ("index.docker.io/nginx:1".to_owned(), "nginx"),
+            ("redislabs/redis:7.2.4-64".to_owned(), "redislabs/redis"),
+            (
+                "registry.example.com:5000/team/app:v1".to_owned(),
+                "team/app",
+            ),
+            ("localhost/app".to_owned(), "app"),
+            (format!("gcr.io/p/app:v1@{d}"), "p/app"),
+            (format!("app@{d}"), "app"),
+        ];
+        for (input, want) in cases {
+            ImageRef::parse(&input).unwrap();
+            assert_eq!(written_repository(&input), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn an_image_below_a_registry_path_is_joined_as_the_kubelet_parses_it() {
+        let gcr = RegistryPath::parse("gcr.io/yourproject").unwrap();
+        assert_eq!(
+            (gcr.domain(), gcr.prefix()),
+            ("gcr.io", Some("yourproject"))
+        );
+        assert_eq!(gcr.to_string(), "gcr.io/yourproject");
+        let r = gcr
+            .image("redislabs/redis", Some("7.2.4-64"), None)
+            .unwrap();
+        assert_eq!(r.pull_ref(), "gcr.io/yourproject/redislabs/redis:7.2.4-64");
+        // `library/` is Docker Hub's; elsewhere the repository is kept as given.
+        let plain = RegistryPath::parse("registry.example.com").unwrap();
+        assert_eq!(
+            plain.image("nginx", Some("1"), None).unwrap().pull_ref(),
+            "registry.example.com/nginx:1"
+        );
+        let hub = RegistryPath::parse("index.docker.io").unwrap();
+        assert_eq!(hub.to_string(), "docker.io");
+        assert_eq!(
+            hub.image("nginx", Some("1"), None).unwrap().pull_ref(),
+            "docker.io/library/nginx:1"
+        );
+        // The prefix counts towards the 255 characters of the path.
+        let e = gcr.image(&"a".repeat(245), None, None).unwrap_err();
+        assert_eq!(e.input, format!("gcr.io/yourproject/{}", "a".repeat(245)));
+        assert!(
+            e.reason
+                .to_string()
+                .contains("more than 255 characters (got 257)"),
+            "{e}"
+        );
+
+        let holds = |reg: &RegistryPath, image: &str| reg.holds(&ImageRef::parse(image).unwrap());
+        assert!(holds(&gcr, "gcr.io/yourproject/redislabs/redis:1"));
+        assert!(!holds(&gcr, "gcr.io/yourproject2/redislabs/redis:1"));
+        assert!(!holds(&gcr, "gcr.io/other/yourproject/redis:1"));
+        assert!(!holds(&gcr, "redislabs/redis:1"));
+        assert!(holds(&plain, "registry.example.com/a/b:1"));
+        assert!(!holds(&plain, "registry.example.com:5000/a/b:1"));
+        assert!(holds(&hub, "nginx"));
+
+        for (bad, reason) in [
+            ("", "registry is empty"),
+            ("gcr.io/", "empty component"),
+            ("myregistry", "would be read as a docker hub namespace"),
+            ("https://gcr.io", "must not have a scheme"),
+            ("gcr.io/p:v1", "must not contain a tag or digest"),
+        ] {
+            let e = RegistryPath::parse(bad).unwrap_err();
+            assert!(e.reason.to_string().contains(reason), "{bad:?}: {e}");
+            assert_eq!(e.input, bad);
         }
     }
 }
