@@ -53,6 +53,19 @@ impl ConfigError {
         .into()
     }
 
+    /// An error about one entry, at its line, found after the file was read.
+    pub(super) fn at_line(file: &Path, line: usize, field: &str, message: String) -> Self {
+        ConfigErrorDetails {
+            file: file.to_path_buf(),
+            line: Some(line),
+            column: None,
+            field: Some(field.to_string()),
+            message,
+            snippet: None,
+        }
+        .into()
+    }
+
     /// An error of the YAML reader (syntax, or a value our types refused), at its position.
     pub(super) fn yaml(e: serde_saphyr::Error, field: Option<String>, source: &Path) -> Self {
         let location = e.location();

@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::ImageSpec;
 use super::credentials::CredentialSource;
 use super::error::ConfigError;
+use super::image_registry::{FileImage, ImageRegistry};
 use super::merge::RawSettings;
 use super::node_selector::NodeSelector;
 use super::raw::RawConfig;
@@ -61,8 +61,10 @@ pub(super) struct FileParts {
     pub path: PathBuf,
     pub settings: RawSettings,
     pub credentials: Vec<CredentialSource>,
-    pub images: Vec<ImageSpec>,
+    pub images: Vec<FileImage>,
     pub selector: Option<NodeSelector>,
+    /// The file's `imageRegistry`, for its images only.
+    pub image_registry: Option<ImageRegistry>,
 }
 
 /// Parses the text of one config file; `source` names it in errors.
@@ -89,7 +91,9 @@ pub(super) fn parse_file(text: &str, source: &Path) -> Result<FileParts, ConfigE
             backoff: raw.backoff,
             anonymous_fallback: raw.anonymous_fallback,
             node_readiness: raw.node_readiness,
+            global_image_registry: raw.global.and_then(|g| g.image_registry),
         },
+        image_registry: raw.image_registry,
         credentials: raw.credentials.into_iter().map(|c| c.0).collect(),
         selector: raw.node_selector,
         images: raw

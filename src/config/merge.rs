@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::credentials::CredentialSource;
 use super::error::ConfigError;
+use super::image_registry::{ImageRegistry, Scope};
 use super::load::FileParts;
 use super::node_selector::Labels;
 use super::node_settings::RawNodeSettings;
@@ -57,10 +58,29 @@ pub(super) fn combine(
         }
         selected
     });
+    // Each file's entries move below its `imageRegistry`, else the global one.
+    let global = settings.global_image_registry.clone();
+    let mut specs = Vec::new();
+    for f in files {
+        let scope = match (&f.image_registry, &global) {
+            (Some(registry), _) => Some(Scope {
+                registry,
+                key: "imageRegistry",
+            }),
+            (None, Some(registry)) => Some(Scope {
+                registry,
+                key: "global.imageRegistry",
+            }),
+            (None, None) => None,
+        };
+        for (n, image) in f.images.into_iter().enumerate() {
+            specs.push(image.into_spec(scope.as_ref(), n)?);
+        }
+    }
     let mut images: Vec<ImageSpec> = Vec::new();
     let mut position: HashMap<ImageRef, usize> = HashMap::new();
     let mut merged = Vec::new();
-    for spec in files.flat_map(|f| f.images) {
+    for spec in specs {
         match position.get(&spec.reference).map(|&n| &mut images[n]) {
             Some(first) => {
                 merged.push(format!(
@@ -95,6 +115,8 @@ pub(super) struct RawSettings {
     pub backoff: Option<RawBackoff>,
     pub anonymous_fallback: Option<bool>,
     pub node_readiness: Option<RawNodeSettings>,
+    /// `global.imageRegistry`: one value for every file of a directory.
+    pub global_image_registry: Option<ImageRegistry>,
 }
 
 /// Takes `theirs` into `mine` unless both are set and differ.
@@ -170,6 +192,13 @@ impl RawSettings {
             "nodeReadiness",
             &mut self.node_readiness,
             &other.node_readiness,
+            file,
+            files,
+        )?;
+        absorb_one(
+            "global.imageRegistry",
+            &mut self.global_image_registry,
+            &other.global_image_registry,
             file,
             files,
         )

@@ -12,6 +12,7 @@
 mod credentials;
 pub mod duration;
 mod error;
+mod image_registry;
 mod load;
 mod merge;
 mod node_selector;
@@ -29,6 +30,7 @@ use crate::reference::ImageRef;
 pub use credentials::{CredentialSource, DEFAULT_KUBELET_ROOT_DIR, SourceError};
 pub use duration::DurationError;
 pub use error::{ConfigError, ConfigErrorDetails};
+pub use image_registry::ImageRegistry;
 pub use node_selector::{Labels, NameError, NodeSelector, Operator, Requirement, SelectorError};
 pub use node_settings::{
     DEFAULT_LABEL, DEFAULT_STARTUP_TAINT, DEFAULT_TAINT_TIMEOUT, NodeSettings, NodeSettingsError,
@@ -69,7 +71,11 @@ impl fmt::Display for PullPolicy {
 pub struct ImageSpec {
     /// As written in the config (a reference, or coordinates joined into one).
     pub declared: String,
+    /// What is pulled and kept present (after any `imageRegistry`).
     pub reference: ImageRef,
+    /// The `imageRegistry` (the entry's, the file's or the global one) that moved the image
+    /// from `declared` to `reference`; `None` when it is pulled as declared.
+    pub image_registry: Option<String>,
     /// Readiness waits for required images only.
     pub required: bool,
     pub policy: PullPolicy,

@@ -12,6 +12,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_saphyr::Spanned;
 
 use super::credentials::SourceEntry;
+use super::image_registry::{FileImage, ImageRegistry, RegistryMirror};
 use super::node_selector::NodeSelector;
 use super::node_settings::RawNodeSettings;
 use super::{DEFAULT_REFRESH_INTERVAL, ImageSpec, PullPolicy, duration};
@@ -35,6 +36,22 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub credentials: Vec<SourceEntry>,
     pub anonymous_fallback: Option<bool>,
+    /// This file's images are pulled from there (see `image_registry`).
+    pub image_registry: Option<ImageRegistry>,
+    pub global: Option<RawGlobal>,
+    /// Refused, with a pointer to `imageRegistry`.
+    #[serde(default, rename = "registryMirror")]
+    pub _registry_mirror: Option<RegistryMirror>,
+}
+
+/// `global:`, spelled as Helm charts spell it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawGlobal {
+    /// Every file's images are pulled from there, unless a file or an entry says otherwise.
+    pub image_registry: Option<ImageRegistry>,
+    #[serde(default, rename = "registryMirror")]
+    pub _registry_mirror: Option<RegistryMirror>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq)]
@@ -53,24 +70,33 @@ pub(super) struct ImageEntry {
     required: Option<bool>,
     policy: Option<PullPolicy>,
     refresh_interval: Option<Duration>,
+    /// The entry's own `imageRegistry`, when it moved the reference.
+    image_registry: Option<String>,
+    /// Neither `registry` nor `imageRegistry` given: the file's or the global one applies.
+    follows_scope: bool,
 }
 
 impl ImageEntry {
-    pub fn into_spec(self, file: &Path, line: usize) -> ImageSpec {
+    pub fn into_spec(self, file: &Path, line: usize) -> FileImage {
         // The kubelet defaults `:latest` (and no tag) to Always, anything else to IfNotPresent.
         let default_policy = if self.reference.is_latest() {
             PullPolicy::Always
         } else {
             PullPolicy::IfNotPresent
         };
-        ImageSpec {
+        let spec = ImageSpec {
             declared: self.declared,
             reference: self.reference,
+            image_registry: self.image_registry,
             required: self.required.unwrap_or(true),
             policy: self.policy.unwrap_or(default_policy),
             file: file.to_path_buf(),
             line,
             refresh_interval: self.refresh_interval.unwrap_or(DEFAULT_REFRESH_INTERVAL),
+        };
+        FileImage {
+            spec,
+            follows_scope: self.follows_scope,
         }
     }
 }
@@ -86,6 +112,16 @@ pub enum ImageEntryError {
         "`registry`, `tag` and `digest` go with `repository`; with `image`, write them into the reference"
     )]
     PartsWithImage,
+    #[error(
+        "use either `registry` (where the image is) or `imageRegistry` (where to pull it from \
+         instead), not both"
+    )]
+    RegistryAndImageRegistry,
+    #[error("`imageRegistry` {registry} makes {source}")]
+    ImageRegistry {
+        registry: String,
+        source: ReferenceError,
+    },
     #[error(transparent)]
     Reference(#[from] ReferenceError),
 }
@@ -96,16 +132,26 @@ struct RawImageEntry {
     image: Option<String>,
     registry: Option<String>,
     repository: Option<String>,
+    /// `versionTag`: a Redis Enterprise `*ImageSpec` pasted as it is.
+    #[serde(alias = "versionTag")]
     tag: Option<String>,
     digest: Option<String>,
     required: Option<bool>,
+    #[serde(alias = "imagePullPolicy")]
     pull_policy: Option<PullPolicy>,
     #[serde(default, deserialize_with = "duration::option")]
     refresh_interval: Option<Duration>,
+    image_registry: Option<ImageRegistry>,
+    #[serde(default, rename = "registryMirror")]
+    _registry_mirror: Option<RegistryMirror>,
 }
 
 impl RawImageEntry {
     fn into_entry(self) -> Result<ImageEntry, ImageEntryError> {
+        if self.registry.is_some() && self.image_registry.is_some() {
+            return Err(ImageEntryError::RegistryAndImageRegistry);
+        }
+        let follows_scope = self.registry.is_none() && self.image_registry.is_none();
         let (declared, reference) = match (self.image, self.repository) {
             (Some(_), Some(_)) => return Err(ImageEntryError::ImageAndRepository),
             (None, None) => return Err(ImageEntryError::NoImage),
@@ -129,12 +175,27 @@ impl RawImageEntry {
                 )
             }
         };
+        let (reference, image_registry) = match &self.image_registry {
+            None => (reference, None),
+            Some(registry) => match registry.rewrite(&declared, &reference) {
+                Ok(None) => (reference, None),
+                Ok(Some(moved)) => (moved, Some(registry.to_string())),
+                Err(source) => {
+                    return Err(ImageEntryError::ImageRegistry {
+                        registry: registry.to_string(),
+                        source,
+                    });
+                }
+            },
+        };
         Ok(ImageEntry {
             declared,
             reference,
             required: self.required,
             policy: self.pull_policy,
             refresh_interval: self.refresh_interval,
+            image_registry,
+            follows_scope,
         })
     }
 }
@@ -179,6 +240,8 @@ impl<'de> Deserialize<'de> for ImageEntry {
                     required: None,
                     policy: None,
                     refresh_interval: None,
+                    image_registry: None,
+                    follows_scope: true,
                 })
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ImageEntry, A::Error> {
