@@ -40,6 +40,7 @@ pub(super) fn config_applied<'a>(
             .map(|(spec, key)| {
                 let mut status = old.remove(key).unwrap_or_else(|| new_status(spec));
                 status.image = spec.declared.clone();
+                status.image_registry = spec.image_registry.clone();
                 status.required = spec.required;
                 status.policy = spec.policy;
                 status
@@ -203,12 +204,15 @@ pub(super) fn refresh_failed(hub: &StatusHub, (n, key): At<'_>) {
 }
 
 fn new_status(spec: &ImageSpec) -> ImageStatus {
-    ImageStatus::new(
-        spec.declared.clone(),
-        spec.reference.to_string(),
-        spec.required,
-        spec.policy,
-    )
+    ImageStatus {
+        image_registry: spec.image_registry.clone(),
+        ..ImageStatus::new(
+            spec.declared.clone(),
+            spec.reference.to_string(),
+            spec.required,
+            spec.policy,
+        )
+    }
 }
 
 /// Mirrors one puller event into the status, the metrics and the event stream. A refresh of

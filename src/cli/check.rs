@@ -1,5 +1,5 @@
-//! `prepuller check`: validates a config and prints every entry's normalized reference and
-//! policy.
+//! `prepuller check`: validates a config and prints every entry as declared, the reference
+//! pulled (after any `imageRegistry`) and its policy.
 
 use std::path::PathBuf;
 
@@ -30,8 +30,13 @@ pub struct CheckReport {
 #[serde(rename_all = "camelCase")]
 pub struct CheckedImage {
     pub line: usize,
+    /// As declared.
     pub image: String,
+    /// The reference pulled.
     pub normalized: String,
+    /// The `imageRegistry` that moved it from `image` to `normalized`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_registry: Option<String>,
     pub required: bool,
     pub policy: PullPolicy,
 }
@@ -50,6 +55,7 @@ impl From<&Config> for CheckReport {
                     line: i.line,
                     image: i.declared.clone(),
                     normalized: i.reference.to_string(),
+                    image_registry: i.image_registry.clone(),
                     required: i.required,
                     policy: i.policy,
                 })
@@ -77,11 +83,16 @@ impl CheckReport {
     pub fn table(&self) -> String {
         let mut t = comfy_table::Table::new();
         t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
-        t.set_header(["LINE", "NORMALIZED", "POLICY", "REQUIRED"]);
+        t.set_header(["LINE", "DECLARED", "PULLED", "POLICY", "REQUIRED"]);
         for i in &self.images {
+            let pulled = match &i.image_registry {
+                Some(r) => format!("{} (imageRegistry {r})", i.normalized),
+                None => i.normalized.clone(),
+            };
             t.add_row([
                 i.line.to_string(),
-                i.normalized.clone(),
+                i.image.clone(),
+                pulled,
                 i.policy.to_string(),
                 if i.required { "yes" } else { "no" }.to_string(),
             ]);

@@ -91,7 +91,12 @@ impl EncodeLabelValue for ErrorClass {
 pub struct ImageStatus {
     /// As declared in the config.
     pub image: String,
+    /// The reference pulled and kept present (after any `imageRegistry`).
     pub normalized: String,
+    /// The `imageRegistry` that moved the image from `image` to `normalized`; absent when it
+    /// is pulled as declared.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_registry: Option<String>,
     pub required: bool,
     pub policy: PullPolicy,
     pub state: ImageState,
@@ -117,6 +122,7 @@ impl ImageStatus {
         ImageStatus {
             image,
             normalized,
+            image_registry: None,
             required,
             policy,
             state: ImageState::Waiting,
@@ -301,7 +307,8 @@ pub(crate) fn test_full_image(state: ImageState) -> ImageStatus {
         last_pull_seconds: Some(4.25),
         present_since: Some("2026-11-23T12:00:00Z".into()),
         drift: Some("tag drift: sha256:1 → sha256:2".into()),
-        ..test_image("docker.io/library/nginx:1.27", true, state)
+        image_registry: Some("registry.example.com".into()),
+        ..test_image("registry.example.com/nginx:1.27", true, state)
     }
 }
 
@@ -329,7 +336,8 @@ mod tests {
 
     const FULL_IMAGE_JSON: &str = r#"{
   "image": "nginx:1.27",
-  "normalized": "docker.io/library/nginx:1.27",
+  "normalized": "registry.example.com/nginx:1.27",
+  "imageRegistry": "registry.example.com",
   "required": true,
   "policy": "IfNotPresent",
   "state": "BackingOff",

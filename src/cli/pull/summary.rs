@@ -55,6 +55,9 @@ impl fmt::Display for ImageResult {
 pub struct SummaryRow {
     pub image: String,
     pub normalized: String,
+    /// The `imageRegistry` that moved the image from `image` to `normalized` (the pulled one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_registry: Option<String>,
     pub required: bool,
     pub policy: PullPolicy,
     pub result: ImageResult,
@@ -94,6 +97,7 @@ impl SummaryRow {
         SummaryRow {
             image: spec.declared.clone(),
             normalized: spec.reference.to_string(),
+            image_registry: spec.image_registry.clone(),
             required: spec.required,
             policy: spec.policy,
             result,
@@ -153,8 +157,13 @@ impl Summary {
             } else {
                 format!("{} (optional)", r.result)
             };
+            // Moved by an imageRegistry: the pulled name, then the declared one.
+            let image = match &r.image_registry {
+                Some(_) => format!("{}\n(declared {})", short_digest(&r.normalized), r.image),
+                None => short_digest(&r.normalized),
+            };
             t.add_row([
-                short_digest(&r.normalized),
+                image,
                 result,
                 r.size_bytes.map(human_bytes).unwrap_or_default(),
                 human_duration(Duration::from_secs_f64(r.seconds)),

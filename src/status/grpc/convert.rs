@@ -44,6 +44,7 @@ impl From<ImageStatus> for pb::ImageStatus {
             last_pull_seconds: i.last_pull_seconds,
             present_since: i.present_since,
             drift: i.drift,
+            image_registry: i.image_registry,
         }
     }
 }
@@ -213,6 +214,7 @@ impl TryFrom<pb::ImageStatus> for ImageStatus {
             last_pull_seconds: i.last_pull_seconds,
             present_since: i.present_since,
             drift: i.drift,
+            image_registry: i.image_registry,
         })
     }
 }
