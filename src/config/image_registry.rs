@@ -7,7 +7,7 @@
 //! added nor removed (Helm joins `{{registry}}/{{repository}}` as text; cass-operator strips
 //! the registry and prefixes its own), and an image already below the value stays as it is.
 //! The entry's own `imageRegistry` wins over the file's, which wins over `global.imageRegistry`;
-//! an entry that names its own `registry:` keeps it.
+//! coordinates that name their registry (`registry:`, or the REC form's `repository:`) keep it.
 
 use std::fmt;
 use std::path::Path;
@@ -91,7 +91,7 @@ impl<'de> Deserialize<'de> for RegistryMirror {
 /// One entry of a file, before the file's or the global `imageRegistry` applies.
 pub(super) struct FileImage {
     pub spec: ImageSpec,
-    /// The entry names neither its own `registry` nor its own `imageRegistry`.
+    /// The entry's coordinates name no registry and it has no `imageRegistry` of its own.
     pub follows_scope: bool,
 }
 
@@ -351,6 +351,7 @@ images:
     tag: 7.2.4-7
   - repository: registry.example.com:5000/redislabs/k8s-controller
     tag: 7.2.4-7
+imageRegistry: mirror.example.com   # coordinates that name their registry keep it
 "#,
         )
         .unwrap();

@@ -16,7 +16,7 @@ use super::image_registry::{FileImage, ImageRegistry, RegistryMirror};
 use super::node_selector::NodeSelector;
 use super::node_settings::RawNodeSettings;
 use super::{DEFAULT_REFRESH_INTERVAL, ImageSpec, PullPolicy, duration};
-use crate::reference::{ImageRef, ReferenceError};
+use crate::reference::{ImageRef, ReferenceError, written_repository};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -72,7 +72,8 @@ pub(super) struct ImageEntry {
     refresh_interval: Option<Duration>,
     /// The entry's own `imageRegistry`, when it moved the reference.
     image_registry: Option<String>,
-    /// Neither `registry` nor `imageRegistry` given: the file's or the global one applies.
+    /// No registry named in coordinates and no own `imageRegistry`: the file's or the global
+    /// one applies.
     follows_scope: bool,
 }
 
@@ -151,7 +152,14 @@ impl RawImageEntry {
         if self.registry.is_some() && self.image_registry.is_some() {
             return Err(ImageEntryError::RegistryAndImageRegistry);
         }
-        let follows_scope = self.registry.is_none() && self.image_registry.is_none();
+        // Coordinates that name their registry (in `registry`, or at the start of
+        // `repository`: the REC form) keep it, as a chart's per-component `registry` does.
+        let names_registry = self.registry.is_some()
+            || self
+                .repository
+                .as_deref()
+                .is_some_and(|r| written_repository(r) != r);
+        let follows_scope = !names_registry && self.image_registry.is_none();
         let (declared, reference) = match (self.image, self.repository) {
             (Some(_), Some(_)) => return Err(ImageEntryError::ImageAndRepository),
             (None, None) => return Err(ImageEntryError::NoImage),
