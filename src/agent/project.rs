@@ -352,4 +352,31 @@ mod tests {
         assert_eq!(status.runtime.name.as_deref(), Some("fake"));
         assert!(status.ready);
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_status_shows_the_declared_name_and_the_reference_pulled() {
+        let mut s = setup("imageRegistry: r.example/mirror\nimages: [a:1, r.example/mirror/b:1]");
+        assert!(s.agent.resync().await);
+        s.agent.settle().await;
+        let status = s.hub.snapshot();
+        let shown: Vec<_> = status
+            .images
+            .iter()
+            .map(|i| {
+                (
+                    i.image.as_str(),
+                    i.normalized.as_str(),
+                    i.image_registry.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("a:1", "r.example/mirror/a:1", Some("r.example/mirror")),
+                ("r.example/mirror/b:1", "r.example/mirror/b:1", None),
+            ]
+        );
+        assert!(status.ready, "{status:?}");
+    }
 }
