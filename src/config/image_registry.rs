@@ -12,8 +12,8 @@
 use std::fmt;
 use std::path::Path;
 
+use serde::Deserialize;
 use serde::de::{self, Deserializer};
-use serde::{Deserialize, Serialize};
 
 use super::ImageSpec;
 use super::error::ConfigError;
@@ -51,12 +51,6 @@ impl ImageRegistry {
 impl fmt::Display for ImageRegistry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
-    }
-}
-
-impl Serialize for ImageRegistry {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
     }
 }
 
