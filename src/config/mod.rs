@@ -26,7 +26,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::reference::ImageRef;
 
-pub use credentials::{CredentialSource, DEFAULT_KUBELET_ROOT_DIR, SourceError};
+pub use credentials::{
+    CredentialSource, DEFAULT_KUBELET_ROOT_DIR, DEFAULT_PLUGIN_TIMEOUT, SourceError,
+};
 pub use duration::DurationError;
 pub use error::{ConfigError, ConfigErrorDetails};
 pub use node_selector::{Labels, NameError, NodeSelector, Operator, Requirement, SelectorError};
