@@ -371,3 +371,46 @@ async fn the_password_reaches_the_keyring_only() {
     assert_eq!(found[0].auth.password.expose_secret(), "pw-u");
     assert!(!format!("{found:?}").contains("pw-u"));
 }
+
+/// Whether `pid` still runs (a zombie awaiting its reaper does not).
+fn alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+#[tokio::test]
+async fn a_plugin_is_killed_at_its_timeout_and_when_the_lookup_is_dropped() {
+    let s = Setup::new();
+    s.plugin("hangs", "echo $$ > \"$0.pid\"\nexec sleep 30");
+    let sources = s.sources(&[("hangs", "[h.io]", "1m", "")], Duration::from_millis(300));
+    let pid = || {
+        std::fs::read_to_string(s.bin().join("hangs.pid"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let (_, problems) = lookup(&sources, "h.io/a").await;
+    assert!(problems[0].contains("was killed"), "{problems:?}");
+    assert!(!alive(&pid()), "killed at the timeout");
+
+    let sources = s.sources(&[("hangs", "[h.io]", "1m", "")], Duration::from_secs(20));
+    std::fs::remove_file(s.bin().join("hangs.pid")).unwrap();
+    let cancelled =
+        tokio::time::timeout(Duration::from_millis(500), lookup(&sources, "h.io/a")).await;
+    assert!(cancelled.is_err(), "still running at 500ms");
+    let pid = pid();
+    // kill_on_drop sends the signal at once; the kernel may take a moment to deliver it.
+    for _ in 0..50 {
+        if !alive(&pid) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the plugin outlived the lookup that started it");
+}
