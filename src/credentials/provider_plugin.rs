@@ -52,7 +52,7 @@ pub enum PluginError {
         source: Arc<io::Error>,
     },
     #[error(
-        "gave no answer for image {image} within {timeout:?} and was killed (kubeletCredentialProviders.timeout){stderr}"
+        "gave no answer for image {image} within {} and was killed (kubeletCredentialProviders.timeout){stderr}", humantime::format_duration(*timeout)
     )]
     Timeout {
         image: String,
