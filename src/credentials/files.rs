@@ -106,10 +106,13 @@ impl FileCache {
             let sources = sources.clone();
             move || Arc::new(FileSnapshot::read(&sources, generation))
         };
-        if sources
-            .iter()
-            .all(|s| matches!(s, CredentialSource::Secret { .. }))
-        {
+        if sources.iter().all(|s| {
+            matches!(
+                s,
+                CredentialSource::Secret { .. }
+                    | CredentialSource::KubeletCredentialProviders { .. }
+            )
+        }) {
             // Nothing to read, nothing to block on.
             return read();
         }
