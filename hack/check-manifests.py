@@ -43,6 +43,10 @@ ALLOWED_RULES = {
     ("", "secrets"): {"get"},  # and only with resourceNames, checked below
 }
 
+# Host paths the agent may read besides the CRI socket, each of one type and mounted read-only:
+# the kubelet's credential-provider config file and plugin directory (components/credential-providers).
+READONLY_HOST_PATHS = {"kubelet-credential-provider-config": "File", "kubelet-credential-provider-bin": "Directory"}
+
 # Kinds that come from CRDs: kubernetes-validate has no schema for them; the assertions below
 # check what matters about them.
 CRD_KINDS = {("monitoring.coreos.com/v1", "PodMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
@@ -168,6 +172,14 @@ def check_daemonset(report, where, docs):
     # The runtime socket: a hostPath of type Socket, mounted where --runtime-endpoint points.
     host_paths = {n: v["hostPath"] for n, v in volumes.items() if "hostPath" in v}
     for n, hp in host_paths.items():
+        if n in READONLY_HOST_PATHS:
+            want = READONLY_HOST_PATHS[n]
+            c(hp.get("type") == want,
+              f"hostPath volume {n!r} ({hp.get('path')}) has type {hp.get('type')!r}, expected {want!r}: without it the kubelet creates an empty one on nodes that lack it")
+            ms = [mm for mm in ctr.get("volumeMounts", []) if mm["name"] == n]
+            c(ms and all(mm.get("readOnly") is True for mm in ms),
+              f"hostPath volume {n!r} ({hp.get('path')}) must be mounted read-only: the agent only reads the kubelet's credential providers, got {ms}")
+            continue
         c(hp.get("type") == "Socket",
           f"hostPath volume {n!r} ({hp.get('path')}) has type {hp.get('type')!r}, expected 'Socket': the only host path the agent needs is the CRI socket, and without the type the kubelet creates an empty directory on nodes with another runtime")
     endpoint = arg_value(args, "--runtime-endpoint")
@@ -346,6 +358,30 @@ def check_configs(report, where, docs, ds, prepuller, notes):
             notes.append(f"ConfigMap {name}: `prepuller check`: " + out.splitlines()[-1].split(": ", 1)[-1])
 
 
+def check_credential_providers(report, where, docs, ds):
+    """A `kubeletCredentialProviders` source must read what the DaemonSet mounts from the host:
+    its config a hostPath file, its binDir a hostPath directory, both read-only."""
+    pod = ds["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    host_mounts = {m["mountPath"]: (volumes.get(m["name"], {}).get("hostPath"), m.get("readOnly"))
+                   for m in pod["containers"][0].get("volumeMounts", [])}
+    for cm in find(docs, "ConfigMap"):
+        for key, text in (cm.get("data") or {}).items():
+            try:
+                doc = yaml.safe_load(text) or {}
+            except yaml.YAMLError:
+                continue  # `prepuller check` says what is wrong
+            for entry in (doc.get("credentials") or []) if isinstance(doc, dict) else []:
+                src = entry.get("kubeletCredentialProviders") if isinstance(entry, dict) else None
+                if not isinstance(src, dict):
+                    continue
+                for field, want in (("config", "File"), ("binDir", "Directory")):
+                    path = src.get(field)
+                    hp, ro = host_mounts.get(path, (None, None))
+                    report.check(where, hp is not None and hp.get("type") == want and ro is True,
+                                 f"ConfigMap {name_of(cm)} {key}: kubeletCredentialProviders.{field} {path} is not a read-only hostPath mount of type {want} (the kubelet's own, from the node)")
+
+
 def prepuller_check(prepuller, data):
     """`prepuller check` on a directory holding the ConfigMap's keys, as the agent sees it."""
     with tempfile.TemporaryDirectory() as d:
@@ -367,6 +403,7 @@ def check_render(report, where, docs, versions, prepuller):
         check_podmonitors(report, where, docs, ds)
         check_prometheusrules(report, where, docs, ds)
         check_configs(report, where, docs, ds, prepuller, notes)
+        check_credential_providers(report, where, docs, ds)
     return notes
 
 
@@ -431,6 +468,11 @@ MUTATIONS = [
      lambda d: _rule(d, "Role", "prepuller-pull-secrets")[0].pop("resourceNames")),
     ("binding to the default service account", "service account only",
      lambda d: find(d, "ClusterRoleBinding")[0]["subjects"][0].update(name="default")),
+    ("the kubelet's plugin directory mounted writable", "must be mounted read-only",
+     lambda d: (_daemonset(d)["volumes"].append({"name": "kubelet-credential-provider-bin", "hostPath": {"path": "/etc/eks/image-credential-provider", "type": "Directory"}}),
+                _container(d)["volumeMounts"].append({"name": "kubelet-credential-provider-bin", "mountPath": "/plugins"}))),
+    ("a kubeletCredentialProviders source with nothing mounted", "is not a read-only hostPath mount",
+     lambda d: find(d, "ConfigMap")[0]["data"].update({"plugins.yaml": "credentials:\n  - kubeletCredentialProviders: {config: /c.json, binDir: /bin}\nimages: []\n"})),
     ("image tag not the crate version", "Cargo.toml's version",
      lambda d: _container(d).update(image="registry.example.com/prepuller/prepuller:latest")),
 ]

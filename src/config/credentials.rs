@@ -2,11 +2,17 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::duration;
+
 /// The kubelet's default `--root-dir`.
 pub const DEFAULT_KUBELET_ROOT_DIR: &str = "/var/lib/kubelet";
+
+/// How long one run of a credential-provider plugin may take: the kubelet's fixed 1 minute.
+pub const DEFAULT_PLUGIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where credentials come from, as declared under `credentials:` in the config.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -20,6 +26,14 @@ pub enum CredentialSource {
     /// The kubelet's own search: `<root-dir>/config.json`, `$HOME/.docker/config.json`,
     /// `/.docker/config.json`, then `.dockercfg` in `<root-dir>`, `$HOME`, `/`.
     NodeDefaults { kubelet_root_dir: PathBuf },
+    /// The kubelet's exec credential-provider plugins: its `CredentialProviderConfig` file
+    /// (`--image-credential-provider-config`) and its plugin directory (`--image-credential-provider-bin-dir`).
+    KubeletCredentialProviders {
+        config: PathBuf,
+        bin_dir: PathBuf,
+        /// How long one plugin run may take before it is killed.
+        timeout: Duration,
+    },
 }
 
 impl fmt::Display for CredentialSource {
@@ -29,6 +43,9 @@ impl fmt::Display for CredentialSource {
             CredentialSource::DockerConfigDir(p) => write!(f, "dockerConfigDir {}", p.display()),
             CredentialSource::Secret { namespace, name } => write!(f, "secret {namespace}/{name}"),
             CredentialSource::NodeDefaults { .. } => f.write_str("nodeDefaults"),
+            CredentialSource::KubeletCredentialProviders { config, .. } => {
+                write!(f, "kubeletCredentialProviders {}", config.display())
+            }
         }
     }
 }
@@ -37,7 +54,7 @@ impl fmt::Display for CredentialSource {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SourceError {
     #[error(
-        "a credentials entry needs exactly one of dockerConfig, dockerConfigDir, secret, nodeDefaults"
+        "a credentials entry needs exactly one of dockerConfig, dockerConfigDir, secret, nodeDefaults, kubeletCredentialProviders"
     )]
     NotExactlyOne,
     #[error("kubeletRootDir goes with nodeDefaults: true")]
@@ -50,6 +67,8 @@ pub enum SourceError {
     InvalidSecretName { namespace: String, name: String },
     #[error("nodeDefaults: false declares no source; remove the entry")]
     NoSource,
+    #[error("kubeletCredentialProviders.timeout must be more than 0s")]
+    ZeroTimeout,
 }
 
 /// One entry of `credentials:`: exactly one source key.
@@ -65,6 +84,16 @@ struct RawSource {
     secret: Option<RawSecretRef>,
     node_defaults: Option<bool>,
     kubelet_root_dir: Option<PathBuf>,
+    kubelet_credential_providers: Option<RawProviders>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawProviders {
+    config: PathBuf,
+    bin_dir: PathBuf,
+    #[serde(default, deserialize_with = "duration::option")]
+    timeout: Option<Duration>,
 }
 
 #[derive(Deserialize)]
@@ -83,6 +112,7 @@ impl TryFrom<RawSource> for SourceEntry {
             r.docker_config_dir.is_some(),
             r.secret.is_some(),
             r.node_defaults.is_some(),
+            r.kubelet_credential_providers.is_some(),
         ];
         if keys.iter().filter(|k| **k).count() != 1 {
             return Err(SourceError::NotExactlyOne);
@@ -118,6 +148,16 @@ impl TryFrom<RawSource> for SourceEntry {
             CredentialSource::Secret {
                 namespace: s.namespace,
                 name: s.name,
+            }
+        } else if let Some(p) = r.kubelet_credential_providers {
+            let timeout = p.timeout.unwrap_or(DEFAULT_PLUGIN_TIMEOUT);
+            if timeout.is_zero() {
+                return Err(SourceError::ZeroTimeout);
+            }
+            CredentialSource::KubeletCredentialProviders {
+                config: nonempty("kubeletCredentialProviders.config", p.config)?,
+                bin_dir: nonempty("kubeletCredentialProviders.binDir", p.bin_dir)?,
+                timeout,
             }
         } else if r.node_defaults == Some(true) {
             CredentialSource::NodeDefaults {

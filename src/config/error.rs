@@ -36,12 +36,12 @@ impl From<ConfigErrorDetails> for ConfigError {
 
 impl ConfigError {
     /// An error about a whole file (or directory), without a position.
-    pub(super) fn whole_file(file: &Path, message: String) -> Self {
+    pub(crate) fn whole_file(file: &Path, message: String) -> Self {
         ConfigError::setting(file, None, message)
     }
 
     /// An error about a setting (`field`) as a whole, e.g. after merging several files.
-    pub(super) fn setting(file: &Path, field: Option<&str>, message: String) -> Self {
+    pub(crate) fn setting(file: &Path, field: Option<&str>, message: String) -> Self {
         ConfigErrorDetails {
             file: file.to_path_buf(),
             line: None,
@@ -67,7 +67,7 @@ impl ConfigError {
     }
 
     /// An error of the YAML reader (syntax, or a value our types refused), at its position.
-    pub(super) fn yaml(e: serde_saphyr::Error, field: Option<String>, source: &Path) -> Self {
+    pub(crate) fn yaml(e: serde_saphyr::Error, field: Option<String>, source: &Path) -> Self {
         let location = e.location();
         let name = source.display().to_string();
         let plain = e

@@ -27,7 +27,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::reference::ImageRef;
 
-pub use credentials::{CredentialSource, DEFAULT_KUBELET_ROOT_DIR, SourceError};
+pub use credentials::{
+    CredentialSource, DEFAULT_KUBELET_ROOT_DIR, DEFAULT_PLUGIN_TIMEOUT, SourceError,
+};
 pub use duration::DurationError;
 pub use error::{ConfigError, ConfigErrorDetails};
 pub use image_registry::ImageRegistry;

@@ -192,6 +192,44 @@ fn credential_sources() {
 }
 
 #[test]
+fn kubelet_credential_providers_source() {
+    let c = parse(
+        "credentials:\n  - kubeletCredentialProviders:\n      config: /etc/eks/image-credential-provider/config.json\n      binDir: /etc/eks/image-credential-provider\n  - kubeletCredentialProviders: {config: /c.yaml, binDir: /bin, timeout: 5s}\nimages: []\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.credentials,
+        [
+            CredentialSource::KubeletCredentialProviders {
+                config: "/etc/eks/image-credential-provider/config.json".into(),
+                bin_dir: "/etc/eks/image-credential-provider".into(),
+                timeout: DEFAULT_PLUGIN_TIMEOUT,
+            },
+            CredentialSource::KubeletCredentialProviders {
+                config: "/c.yaml".into(),
+                bin_dir: "/bin".into(),
+                timeout: Duration::from_secs(5),
+            },
+        ]
+    );
+    for (text, needle) in [
+        ("{config: /c.yaml}", "binDir"),
+        ("{config: /c.yaml, binDir: /b, timeout: 0s}", "more than 0s"),
+        (
+            "{config: '', binDir: /b}",
+            "kubeletCredentialProviders.config is empty",
+        ),
+        ("{config: /c, binDir: /b, timout: 1s}", "unknown field"),
+    ] {
+        let e = parse(&format!(
+            "credentials:\n  - kubeletCredentialProviders: {text}\nimages: []"
+        ))
+        .unwrap_err();
+        assert!(e.message.contains(needle), "{text}: {}", e.render());
+    }
+}
+
+#[test]
 fn bad_credential_entries_name_the_entry() {
     for (text, needle) in [
         (

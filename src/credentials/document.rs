@@ -5,6 +5,7 @@ use std::io;
 use std::sync::Arc;
 
 use super::docker_config::DockerConfigError;
+use super::provider_plugin::PluginError;
 use super::secret::SecretError;
 
 /// One docker config as read: no Debug, the bytes are secrets.
@@ -60,4 +61,10 @@ pub enum ProblemKind {
     Secret(#[from] SecretError),
     #[error(transparent)]
     DockerConfig(#[from] DockerConfigError),
+    /// The kubelet's `CredentialProviderConfig` (the error names the file).
+    #[error("{0}")]
+    ProviderConfig(crate::config::ConfigError),
+    /// A credential-provider plugin that gave nothing for an image.
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
 }

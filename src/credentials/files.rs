@@ -32,7 +32,11 @@ impl CredentialSource {
         match self {
             CredentialSource::DockerConfig(p) => vec![p.clone()],
             CredentialSource::DockerConfigDir(p) => vec![p.clone()],
-            CredentialSource::Secret { .. } => vec![],
+            // Read once per config, as the kubelet reads it once at start.
+            CredentialSource::Secret { .. }
+            | CredentialSource::KubeletCredentialProviders { .. } => {
+                vec![]
+            }
             CredentialSource::NodeDefaults { kubelet_root_dir } => {
                 node_default_files(kubelet_root_dir)
             }
@@ -102,10 +106,13 @@ impl FileCache {
             let sources = sources.clone();
             move || Arc::new(FileSnapshot::read(&sources, generation))
         };
-        if sources
-            .iter()
-            .all(|s| matches!(s, CredentialSource::Secret { .. }))
-        {
+        if sources.iter().all(|s| {
+            matches!(
+                s,
+                CredentialSource::Secret { .. }
+                    | CredentialSource::KubeletCredentialProviders { .. }
+            )
+        }) {
             // Nothing to read, nothing to block on.
             return read();
         }
@@ -158,7 +165,9 @@ fn read_file_source(
                 read_document(format!("{source} ({rel})"), &file, &mut read);
             }
         }
-        CredentialSource::Secret { .. } => return None,
+        CredentialSource::Secret { .. } | CredentialSource::KubeletCredentialProviders { .. } => {
+            return None;
+        }
         CredentialSource::NodeDefaults { kubelet_root_dir } => {
             let files = node_default_files(kubelet_root_dir);
             // All of them: a file appearing earlier in the search order wins from then on.

@@ -14,12 +14,14 @@
 //! - `source`: the sources as declared; `auth`: what the runtime is sent for one registry;
 //! - `docker_config`: config.json / `.dockercfg` parsing; `keyring`: the kubelet's matching;
 //! - `files`: the file sources, their cache and stamps; `secret`: Secrets read through the API;
-//! - `document`: what reading a source yields, and its problems; this file: the lookup per image.
+//! - `document`: what reading a source yields, and its problems; this file: the lookup per image;
+//! - `provider_plugin`: the kubelet's exec credential-provider plugins, run per image and cached.
 
 mod docker_config;
 mod document;
 mod files;
 mod keyring;
+mod provider_plugin;
 mod secret;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -31,6 +33,7 @@ use std::sync::Arc;
 pub use docker_config::{DockerConfigError, parse_docker_config};
 pub use document::{Problem, ProblemKind};
 pub use keyring::{Credential, Keyring, is_default_registry_match, normalize_key, urls_match};
+pub use provider_plugin::{PluginError, ResponseError};
 pub use secret::{SecretError, SecretRead, SecretReader, secret_reader};
 
 use crate::config::CredentialSource;
@@ -38,6 +41,7 @@ use crate::reference::ImageRef;
 use crate::runtime::RegistryAuth;
 use document::SourceRead;
 use files::FileCache;
+use provider_plugin::PluginSources;
 use secret::SecretCache;
 
 /// Removes every secret of `credentials` from `text`.
@@ -67,6 +71,7 @@ pub struct Credentials {
     pub anonymous_fallback: bool,
     secrets: SecretCache,
     files: FileCache,
+    plugins: PluginSources,
 }
 
 impl fmt::Debug for Credentials {
@@ -85,6 +90,7 @@ impl Credentials {
         secrets: Option<Arc<dyn SecretReader>>,
     ) -> Self {
         Credentials {
+            plugins: PluginSources::new(&sources),
             sources: sources.into(),
             anonymous_fallback,
             secrets: SecretCache::new(secrets),
@@ -110,19 +116,26 @@ impl Credentials {
             .join(", ")
     }
 
-    /// The credentials to try for `image`, from the current content of every source.
+    /// The credentials to try for `image`, from the current content of every source, and what
+    /// the credential-provider plugins matching it return (run unless their answer is cached).
     pub async fn lookup(&self, image: &ImageRef) -> Found {
-        let (keyring, problems) = self.keyring().await;
+        let (mut keyring, mut problems) = self.keyring().await;
+        let name = image.name();
+        self.plugins
+            .add_to(&name, &mut keyring, &mut problems)
+            .await;
         Found {
-            credentials: keyring.lookup(&image.name()).into_iter().cloned().collect(),
+            credentials: keyring.lookup(&name).into_iter().cloned().collect(),
             problems,
         }
     }
 
-    /// Forgets cached secrets, so the next lookup reads them again (after a 401: they may have
-    /// been rotated). Files need not be forgotten: a change to them is seen anyway.
+    /// Forgets cached secrets and plugin answers, so the next lookup reads and asks again
+    /// (after a 401: they may have been rotated). Files need not be forgotten: a change to them
+    /// is seen anyway.
     pub fn invalidate(&self) {
         self.secrets.clear();
+        self.plugins.clear();
     }
 
     /// A credential file or directory changed (the agent's watcher saw it): the next lookup

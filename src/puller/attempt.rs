@@ -130,12 +130,19 @@ impl<R: Runtime> Puller<R> {
                     let mut e = PullError::from_runtime(pull_ref, e);
                     if e.kind == ErrorKind::Unauthorized {
                         e.detail = format!(
-                            "no credentials matched {registry} ({}); {}",
+                            "no credentials matched {registry} ({}{}); {}",
                             if credentials.sources().is_empty() {
                                 "no credential sources configured".to_string()
                             } else {
                                 format!("searched {}", credentials.describe_sources())
                             },
+                            // Why a source that might have matched gave nothing (a plugin that
+                            // timed out, say): the likelier cause of the refusal.
+                            found
+                                .problems
+                                .iter()
+                                .map(|p| format!("; unusable: {p}"))
+                                .collect::<String>(),
                             e.detail
                         );
                     }
