@@ -11,6 +11,7 @@
 //! [`schedule`] decides what to pull when, [`project`] writes what happens into the status,
 //! and [`watch`] turns file changes into wake-ups.
 
+mod disk;
 mod project;
 mod reload;
 mod schedule;

@@ -89,6 +89,7 @@ pub(super) fn parse_file(text: &str, source: &Path) -> Result<FileParts, ConfigE
             backoff: raw.backoff,
             anonymous_fallback: raw.anonymous_fallback,
             node_readiness: raw.node_readiness,
+            disk_guard: raw.disk_guard,
         },
         credentials: raw.credentials.into_iter().map(|c| c.0).collect(),
         selector: raw.node_selector,

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::credentials::CredentialSource;
+use super::disk_guard::RawDiskGuard;
 use super::error::ConfigError;
 use super::load::FileParts;
 use super::node_selector::Labels;
@@ -95,6 +96,7 @@ pub(super) struct RawSettings {
     pub backoff: Option<RawBackoff>,
     pub anonymous_fallback: Option<bool>,
     pub node_readiness: Option<RawNodeSettings>,
+    pub disk_guard: Option<RawDiskGuard>,
 }
 
 /// Takes `theirs` into `mine` unless both are set and differ.
@@ -170,6 +172,13 @@ impl RawSettings {
             "nodeReadiness",
             &mut self.node_readiness,
             &other.node_readiness,
+            file,
+            files,
+        )?;
+        absorb_one(
+            "diskGuard",
+            &mut self.disk_guard,
+            &other.disk_guard,
             file,
             files,
         )
@@ -256,6 +265,7 @@ impl RawSettings {
             credentials: Vec::new(),
             anonymous_fallback: self.anonymous_fallback.unwrap_or(false),
             node: RawNodeSettings::effective(self.node_readiness.as_ref()),
+            disk_guard: RawDiskGuard::effective(self.disk_guard.as_ref()),
             skipped_sets: Vec::new(),
         })
     }

@@ -215,6 +215,7 @@ mod tests {
                 image("b:1", ImageState::BackingOff),
             ],
             shutting_down: false,
+            disk: None,
         }
     }
 
