@@ -116,9 +116,15 @@ pub(super) struct DiskGuard {
     held: usize,
     /// Why the capacity was unknown at the last check (said once per change).
     blind: Option<String>,
+    /// Where the host's `/` is mounted in the agent's container (`--host-root`).
+    host_root: Option<PathBuf>,
 }
 
 impl DiskGuard {
+    pub(super) fn set_host_root(&mut self, host_root: Option<PathBuf>) {
+        self.host_root = host_root;
+    }
+
     /// A new config: forget what is no longer declared.
     pub(super) fn follow<'a>(&mut self, keys: impl Iterator<Item = (&'a str, String)>) {
         let mut declared = HashSet::new();
@@ -207,7 +213,7 @@ impl DiskGuard {
 
     /// Measures the image filesystem. With no visible mountpoint only the thrash guard works:
     /// said once (and shown in `/status`).
-    pub(super) async fn measure<R: Runtime>(&mut self, runtime: &R, s: &DiskGuardSettings) -> Fs {
+    pub(super) async fn measure<R: Runtime>(&mut self, runtime: &R) -> Fs {
         let (image_fs, mut blind) = match runtime.image_fs_info().await {
             Ok(Some(f)) => (Some(f), None),
             Ok(None) => (
@@ -221,14 +227,14 @@ impl DiskGuard {
             if f.mountpoint.is_empty() {
                 blind = Some("the runtime reports no mountpoint for its images".into());
             } else {
-                let path = host_path(s.host_root.as_deref(), &f.mountpoint);
+                let path = host_path(self.host_root.as_deref(), &f.mountpoint);
                 match runtime.filesystem_space(&path) {
                     Ok(sp) if sp.capacity_bytes > 0 => space = Some(sp),
                     Ok(_) => blind = Some(format!("{} reports a size of 0", path.display())),
                     Err(e) => {
                         blind = Some(format!(
                             "cannot read the size of the image filesystem at {} (the runtime's {}): {e}; \
-                             mount the host's {} read-only into the agent and set diskGuard.hostRoot",
+                             mount the host's {} read-only under the agent's --host-root (PREPULLER_HOST_ROOT)",
                             path.display(),
                             f.mountpoint,
                             f.mountpoint

@@ -127,6 +127,13 @@ impl<R: Runtime> Agent<R> {
         self
     }
 
+    /// Where the host's `/` is mounted in the agent's container: the disk guard reads the
+    /// runtime's image filesystem (a host path) under it.
+    pub fn with_host_root(mut self, host_root: Option<PathBuf>) -> Self {
+        self.schedule.set_host_root(host_root);
+        self
+    }
+
     /// Links the agent to its Node: the labels select image sets (re-selected when they
     /// change), and each applied config's node settings are handed over.
     pub fn with_node(mut self, link: AgentLink) -> Self {

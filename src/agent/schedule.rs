@@ -92,6 +92,11 @@ impl<R: Runtime> Schedule<R> {
         }
     }
 
+    /// Where the host's `/` is mounted, to find the image filesystem the runtime names.
+    pub(super) fn set_host_root(&mut self, host_root: Option<std::path::PathBuf>) {
+        self.disk.set_host_root(host_root);
+    }
+
     /// The credentials pulls use now.
     pub(super) fn credentials(&self) -> Arc<Credentials> {
         self.puller.credentials()
@@ -393,7 +398,7 @@ async fn guard_disk<'a, R: Runtime>(
     // Required images first: they get the room, optional ones are held back first.
     to_pull.sort_by_key(|(n, _)| !config.images[*n].required);
     let settings = &config.disk_guard;
-    let fs = disk.measure(&*ctx.runtime, settings).await;
+    let fs = disk.measure(&*ctx.runtime).await;
     let candidates: Vec<Candidate<'_>> = to_pull
         .iter()
         .map(|(n, _)| Candidate {

@@ -1,8 +1,6 @@
 //! `diskGuard:` in the config: how full the image filesystem may get before prepuller stops
 //! starting pulls, so that what it pulls never starts the kubelet's image GC.
 
-use std::path::PathBuf;
-
 use serde::Deserialize;
 
 /// The kubelet's `imageGCHighThresholdPercent` default: above it, its GC removes unused images.
@@ -25,9 +23,6 @@ pub struct DiskGuardSettings {
     pub low_threshold_percent: u8,
     /// Pulls may take the filesystem up to `high - margin` percent.
     pub margin_percent: u8,
-    /// Where the host's `/` (or the part of it holding the runtime's image filesystem) is
-    /// mounted in the agent's container; the runtime reports its mountpoint as a host path.
-    pub host_root: Option<PathBuf>,
 }
 
 impl Default for DiskGuardSettings {
@@ -37,7 +32,6 @@ impl Default for DiskGuardSettings {
             high_threshold_percent: DEFAULT_HIGH_THRESHOLD_PERCENT,
             low_threshold_percent: DEFAULT_LOW_THRESHOLD_PERCENT,
             margin_percent: DEFAULT_MARGIN_PERCENT,
-            host_root: None,
         }
     }
 }
@@ -60,8 +54,6 @@ pub enum DiskGuardError {
     LowNotBelowHigh { low: u8, high: u8 },
     #[error("marginPercent ({margin}) must be below highThresholdPercent ({high})")]
     Margin { margin: u8, high: u8 },
-    #[error("hostRoot must be an absolute path, not {0:?}")]
-    HostRoot(PathBuf),
 }
 
 /// As written.
@@ -78,7 +70,6 @@ struct RawFields {
     high_threshold_percent: Option<u8>,
     low_threshold_percent: Option<u8>,
     margin_percent: Option<u8>,
-    host_root: Option<PathBuf>,
 }
 
 impl TryFrom<RawFields> for RawDiskGuard {
@@ -99,7 +90,6 @@ impl RawDiskGuard {
             high_threshold_percent: f.high_threshold_percent.unwrap_or(d.high_threshold_percent),
             low_threshold_percent: f.low_threshold_percent.unwrap_or(d.low_threshold_percent),
             margin_percent: f.margin_percent.unwrap_or(d.margin_percent),
-            host_root: f.host_root.clone(),
         };
         let (high, low, margin) = (
             s.high_threshold_percent,
@@ -114,9 +104,6 @@ impl RawDiskGuard {
         }
         if margin >= high {
             return Err(DiskGuardError::Margin { margin, high });
-        }
-        if let Some(root) = s.host_root.as_ref().filter(|r| !r.is_absolute()) {
-            return Err(DiskGuardError::HostRoot(root.clone()));
         }
         Ok(s)
     }

@@ -429,12 +429,13 @@ fn disk_guard_defaults_follow_the_kubelet_and_bad_thresholds_are_refused() {
         (85, 80, 80)
     );
     let c = parse(
-        "diskGuard:\n  highThresholdPercent: 90\n  lowThresholdPercent: 70\n  marginPercent: 2\n  hostRoot: /host\nimages: [nginx:1.25]",
+        "diskGuard:\n  highThresholdPercent: 90\n  lowThresholdPercent: 70\n  marginPercent: 2\nimages: [nginx:1.25]",
     )
     .unwrap();
     assert_eq!(c.disk_guard.pull_limit_percent(), 88);
     assert_eq!(c.disk_guard.low_threshold_percent, 70);
-    assert_eq!(c.disk_guard.host_root.as_deref(), Some(Path::new("/host")));
+    let c = parse("diskGuard: {enabled: false}\nimages: [nginx:1.25]").unwrap();
+    assert!(!c.disk_guard.enabled);
     for (yaml, says) in [
         (
             "{lowThresholdPercent: 85}",
@@ -442,12 +443,13 @@ fn disk_guard_defaults_follow_the_kubelet_and_bad_thresholds_are_refused() {
         ),
         ("{highThresholdPercent: 101}", "from 1 to 100, not 101"),
         ("{marginPercent: 85}", "marginPercent (85) must be below"),
-        ("{hostRoot: host}", "hostRoot must be an absolute path"),
         ("{highThresholdPrecent: 90}", "highThresholdPrecent"),
     ] {
         let e = parse(&format!("diskGuard: {yaml}\nimages: []\n")).unwrap_err();
         assert!(
-            e.field.as_deref().is_some_and(|f| f.starts_with("diskGuard")),
+            e.field
+                .as_deref()
+                .is_some_and(|f| f.starts_with("diskGuard")),
             "{}",
             e.render()
         );

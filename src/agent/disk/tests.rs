@@ -159,7 +159,7 @@ async fn without_a_visible_mountpoint_only_the_thrash_guard_works() {
     assert!(
         why.contains(&format!(
             "cannot read the size of the image filesystem at {MOUNT}"
-        )) && why.contains("diskGuard.hostRoot"),
+        )) && why.contains("--host-root (PREPULLER_HOST_ROOT)"),
         "{why}"
     );
     for _ in 0..2 {
