@@ -112,8 +112,9 @@ pub(super) struct DiskGuard {
     watches: HashMap<String, Watch>,
     /// Estimated bytes of pulls admitted and not ended, by image.
     admitted: HashMap<String, u64>,
-    /// Images held back at the last check: while any is, each resync checks again.
-    held: usize,
+    /// Images held back at the last check, and why: while any is, each resync checks again;
+    /// a hold is logged when it starts or its reason changes, not at every resync.
+    held: HashMap<String, HoldReason>,
     /// Why the capacity was unknown at the last check (said once per change).
     blind: Option<String>,
     /// Where the host's `/` is mounted in the agent's container (`--host-root`).
@@ -199,7 +200,7 @@ impl DiskGuard {
 
     /// Whether a resync must look at the disk even with nothing new to pull.
     pub(super) fn holding(&self) -> bool {
-        self.held > 0
+        !self.held.is_empty()
     }
 
     /// What a pull of this image is expected to take on disk: its own listed size when known,
@@ -287,13 +288,18 @@ impl DiskGuard {
         let mut projected = fs
             .used()
             .map(|(used, cap)| (used + self.admitted.values().sum::<u64>(), cap));
-        let mut held = 0;
+        let mut held = HashMap::new();
         let answer = candidates
             .iter()
             .map(|c| {
                 let hold = self.hold(s, c, usage, projected, limit);
                 match &hold {
-                    Some(_) => held += 1,
+                    Some(h) => {
+                        if self.held.get(c.key) != Some(&h.reason) {
+                            tracing::info!(image = %c.key, "held back: {}", h.message);
+                        }
+                        held.insert(c.key.to_string(), h.reason);
+                    }
                     None => {
                         let estimate = self.estimate(c).unwrap_or(0);
                         if let Some((used, _)) = &mut projected {

@@ -414,7 +414,6 @@ async fn guard_disk<'a, R: Runtime>(
             None => admitted.push((n, pending)),
             Some(hold) => {
                 let key = names[n].key.as_str();
-                tracing::info!(image = %key, "held back: {}", hold.message);
                 held_keys.push(key.to_string());
                 marks.push(((n, key), Mark::HeldBack(hold)));
             }
