@@ -212,3 +212,43 @@ async fn pulls_stop_at_the_threshold_and_an_image_gc_keeps_removing_waits_for_th
     );
     drop(agent);
 }
+
+/// No image filesystem visible (testkit's agents get a host root that does not exist): pulls go
+/// ahead with only the thrash guard, said once in the log however many checks follow, and in
+/// `/status`.
+#[tokio::test]
+async fn without_the_mountpoint_the_agent_says_so_once_and_pulls() {
+    let sb = testkit::Sandbox::start();
+    let reg = sb.registry.host();
+    push_image(&reg, "team/web", "1.0", 1, 1024 * 1024).await;
+    let config = sb.path().join("images.yaml");
+    // `gone:1` does not exist: retried every 2 s, so the guard looks at the disk again and again.
+    std::fs::write(
+        &config,
+        format!(
+            "resyncInterval: 1s\nbackoff: {{initial: 1s, max: 2s}}\nimages:\n  - {reg}/team/web:1.0\n  - {reg}/team/gone:1\n"
+        ),
+    )
+    .unwrap();
+    let agent = AgentProc::start(&sb, &config);
+    let web = format!("{reg}/team/web:1.0");
+    let s = agent.wait_status("web present", |s| present(s, &web)).await;
+    let why = s["disk"]["capacityUnknown"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        why.contains("cannot read the size of the image filesystem at /nonexistent-host-root/"),
+        "{s:#}"
+    );
+    assert!(s["disk"]["capacityBytes"].is_null(), "{s:#}");
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let log = std::fs::read_to_string(&agent.log).unwrap();
+    assert_eq!(
+        log.matches("only the GC-thrash guard works").count(),
+        1,
+        "{log}"
+    );
+    let pulls = log.matches("gone:1").count();
+    assert!(pulls >= 2, "the missing image was retried meanwhile: {log}");
+}
