@@ -33,6 +33,9 @@ OLDEST_K8S = "1.29"
 NAMESPACE = "prepuller"
 SERVICE_ACCOUNT = "prepuller"
 PULL_SECRET_DIR = "/etc/prepuller/pull-secrets"
+# The one other host path allowed (components/disk-guard): the runtime's state directory, whose
+# size the disk guard reads, read-only under PREPULLER_HOST_ROOT.
+IMAGE_FS_PATHS = {"/var/lib/containerd", "/var/lib/containers/storage"}
 
 # Everything the agent's service account may do (Node readiness, pull secrets). Anything else is a failure:
 # a new permission must be a conscious change here, in review.
@@ -171,6 +174,7 @@ def check_daemonset(report, where, docs):
 
     # The runtime socket: a hostPath of type Socket, mounted where --runtime-endpoint points.
     host_paths = {n: v["hostPath"] for n, v in volumes.items() if "hostPath" in v}
+    host_root = next((e.get("value") for e in ctr.get("env", []) if e["name"] == "PREPULLER_HOST_ROOT"), None)
     for n, hp in host_paths.items():
         if n in READONLY_HOST_PATHS:
             want = READONLY_HOST_PATHS[n]
@@ -179,6 +183,12 @@ def check_daemonset(report, where, docs):
             ms = [mm for mm in ctr.get("volumeMounts", []) if mm["name"] == n]
             c(ms and all(mm.get("readOnly") is True for mm in ms),
               f"hostPath volume {n!r} ({hp.get('path')}) must be mounted read-only: the agent only reads the kubelet's credential providers, got {ms}")
+            continue
+        if hp.get("path") in IMAGE_FS_PATHS and hp.get("type") == "Directory":
+            mount = [mm for mm in ctr.get("volumeMounts", []) if mm["name"] == n]
+            c(host_root is not None and len(mount) == 1
+              and mount[0]["mountPath"] == host_root.rstrip("/") + hp["path"] and mount[0].get("readOnly") is True,
+              f"the image filesystem hostPath {n!r} ({hp['path']}) must be mounted read-only at PREPULLER_HOST_ROOT + its path (the disk guard finds the runtime's mountpoint there), got env {host_root!r} and mounts {mount}")
             continue
         c(hp.get("type") == "Socket",
           f"hostPath volume {n!r} ({hp.get('path')}) has type {hp.get('type')!r}, expected 'Socket': the only host path the agent needs is the CRI socket, and without the type the kubelet creates an empty directory on nodes with another runtime")
@@ -426,6 +436,10 @@ MUTATIONS = [
      lambda d: _daemonset(d)["volumes"][0]["hostPath"].update(type="DirectoryOrCreate")),
     ("a second hostPath (the host's /var/lib)", "expected 'Socket'",
      lambda d: _daemonset(d)["volumes"].append({"name": "x", "hostPath": {"path": "/var/lib"}})),
+    ("the image filesystem mounted writable", "must be mounted read-only at PREPULLER_HOST_ROOT",
+     lambda d: (_daemonset(d)["volumes"].append({"name": "image-fs", "hostPath": {"path": "/var/lib/containerd", "type": "Directory"}}),
+                _container(d)["volumeMounts"].append({"name": "image-fs", "mountPath": "/host/var/lib/containerd"}),
+                _container(d)["env"].append({"name": "PREPULLER_HOST_ROOT", "value": "/host"}))),
     ("--runtime-endpoint not where the socket is mounted", "nothing is mounted there",
      lambda d: _container(d)["args"].__setitem__(2, "--runtime-endpoint=unix:///run/k3s/containerd/containerd.sock")),
     ("readinessProbe on /livez", "readinessProbe must be an httpGet of /readyz",

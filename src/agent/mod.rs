@@ -11,6 +11,7 @@
 //! [`schedule`] decides what to pull when, [`project`] writes what happens into the status,
 //! and [`watch`] turns file changes into wake-ups.
 
+mod disk;
 mod project;
 mod reload;
 mod schedule;
@@ -123,6 +124,13 @@ impl<R: Runtime> Agent<R> {
         self.ctx.secrets = secrets;
         self.schedule
             .set_credentials(self.ctx.credentials_for(&self.config));
+        self
+    }
+
+    /// Where the host's `/` is mounted in the agent's container: the disk guard reads the
+    /// runtime's image filesystem (a host path) under it.
+    pub fn with_host_root(mut self, host_root: Option<PathBuf>) -> Self {
+        self.schedule.set_host_root(host_root);
         self
     }
 

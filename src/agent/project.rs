@@ -12,7 +12,8 @@ use crate::puller::PullEvent;
 use crate::runtime::{ImageInfo, RuntimeError, RuntimeVersion};
 use crate::status::metrics::Metrics;
 use crate::status::{
-    AgentEventKind, ErrorClass, ImageState, ImageStatus, StatusHub, now_rfc3339, rfc3339,
+    AgentEventKind, DiskStatus, ErrorClass, HeldBack, ImageState, ImageStatus, StatusHub,
+    now_rfc3339, rfc3339,
 };
 
 use super::RUNTIME_RETRY;
@@ -100,6 +101,8 @@ pub(super) enum Mark<'a> {
     NeverAbsent,
     /// Absent, and a pull starts now.
     Waiting,
+    /// The disk guard holds its pull back: it stays as it is (Present for a refresh), saying why.
+    HeldBack(HeldBack),
 }
 
 impl Mark<'_> {
@@ -107,6 +110,7 @@ impl Mark<'_> {
     fn apply(self, i: &mut ImageStatus) {
         match self {
             Mark::Present(info, digest) => {
+                i.held_back = None;
                 if i.state != ImageState::Present {
                     i.present_since = Some(now_rfc3339());
                     i.attempts = 0;
@@ -126,6 +130,12 @@ impl Mark<'_> {
             Mark::Waiting => {
                 i.state = ImageState::Waiting;
                 i.present_since = None;
+                i.held_back = None;
+            }
+            Mark::HeldBack(hold) => {
+                if i.held_back.as_ref() != Some(&hold) {
+                    i.held_back = Some(hold);
+                }
             }
             Mark::NeverAbsent => {
                 if i.state == ImageState::Failed {
@@ -192,6 +202,11 @@ pub(super) fn pulled(
             }
         }
     });
+}
+
+/// The disk guard looked at the image filesystem.
+pub(super) fn disk(hub: &StatusHub, disk: DiskStatus) {
+    hub.update(|s| s.disk = Some(disk));
 }
 
 /// A refresh of a present image failed for good: the image is still usable; keep it Present.

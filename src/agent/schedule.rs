@@ -14,6 +14,7 @@ use crate::puller::{Finished, PullQueue};
 use crate::runtime::{ErrorKind, ImageInfo, Runtime};
 
 use super::Context;
+use super::disk::{Candidate, DiskGuard};
 use super::project::{self, Mark};
 
 /// What the agent remembers about an image between passes.
@@ -75,6 +76,8 @@ pub(super) struct Schedule<R> {
     /// cancelled attempt of an image that was removed and declared again is not taken for
     /// the end of the record that replaced it.
     queue: PullQueue<Pending>,
+    /// Holds back pulls the image filesystem has no room for (see [`super::disk`]).
+    disk: DiskGuard,
 }
 
 impl<R: Runtime> Schedule<R> {
@@ -85,7 +88,13 @@ impl<R: Runtime> Schedule<R> {
             names: Vec::new(),
             tracks: HashMap::new(),
             queue: PullQueue::new(false),
+            disk: DiskGuard::default(),
         }
+    }
+
+    /// Where the host's `/` is mounted, to find the image filesystem the runtime names.
+    pub(super) fn set_host_root(&mut self, host_root: Option<std::path::PathBuf>) {
+        self.disk.set_host_root(host_root);
     }
 
     /// The credentials pulls use now.
@@ -145,6 +154,13 @@ impl<R: Runtime> Schedule<R> {
             track.retry_after = None;
             track.refused_with = None;
         }
+        self.disk.follow(
+            config
+                .images
+                .iter()
+                .zip(&self.names)
+                .map(|(spec, x)| (x.key.as_str(), spec.reference.name())),
+        );
     }
 
     /// Images the registry refused wait for `backoff.max`, unless the credentials change: then
@@ -189,6 +205,9 @@ impl<R: Runtime> Schedule<R> {
             }
         }
         let now = Instant::now();
+        if config.disk_guard.enabled {
+            self.disk.learn(&images);
+        }
         // Positions in the status, which lists the images in config order (see `follow`).
         let mut marks = Vec::new();
         let mut to_pull = Vec::new();
@@ -202,6 +221,9 @@ impl<R: Runtime> Schedule<R> {
             }
             let at = (n, names.key.as_str());
             let found = by_name.get(names.lookup.as_str()).copied();
+            if config.disk_guard.enabled {
+                self.disk.seen(&names.key, found, now);
+            }
             let needs_pull = match spec.policy {
                 PullPolicy::Never => false,
                 PullPolicy::IfNotPresent => found.is_none(),
@@ -239,6 +261,19 @@ impl<R: Runtime> Schedule<R> {
                 ));
             }
         }
+        let to_pull = if config.disk_guard.enabled {
+            guard_disk(
+                &mut self.disk,
+                &self.names,
+                ctx,
+                config,
+                to_pull,
+                &mut marks,
+            )
+            .await
+        } else {
+            to_pull
+        };
         project::marks(&ctx.hub, marks);
         for (n, pending) in to_pull {
             let key = &self.names[n].key;
@@ -312,6 +347,8 @@ impl<R: Runtime> Schedule<R> {
         let at = (done.n, key.as_str());
         match &done.outcome.result {
             PullResult::Pulled => {
+                let size = done.outcome.image.as_ref().map(|i| i.size_bytes);
+                self.disk.pulled(&key, size, Instant::now());
                 track.last_refresh = Some(Instant::now());
                 track.retry_after = None;
                 track.refused_with = None;
@@ -326,6 +363,7 @@ impl<R: Runtime> Schedule<R> {
                 );
             }
             PullResult::Failed(_) => {
+                self.disk.ended(&key);
                 // Permanent: the registry will answer the same until something changes.
                 track.retry_after = Some(Instant::now() + config.backoff.max);
                 track.refused_with = refused_with;
@@ -333,7 +371,7 @@ impl<R: Runtime> Schedule<R> {
                     project::refresh_failed(&ctx.hub, at);
                 }
             }
-            PullResult::AlreadyPresent | PullResult::Cancelled(_) => {}
+            PullResult::AlreadyPresent | PullResult::Cancelled(_) => self.disk.ended(&key),
         }
     }
 
@@ -341,6 +379,48 @@ impl<R: Runtime> Schedule<R> {
     pub(super) async fn shutdown(&mut self, grace: std::time::Duration) {
         self.queue.shutdown(grace).await;
     }
+}
+
+/// The disk guard's word on a resync's pulls: those it admits, required ones first; the others
+/// are marked held back. Looks at the disk only when there is something to pull or an image is
+/// held back.
+async fn guard_disk<'a, R: Runtime>(
+    disk: &mut DiskGuard,
+    names: &'a [Names],
+    ctx: &Context<R>,
+    config: &Config,
+    mut to_pull: Vec<(usize, Pending)>,
+    marks: &mut Vec<(project::At<'a>, Mark<'a>)>,
+) -> Vec<(usize, Pending)> {
+    if to_pull.is_empty() && !disk.holding() {
+        return to_pull;
+    }
+    // Required images first: they get the room, optional ones are held back first.
+    to_pull.sort_by_key(|(n, _)| !config.images[*n].required);
+    let settings = &config.disk_guard;
+    let fs = disk.measure(&*ctx.runtime).await;
+    let candidates: Vec<Candidate<'_>> = to_pull
+        .iter()
+        .map(|(n, _)| Candidate {
+            key: &names[*n].key,
+            repository: config.images[*n].reference.name(),
+        })
+        .collect();
+    let holds = disk.decide(settings, &fs, &candidates);
+    let mut admitted = Vec::with_capacity(to_pull.len());
+    let mut held_keys = Vec::new();
+    for ((n, pending), hold) in to_pull.into_iter().zip(holds) {
+        match hold {
+            None => admitted.push((n, pending)),
+            Some(hold) => {
+                let key = names[n].key.as_str();
+                held_keys.push(key.to_string());
+                marks.push(((n, key), Mark::HeldBack(hold)));
+            }
+        }
+    }
+    project::disk(&ctx.hub, disk.summary(settings, &fs, held_keys));
+    admitted
 }
 
 /// The queue reports the puller's events through this: each is mirrored into the status.

@@ -31,6 +31,11 @@ pub struct AgentArgs {
     /// This node's name, shown in the status (the DaemonSet sets it from spec.nodeName).
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
+    /// Where the host's `/` (at least the runtime's image filesystem) is mounted, read-only:
+    /// the disk guard reads the size of the filesystem the runtime names under it. Unset: the
+    /// runtime's paths as they are (an agent running on the host).
+    #[arg(long, env = "PREPULLER_HOST_ROOT")]
+    pub host_root: Option<PathBuf>,
 }
 
 /// Runs `prepuller agent` until a signal.
@@ -41,6 +46,7 @@ pub async fn run(args: AgentArgs) -> ExitCode {
         listen,
         api_socket,
         node_name,
+        host_root,
     } = args;
     let config = match load_config(&config_path) {
         Ok(c) => c,
@@ -100,8 +106,9 @@ pub async fn run(args: AgentArgs) -> ExitCode {
     let connected = until_cancelled(&cancel, crate::k8s::connect()).await;
     let secrets = connected.as_ref().and_then(cluster::secret_reader);
     let client = cluster::node_client(connected);
-    let mut agent =
-        Agent::new(cri, hub.clone(), metrics, config_path, config).with_secret_reader(secrets);
+    let mut agent = Agent::new(cri, hub.clone(), metrics, config_path, config)
+        .with_secret_reader(secrets)
+        .with_host_root(host_root);
     let mut reporter = None;
     let node = client.and_then(|c| crate::k8s::setup(c, node_name.as_deref(), hub, node_settings));
     if let Some((r, link)) = node {

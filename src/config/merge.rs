@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::credentials::CredentialSource;
+use super::disk_guard::RawDiskGuard;
 use super::error::ConfigError;
 use super::image_registry::{ImageRegistry, Scope};
 use super::load::FileParts;
@@ -117,6 +118,7 @@ pub(super) struct RawSettings {
     pub node_readiness: Option<RawNodeSettings>,
     /// `global.imageRegistry`: one value for every file of a directory.
     pub global_image_registry: Option<ImageRegistry>,
+    pub disk_guard: Option<RawDiskGuard>,
 }
 
 /// Takes `theirs` into `mine` unless both are set and differ.
@@ -199,6 +201,13 @@ impl RawSettings {
             "global.imageRegistry",
             &mut self.global_image_registry,
             &other.global_image_registry,
+            file,
+            files,
+        )?;
+        absorb_one(
+            "diskGuard",
+            &mut self.disk_guard,
+            &other.disk_guard,
             file,
             files,
         )
@@ -285,6 +294,7 @@ impl RawSettings {
             credentials: Vec::new(),
             anonymous_fallback: self.anonymous_fallback.unwrap_or(false),
             node: RawNodeSettings::effective(self.node_readiness.as_ref()),
+            disk_guard: RawDiskGuard::effective(self.disk_guard.as_ref()),
             skipped_sets: Vec::new(),
         })
     }

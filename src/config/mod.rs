@@ -10,6 +10,7 @@
 //! the credentials' content or the cluster.
 
 mod credentials;
+mod disk_guard;
 pub mod duration;
 mod error;
 mod image_registry;
@@ -29,6 +30,10 @@ use crate::reference::ImageRef;
 
 pub use credentials::{
     CredentialSource, DEFAULT_KUBELET_ROOT_DIR, DEFAULT_PLUGIN_TIMEOUT, SourceError,
+};
+pub use disk_guard::{
+    DEFAULT_HIGH_THRESHOLD_PERCENT, DEFAULT_LOW_THRESHOLD_PERCENT, DEFAULT_MARGIN_PERCENT,
+    DiskGuardError, DiskGuardSettings,
 };
 pub use duration::DurationError;
 pub use error::{ConfigError, ConfigErrorDetails};
@@ -123,6 +128,8 @@ pub struct Config {
     pub anonymous_fallback: bool,
     /// What the agent writes on its Node (`nodeReadiness`).
     pub node: NodeSettings,
+    /// When the image filesystem is too full to pull (`diskGuard`).
+    pub disk_guard: DiskGuardSettings,
     /// Files whose `nodeSelector` does not select this node: their images are not pulled here.
     pub skipped_sets: Vec<SkippedSet>,
 }

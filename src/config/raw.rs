@@ -13,6 +13,7 @@ use serde_saphyr::Spanned;
 
 use super::credentials::SourceEntry;
 use super::image_registry::{FileImage, ImageRegistry, RegistryMirror};
+use super::disk_guard::RawDiskGuard;
 use super::node_selector::NodeSelector;
 use super::node_settings::RawNodeSettings;
 use super::{DEFAULT_REFRESH_INTERVAL, ImageSpec, PullPolicy, duration};
@@ -30,6 +31,7 @@ pub(super) struct RawConfig {
     pub resync_interval: Option<Duration>,
     pub backoff: Option<RawBackoff>,
     pub node_readiness: Option<RawNodeSettings>,
+    pub disk_guard: Option<RawDiskGuard>,
     /// This file's images are only for the nodes it selects.
     pub node_selector: Option<NodeSelector>,
     pub images: Vec<Spanned<ImageEntry>>,

@@ -452,3 +452,46 @@ fn a_file_whose_node_selector_does_not_select_this_node_contributes_no_images() 
     assert_eq!(refs(&unknown), ["docker.io/library/nginx:1.25"]);
     assert!(unknown.skipped_sets[0].labels_unknown);
 }
+
+#[test]
+fn disk_guard_defaults_follow_the_kubelet_and_bad_thresholds_are_refused() {
+    let c = parse("images: [nginx:1.25]").unwrap();
+    assert_eq!(c.disk_guard, DiskGuardSettings::default());
+    assert!(c.disk_guard.enabled);
+    assert_eq!(
+        (
+            c.disk_guard.high_threshold_percent,
+            c.disk_guard.low_threshold_percent,
+            c.disk_guard.pull_limit_percent()
+        ),
+        (85, 80, 80)
+    );
+    let c = parse(
+        "diskGuard:\n  highThresholdPercent: 90\n  lowThresholdPercent: 70\n  marginPercent: 2\nimages: [nginx:1.25]",
+    )
+    .unwrap();
+    assert_eq!(c.disk_guard.pull_limit_percent(), 88);
+    assert_eq!(c.disk_guard.low_threshold_percent, 70);
+    let c = parse("diskGuard: {enabled: false}\nimages: [nginx:1.25]").unwrap();
+    assert!(!c.disk_guard.enabled);
+    for (yaml, says) in [
+        (
+            "{lowThresholdPercent: 85}",
+            "lowThresholdPercent (85) must be below highThresholdPercent (85)",
+        ),
+        ("{highThresholdPercent: 101}", "from 1 to 100, not 101"),
+        ("{marginPercent: 85}", "marginPercent (85) must be below"),
+        ("{highThresholdPrecent: 90}", "highThresholdPrecent"),
+    ] {
+        let e = parse(&format!("diskGuard: {yaml}\nimages: []\n")).unwrap_err();
+        assert!(
+            e.field
+                .as_deref()
+                .is_some_and(|f| f.starts_with("diskGuard")),
+            "{}",
+            e.render()
+        );
+        assert_eq!(e.line, Some(1), "{}", e.render());
+        assert!(e.message.contains(says), "{yaml}: {}", e.render());
+    }
+}

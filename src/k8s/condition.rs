@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::{Node, NodeCondition};
 
-use crate::status::{AgentStatus, ImageState};
+use crate::status::{AgentStatus, ImageState, ImageStatus};
 
 pub const CONDITION_TYPE: &str = "ImagesPrePulled";
 /// Records the boot in which the startup taint was removed, so it is removed once per boot.
@@ -19,6 +19,9 @@ pub mod reason {
     pub const PULLING: &str = "PullingImages";
     pub const FAILED: &str = "PullFailed";
     pub const RUNTIME: &str = "RuntimeUnavailable";
+    /// The disk guard holds back required images (the image filesystem is full, or the
+    /// kubelet's image GC keeps removing them).
+    pub const DISK_PRESSURE: &str = "DiskPressure";
 }
 
 /// This boot of the machine: the startup taint is removed at most once per boot.
@@ -76,11 +79,38 @@ pub fn desired(s: &AgentStatus) -> Desired {
         .iter()
         .filter(|i| i.required && i.state != ImageState::Present)
         .collect();
+    // Images the disk guard holds back, named with why (on a True condition: optional ones).
+    let held = |images: &mut dyn Iterator<Item = &ImageStatus>| {
+        let held: Vec<String> = images
+            .filter_map(|i| {
+                let h = i.held_back.as_ref()?;
+                Some(format!("{} ({})", i.normalized, shorten(&h.message)))
+            })
+            .collect();
+        let n = held.len();
+        (
+            held.into_iter().take(NAMED).collect::<Vec<_>>().join(", "),
+            n,
+        )
+    };
     if missing.is_empty() {
+        let (named, n) = held(&mut s.images.iter());
+        let message = if n == 0 {
+            counts
+        } else {
+            format!(
+                "{counts}; held back by the disk guard: {named}{}",
+                if n > NAMED {
+                    format!(" and {} more", n - NAMED)
+                } else {
+                    String::new()
+                }
+            )
+        };
         return Desired {
             status: true,
             reason: reason::PRESENT,
-            message: counts,
+            message,
         };
     }
     let failing: Vec<_> = missing
@@ -111,6 +141,14 @@ pub fn desired(s: &AgentStatus) -> Desired {
                 named.join(", "),
                 more(failing.len())
             ),
+        };
+    }
+    let (named, n) = held(&mut missing.iter().copied());
+    if n > 0 {
+        return Desired {
+            status: false,
+            reason: reason::DISK_PRESSURE,
+            message: format!("{counts}; held back by the disk guard: {named}{}", more(n)),
         };
     }
     let named: Vec<&str> = missing

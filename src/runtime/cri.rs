@@ -9,7 +9,8 @@ use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
 use super::{
-    EndpointError, ImageInfo, RegistryAuth, Runtime, RuntimeError, RuntimeVersion, socket_path,
+    EndpointError, ImageFs, ImageInfo, RegistryAuth, Runtime, RuntimeError, RuntimeVersion,
+    socket_path,
 };
 
 /// Deadline for the cheap calls (version, list, status); pulls have their own.
@@ -210,6 +211,21 @@ impl Runtime for CriRuntime {
         .await
         .map_err(|e| self.unreachable(e))?;
         Ok(r.image_ref)
+    }
+
+    async fn image_fs_info(&self) -> Result<Option<ImageFs>, RuntimeError> {
+        let mut client = self.images.clone();
+        let r = bounded(
+            CALL_TIMEOUT,
+            client.image_fs_info(request(cri::ImageFsInfoRequest {}, CALL_TIMEOUT)),
+        )
+        .await
+        .map_err(|e| self.unreachable(e))?;
+        // One image filesystem on every runtime prepuller knows; the first is the kubelet's.
+        Ok(r.image_filesystems.into_iter().next().map(|f| ImageFs {
+            mountpoint: f.fs_id.map(|i| i.mountpoint).unwrap_or_default(),
+            used_bytes: f.used_bytes.map_or(0, |u| u.value),
+        }))
     }
 }
 

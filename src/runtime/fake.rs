@@ -14,7 +14,7 @@ use tonic::Code;
 
 use secrecy::ExposeSecret;
 
-use super::{ImageInfo, RegistryAuth, Runtime, RuntimeError, RuntimeVersion};
+use super::{FsSpace, ImageFs, ImageInfo, RegistryAuth, Runtime, RuntimeError, RuntimeVersion};
 use crate::reference::ImageRef;
 
 #[derive(Debug, Default, Clone)]
@@ -22,6 +22,7 @@ pub struct FakeStats {
     pub version_calls: usize,
     pub list_calls: usize,
     pub status_calls: usize,
+    pub image_fs_calls: usize,
     /// Every pull attempt, in the order it started.
     pub pulls: Vec<String>,
     /// The user name each pull attempt sent, `None` for anonymous (parallel to `pulls`).
@@ -46,9 +47,22 @@ struct State {
     hanging: bool,
     /// Registry hosts that refuse connections: every pull from them fails as containerd says.
     down: std::collections::HashSet<String>,
+    /// The image filesystem, once a test sets one (see [`FakeRuntime::set_image_fs`]).
+    image_fs: Option<FakeFs>,
+    /// Reference → the size a pull of it lists (default 1 MB).
+    pull_sizes: HashMap<String, u64>,
     in_flight: usize,
     in_flight_per_registry: HashMap<String, usize>,
     stats: FakeStats,
+}
+
+/// The fake image filesystem: `base` bytes used by other things, and each image takes twice its
+/// listed size (its content plus the unpacked snapshot, as containerd with uncompressed layers).
+struct FakeFs {
+    mountpoint: String,
+    base: u64,
+    /// `None`: the mountpoint is not visible to the agent (no statvfs).
+    capacity: Option<u64>,
 }
 
 #[derive(Default)]
@@ -143,6 +157,29 @@ impl FakeRuntime {
     /// While unavailable every call fails as a runtime that is down.
     pub fn set_available(&self, available: bool) {
         self.state().unavailable = !available;
+    }
+
+    /// The runtime reports an image filesystem at `mountpoint` with `base` bytes used besides
+    /// the images; `capacity`: its size as statvfs sees it, `None` when the agent cannot see it.
+    pub fn set_image_fs(&self, mountpoint: &str, base: u64, capacity: Option<u64>) {
+        self.state().image_fs = Some(FakeFs {
+            mountpoint: mountpoint.to_string(),
+            base,
+            capacity,
+        });
+    }
+
+    /// A pull of `reference` lists this size (default 1 MB).
+    pub fn set_pull_size(&self, reference: &str, bytes: u64) {
+        let key = ImageRef::parse(reference).expect("valid").pull_ref();
+        self.state().pull_sizes.insert(key, bytes);
+    }
+
+    /// Bytes used on the fake image filesystem now.
+    pub fn disk_used(&self) -> u64 {
+        let s = self.state();
+        let images: u64 = s.images.iter().map(|i| i.size_bytes * 2).sum();
+        s.image_fs.as_ref().map_or(0, |f| f.base) + images
     }
 
     pub fn stats(&self) -> FakeStats {
@@ -315,11 +352,44 @@ impl Runtime for FakeRuntime {
                 ));
             }
         }
-        let info = self.image_for(&r, 1_000_000);
+        let size = self
+            .state()
+            .pull_sizes
+            .get(&r.pull_ref())
+            .copied()
+            .unwrap_or(1_000_000);
+        let info = self.image_for(&r, size);
         let id = info.id.clone();
         let mut s = self.state();
         s.images.retain(|i| !i.matches(&r));
         s.images.push(info);
         Ok(id)
+    }
+
+    async fn image_fs_info(&self) -> Result<Option<ImageFs>, RuntimeError> {
+        self.state().stats.image_fs_calls += 1;
+        self.check_available().await?;
+        let used_bytes = self.disk_used();
+        Ok(self.state().image_fs.as_ref().map(|f| ImageFs {
+            mountpoint: f.mountpoint.clone(),
+            used_bytes,
+        }))
+    }
+
+    fn filesystem_space(&self, path: &std::path::Path) -> std::io::Result<FsSpace> {
+        let used = self.disk_used();
+        let s = self.state();
+        match s.image_fs.as_ref() {
+            Some(f)
+                if f.capacity.is_some() && path.ends_with(f.mountpoint.trim_start_matches('/')) =>
+            {
+                let capacity = f.capacity.unwrap_or(0);
+                Ok(FsSpace {
+                    capacity_bytes: capacity,
+                    available_bytes: capacity.saturating_sub(used),
+                })
+            }
+            _ => Err(std::io::Error::from(std::io::ErrorKind::NotFound)),
+        }
     }
 }

@@ -79,6 +79,32 @@ impl std::fmt::Display for RuntimeVersion {
     }
 }
 
+/// The image filesystem as the runtime reports it (CRI `ImageFsInfo`): where it is mounted
+/// (a path on the host) and how much of it the images take.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageFs {
+    pub mountpoint: String,
+    pub used_bytes: u64,
+}
+
+/// Size and free space of a filesystem, as `statvfs` reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsSpace {
+    pub capacity_bytes: u64,
+    /// Free for unprivileged writers (`f_bavail`): what the kubelet's GC counts as available.
+    pub available_bytes: u64,
+}
+
+/// `statvfs` on `path`.
+pub fn statvfs_space(path: &std::path::Path) -> std::io::Result<FsSpace> {
+    let s = rustix::fs::statvfs(path)?;
+    Ok(FsSpace {
+        capacity_bytes: s.f_blocks.saturating_mul(s.f_frsize),
+        available_bytes: s.f_bavail.saturating_mul(s.f_frsize),
+    })
+}
+
 /// What prepuller needs from a container runtime.
 pub trait Runtime: Send + Sync + 'static {
     fn version(&self) -> impl Future<Output = Result<RuntimeVersion, RuntimeError>> + Send;
@@ -97,6 +123,12 @@ pub trait Runtime: Send + Sync + 'static {
         auth: Option<&RegistryAuth>,
         timeout: Duration,
     ) -> impl Future<Output = Result<String, RuntimeError>> + Send;
+    /// The filesystem the runtime keeps its images on; `None` when it reports none.
+    fn image_fs_info(&self) -> impl Future<Output = Result<Option<ImageFs>, RuntimeError>> + Send;
+    /// Size and free space of the filesystem holding `path` (a path this process can see).
+    fn filesystem_space(&self, path: &std::path::Path) -> std::io::Result<FsSpace> {
+        statvfs_space(path)
+    }
 }
 
 #[cfg(test)]

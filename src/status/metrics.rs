@@ -22,7 +22,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-use super::{ErrorClass, ImageState, StatusHub};
+use super::{ErrorClass, HoldReason, ImageState, StatusHub};
 
 /// Content type of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -84,6 +84,12 @@ struct FailureLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ImageLabels {
     state: ImageState,
+    required: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct HeldLabels {
+    reason: HoldReason,
     required: bool,
 }
 
@@ -229,15 +235,26 @@ struct State {
     ready: bool,
     runtime_up: bool,
     generation: u64,
+    /// Images held back by the disk guard, by `HoldReason::ALL` position, then required (0) or
+    /// optional (1).
+    held: [[i64; 2]; HoldReason::ALL.len()],
+    /// The image filesystem's used share (0–1), when the disk guard could measure it.
+    image_fs_usage: Option<f64>,
 }
 
 impl Collector for StateGauges {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let state = self.hub.inspect(|s| {
             let mut images = [[0; 2]; ImageState::ALL.len()];
+            let mut held = [[0; 2]; HoldReason::ALL.len()];
             for i in &s.images {
                 if let Some(n) = ImageState::ALL.iter().position(|&st| st == i.state) {
                     images[n][usize::from(!i.required)] += 1;
+                }
+                if let Some(h) = &i.held_back
+                    && let Some(n) = HoldReason::ALL.iter().position(|&r| r == h.reason)
+                {
+                    held[n][usize::from(!i.required)] += 1;
                 }
             }
             State {
@@ -245,6 +262,12 @@ impl Collector for StateGauges {
                 ready: s.ready,
                 runtime_up: s.runtime.reachable,
                 generation: s.config.generation,
+                held,
+                image_fs_usage: s
+                    .disk
+                    .as_ref()
+                    .and_then(|d| d.usage_percent)
+                    .map(|p| p / 100.0),
             }
         });
 
@@ -284,7 +307,30 @@ impl Collector for StateGauges {
             "config_generation",
             "Generation of the applied config (0: none applied yet).",
             i64::try_from(state.generation).unwrap_or(i64::MAX),
-        )
+        )?;
+
+        let mut family = encoder.encode_descriptor(
+            "images_held_back",
+            "Declared images the disk guard does not pull now, by reason (disk_threshold: the pull would cross the pull limit; gc_thrash: the kubelet's image GC removed it twice within an hour of its pull).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (reason, counts) in HoldReason::ALL.into_iter().zip(state.held) {
+            for (required, count) in [true, false].into_iter().zip(counts) {
+                let labels = HeldLabels { reason, required };
+                ConstGauge::new(count).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        // Absent until the disk guard could measure the image filesystem.
+        if let Some(ratio) = state.image_fs_usage {
+            ConstGauge::new(ratio).encode(encoder.encode_descriptor(
+                "image_fs_usage_ratio",
+                "Used share of the image filesystem (0-1) at the disk guard's last check, as the kubelet's image GC computes it.",
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
+        Ok(())
     }
 }
 
@@ -514,6 +560,14 @@ mod tests {
     fn the_exposition_is_pinned() {
         let mut s = status();
         s.images.push(image("e", false, ImageState::BackingOff));
+        s.images[2].held_back = Some(crate::status::HeldBack {
+            reason: HoldReason::DiskThreshold,
+            message: "disk threshold".into(),
+        });
+        s.disk = Some(crate::status::DiskStatus {
+            usage_percent: Some(81.5),
+            ..Default::default()
+        });
         let (_hub, m) = metrics_of(s);
         observe(&m);
         let text = m.render();
@@ -577,6 +631,15 @@ prepuller_runtime_up 1
 # HELP prepuller_config_generation Generation of the applied config (0: none applied yet).
 # TYPE prepuller_config_generation gauge
 prepuller_config_generation 3
+# HELP prepuller_images_held_back Declared images the disk guard does not pull now, by reason (disk_threshold: the pull would cross the pull limit; gc_thrash: the kubelet's image GC removed it twice within an hour of its pull).
+# TYPE prepuller_images_held_back gauge
+prepuller_images_held_back{reason="disk_threshold",required="true"} 1
+prepuller_images_held_back{reason="disk_threshold",required="false"} 0
+prepuller_images_held_back{reason="gc_thrash",required="true"} 0
+prepuller_images_held_back{reason="gc_thrash",required="false"} 0
+# HELP prepuller_image_fs_usage_ratio Used share of the image filesystem (0-1) at the disk guard's last check, as the kubelet's image GC computes it.
+# TYPE prepuller_image_fs_usage_ratio gauge
+prepuller_image_fs_usage_ratio 0.815
 # EOF
 "#;
 }

@@ -114,6 +114,82 @@ pub struct ImageStatus {
     pub present_since: Option<String>,
     /// The last tag drift seen: "tag drift: sha256:… → sha256:…".
     pub drift: Option<String>,
+    /// Not pulled now, by the disk guard: why.
+    pub held_back: Option<HeldBack>,
+}
+
+/// Why the disk guard holds an image back. The variant names are the JSON values; the
+/// `prepuller_images_held_back{reason}` label values are [`HoldReason::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum HoldReason {
+    /// The pull would take the image filesystem above the pull limit.
+    DiskThreshold,
+    /// The kubelet's GC removed the image twice within an hour of its pull.
+    GcThrash,
+}
+
+impl HoldReason {
+    pub const ALL: [HoldReason; 2] = [HoldReason::DiskThreshold, HoldReason::GcThrash];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldReason::DiskThreshold => "disk_threshold",
+            HoldReason::GcThrash => "gc_thrash",
+        }
+    }
+
+    fn parse(s: &str) -> Option<HoldReason> {
+        HoldReason::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+impl EncodeLabelValue for HoldReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> fmt::Result {
+        self.as_str().encode(encoder)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HeldBack {
+    pub reason: HoldReason,
+    /// Which threshold, the usage and the image's size, or the disappearances.
+    pub message: String,
+}
+
+impl HeldBack {
+    /// From the label value and message (the gRPC client's side).
+    pub fn from_parts(reason: &str, message: String) -> Option<HeldBack> {
+        Some(HeldBack {
+            reason: HoldReason::parse(reason)?,
+            message,
+        })
+    }
+}
+
+/// The image filesystem as the disk guard last saw it (before pulls, and while images are held
+/// back): the node-level summary of `/status`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskStatus {
+    /// As the runtime reports it (a host path).
+    pub mountpoint: Option<String>,
+    /// Bytes the runtime's images take (CRI `ImageFsInfo`).
+    pub image_bytes: Option<u64>,
+    /// Size of the filesystem (statvfs); `None` when the agent cannot see it.
+    pub capacity_bytes: Option<u64>,
+    /// Used share of the filesystem, as the kubelet's image GC computes it.
+    pub usage_percent: Option<f64>,
+    /// Pulls stop before this (`highThresholdPercent - marginPercent`).
+    pub pull_limit_percent: u8,
+    /// Images held back for GC thrash are pulled again below this.
+    pub low_threshold_percent: u8,
+    /// Normalized references of the images held back now.
+    pub held_back: Vec<String>,
+    /// Why the capacity is not known (only the thrash guard works then).
+    pub capacity_unknown: Option<String>,
+    /// RFC 3339.
+    pub checked_at: Option<String>,
 }
 
 impl ImageStatus {
@@ -136,6 +212,7 @@ impl ImageStatus {
             last_pull_seconds: None,
             present_since: None,
             drift: None,
+            held_back: None,
         }
     }
 }
@@ -180,6 +257,8 @@ pub struct AgentStatus {
     pub runtime: RuntimeStatus,
     pub images: Vec<ImageStatus>,
     pub shutting_down: bool,
+    /// The disk guard's view of the image filesystem; `None` before its first check.
+    pub disk: Option<DiskStatus>,
 }
 
 impl AgentStatus {
@@ -308,6 +387,10 @@ pub(crate) fn test_full_image(state: ImageState) -> ImageStatus {
         present_since: Some("2026-11-23T12:00:00Z".into()),
         drift: Some("tag drift: sha256:1 → sha256:2".into()),
         image_registry: Some("registry.example.com".into()),
+        held_back: Some(HeldBack {
+            reason: HoldReason::DiskThreshold,
+            message: "held back: pulling it would take the image filesystem above 80%".into(),
+        }),
         ..test_image("registry.example.com/nginx:1.27", true, state)
     }
 }
@@ -330,7 +413,7 @@ mod tests {
             "{\"image\":\"x\",\"normalized\":\"x\",\"required\":false,\"policy\":\"IfNotPresent\",\
              \"state\":\"Present\",\"imageId\":null,\"repoDigest\":null,\"sizeBytes\":null,\
              \"attempts\":0,\"lastError\":null,\"lastErrorClass\":null,\"nextRetryAt\":null,\
-             \"lastPullSeconds\":null,\"presentSince\":null,\"drift\":null}"
+             \"lastPullSeconds\":null,\"presentSince\":null,\"drift\":null,\"heldBack\":null}"
         );
     }
 
@@ -350,7 +433,11 @@ mod tests {
   "nextRetryAt": "2026-11-23T12:00:10Z",
   "lastPullSeconds": 4.25,
   "presentSince": "2026-11-23T12:00:00Z",
-  "drift": "tag drift: sha256:1 → sha256:2"
+  "drift": "tag drift: sha256:1 → sha256:2",
+  "heldBack": {
+    "reason": "diskThreshold",
+    "message": "held back: pulling it would take the image filesystem above 80%"
+  }
 }
 "#;
 

@@ -69,9 +69,13 @@ pub fn table(s: &AgentStatus, now: SystemTime) -> Table {
     t
 }
 
-/// Why an image is not simply present: its last error and next retry, else its last drift.
+/// Why an image is not simply present: the disk guard's hold, its last error and next retry,
+/// else its last drift.
 fn note(i: &ImageStatus, now: SystemTime) -> String {
     let mut parts = Vec::new();
+    if let Some(h) = &i.held_back {
+        parts.push(format!("held back: {}", h.message));
+    }
     if let Some(e) = &i.last_error {
         parts.push(match &i.last_error_class {
             Some(class) => format!("{class}: {e}"),
@@ -215,6 +219,7 @@ mod tests {
                 image("b:1", ImageState::BackingOff),
             ],
             shutting_down: false,
+            disk: None,
         }
     }
 
@@ -274,6 +279,19 @@ mod tests {
         for column in ["IMAGE", "STATE", "REQUIRED", "SIZE", "ATTEMPTS", "NOTE"] {
             assert!(text.contains(column), "{text}");
         }
+    }
+
+    #[test]
+    fn an_image_the_disk_guard_holds_back_says_why() {
+        let mut i = image("a:1", ImageState::Waiting);
+        i.held_back = Some(crate::status::HeldBack {
+            reason: crate::status::HoldReason::GcThrash,
+            message: "GC thrash: gone 2 times within 1h of its pull".into(),
+        });
+        assert_eq!(
+            note(&i, SystemTime::UNIX_EPOCH),
+            "held back: GC thrash: gone 2 times within 1h of its pull"
+        );
     }
 
     #[test]

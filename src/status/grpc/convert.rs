@@ -6,8 +6,8 @@ use serde::Serialize;
 use super::pb;
 use crate::config::PullPolicy;
 use crate::status::{
-    AgentEvent, AgentEventKind, AgentStatus, ConfigStatus, ErrorClass, ImageState, ImageStatus,
-    RuntimeStatus,
+    AgentEvent, AgentEventKind, AgentStatus, ConfigStatus, DiskStatus, ErrorClass, HeldBack,
+    ImageState, ImageStatus, RuntimeStatus,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -45,6 +45,41 @@ impl From<ImageStatus> for pb::ImageStatus {
             present_since: i.present_since,
             drift: i.drift,
             image_registry: i.image_registry,
+            held_back_reason: i.held_back.as_ref().map(|h| h.reason.as_str().to_owned()),
+            held_back: i.held_back.map(|h| h.message),
+        }
+    }
+}
+
+impl From<DiskStatus> for pb::DiskStatus {
+    fn from(d: DiskStatus) -> Self {
+        pb::DiskStatus {
+            mountpoint: d.mountpoint,
+            image_bytes: d.image_bytes,
+            capacity_bytes: d.capacity_bytes,
+            usage_percent: d.usage_percent,
+            pull_limit_percent: d.pull_limit_percent.into(),
+            low_threshold_percent: d.low_threshold_percent.into(),
+            held_back: d.held_back,
+            capacity_unknown: d.capacity_unknown,
+            checked_at: d.checked_at,
+        }
+    }
+}
+
+impl From<pb::DiskStatus> for DiskStatus {
+    fn from(d: pb::DiskStatus) -> Self {
+        let percent = |p: u32| u8::try_from(p).unwrap_or(u8::MAX);
+        DiskStatus {
+            mountpoint: d.mountpoint,
+            image_bytes: d.image_bytes,
+            capacity_bytes: d.capacity_bytes,
+            usage_percent: d.usage_percent,
+            pull_limit_percent: percent(d.pull_limit_percent),
+            low_threshold_percent: percent(d.low_threshold_percent),
+            held_back: d.held_back,
+            capacity_unknown: d.capacity_unknown,
+            checked_at: d.checked_at,
         }
     }
 }
@@ -82,6 +117,7 @@ impl From<AgentStatus> for pb::Status {
             runtime: Some(s.runtime.into()),
             shutting_down: s.shutting_down,
             images: s.images.into_iter().map(Into::into).collect(),
+            disk: s.disk.map(Into::into),
         }
     }
 }
@@ -215,6 +251,11 @@ impl TryFrom<pb::ImageStatus> for ImageStatus {
             present_since: i.present_since,
             drift: i.drift,
             image_registry: i.image_registry,
+            // A reason this client does not know is shown without its kind: dropped.
+            held_back: i
+                .held_back_reason
+                .zip(i.held_back)
+                .and_then(|(r, m)| HeldBack::from_parts(&r, m)),
         })
     }
 }
@@ -260,6 +301,7 @@ impl TryFrom<pb::Status> for AgentStatus {
                 .map(TryInto::try_into)
                 .collect::<Result<_, _>>()?,
             shutting_down: s.shutting_down,
+            disk: s.disk.map(Into::into),
         })
     }
 }
@@ -358,6 +400,19 @@ mod tests {
                 .chain(ImageState::ALL.iter().map(|&s| bare_image(s)))
                 .collect(),
             shutting_down: true,
+            disk: Some(crate::status::DiskStatus {
+                mountpoint: Some(
+                    "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs".into(),
+                ),
+                image_bytes: Some(5_000_000),
+                capacity_bytes: Some(100_000_000),
+                usage_percent: Some(81.5),
+                pull_limit_percent: 80,
+                low_threshold_percent: 80,
+                held_back: vec!["docker.io/library/nginx:1.27".into()],
+                capacity_unknown: None,
+                checked_at: Some("2026-11-23T12:00:00Z".into()),
+            }),
         };
         let wire = pb::Status::from(status.clone());
         // Through the bytes too: `optional` keeps None apart from "" and 0.
