@@ -48,8 +48,13 @@ pub fn run(args: &ImagesArgs) -> ExitCode {
             .iter()
             .map(|(k, n)| format!("{k} {n}"))
             .collect();
+        let objects = if n == 1 {
+            "object of another kind"
+        } else {
+            "objects of other kinds"
+        };
         eprintln!(
-            "skipped {n} objects of other kinds (no images prepuller reads): {}",
+            "skipped {n} {objects} (no images prepuller reads): {}",
             kinds.join(", ")
         );
     }
