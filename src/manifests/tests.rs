@@ -450,6 +450,7 @@ fn duplicates_merge_and_the_output_does_not_depend_on_input_order() {
         "kind: Pod\nmetadata: {name: c, namespace: x}\nspec: {containers: [{name: c, image: 'busybox', imagePullPolicy: IfNotPresent}]}\n",
         "kind: Pod\nmetadata: {name: d, namespace: x}\nspec: {containers: [{name: c, image: 'example.com/app:2', imagePullPolicy: Always}], imagePullSecrets: [{name: s}]}\n",
         "kind: Pod\nmetadata: {name: e, namespace: x}\nspec: {containers: [{name: c, image: 'example.com/app:2'}]}\n",
+        "kind: Pod\nmetadata: {name: f, namespace: x}\nspec: {containers: [{name: c, image: 'example.com/only-never:latest', imagePullPolicy: Never}]}\n",
     ];
     let forward = manifests(&docs.join("---\n"));
     let mut reversed = docs;
@@ -465,11 +466,17 @@ fn duplicates_merge_and_the_output_does_not_depend_on_input_order() {
             // Sorted by the reference pulled (docker.io/library/nginx:1.25).
             ("nginx:1.25".into(), PullPolicy::IfNotPresent, true),
             ("example.com/app:2".into(), PullPolicy::Always, true),
+            // The kubelet never pulls it, so prepuller must: when missing, not `Never`.
+            (
+                "example.com/only-never:latest".into(),
+                PullPolicy::IfNotPresent,
+                true
+            ),
         ]
     );
     assert_eq!(
         render(&forward),
-        "# Made by `prepuller images `\n# from 5 objects (Pod 5): 3 images.\nimages:\n  - image: busybox  # Pod x/c\n    pullPolicy: IfNotPresent\n  - nginx:1.25  # Pod x/a, Pod x/b\n  - image: example.com/app:2  # Pod x/d, Pod x/e\n    pullPolicy: Always\n# The workloads pull with these secrets; to pull with the same credentials, add:\n# credentials:\n#   - secret: {namespace: x, name: s}\n"
+        "# Made by `prepuller images `\n# from 6 objects (Pod 6): 4 images.\nimages:\n  - image: busybox  # Pod x/c\n    pullPolicy: IfNotPresent\n  - nginx:1.25  # Pod x/a, Pod x/b\n  - image: example.com/app:2  # Pod x/d, Pod x/e\n    pullPolicy: Always\n  - image: example.com/only-never:latest  # Pod x/f\n    pullPolicy: IfNotPresent\n# The workloads pull with these secrets; to pull with the same credentials, add:\n# credentials:\n#   - secret: {namespace: x, name: s}\n"
     );
 }
 
