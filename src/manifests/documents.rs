@@ -46,17 +46,28 @@ fn json(input: &Input) -> Result<Vec<Document>, ManifestError> {
 }
 
 fn yaml(input: &Input) -> Result<Vec<Document>, ManifestError> {
-    let docs: Vec<Spanned<Value>> = serde_saphyr::from_multiple(&input.text).map_err(|e| {
-        let plain = e
-            .without_snippet()
-            .render_with_options(serde_saphyr::render_options! { snippets: SnippetMode::Off });
-        let line = e.location().map(|l| l.line() as usize);
-        let message = format!(
-            "invalid YAML: {}",
-            plain.trim().trim_start_matches("error: ")
-        );
-        ManifestError::at(&input.name, None, line, message)
-    })?;
+    // The default budget is for config files: `helm template` of an umbrella chart has more than
+    // its 1,024 documents and `kubectl get -A -o yaml` more than its 250,000 nodes. The input is
+    // the operator's own, and memory bounds it anyway.
+    let options = serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_documents: 1_000_000,
+            max_events: 100_000_000,
+            max_nodes: 20_000_000,
+        },
+    };
+    let docs: Vec<Spanned<Value>> = serde_saphyr::from_multiple_with_options(&input.text, options)
+        .map_err(|e| {
+            let plain = e
+                .without_snippet()
+                .render_with_options(serde_saphyr::render_options! { snippets: SnippetMode::Off });
+            let line = e.location().map(|l| l.line() as usize);
+            let message = format!(
+                "invalid YAML: {}",
+                plain.trim().trim_start_matches("error: ")
+            );
+            ManifestError::at(&input.name, None, line, message)
+        })?;
     Ok(docs
         .into_iter()
         .filter(|d| !d.value.is_null())

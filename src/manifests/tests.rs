@@ -186,6 +186,22 @@ fn multi_document_yaml_counts_documents_that_are_not_empty() {
 }
 
 #[test]
+fn a_large_rendered_chart_is_read_whole() {
+    // More documents than serde-saphyr's default budget allows (1,024).
+    let docs: Vec<String> = (0..1500)
+        .map(|i| {
+            format!(
+                "kind: Pod\nmetadata: {{name: p{i}}}\n{}",
+                pod_spec(&format!("a{}:1", i % 10))
+            )
+        })
+        .collect();
+    let found = manifests(&docs.join("---\n"));
+    assert_eq!(found.objects.get("Pod"), Some(&1500));
+    assert_eq!(found.image_count(), 10);
+}
+
+#[test]
 fn bad_input_names_the_document_and_the_field() {
     let cases = [
         (
