@@ -293,13 +293,33 @@ struct UseSpec {
     origin: String,
 }
 
-/// A pull policy as Kubernetes spells it.
-fn parse_policy(s: &str) -> Option<PullPolicy> {
-    match s {
-        "Always" => Some(PullPolicy::Always),
-        "IfNotPresent" => Some(PullPolicy::IfNotPresent),
-        "Never" => Some(PullPolicy::Never),
-        _ => None,
+/// The pull policy at `map[key]` (`path` is that field's path), as Kubernetes spells it; unset
+/// or empty is `None`.
+fn policy_field(
+    place: &Place,
+    object: Option<&str>,
+    map: &serde_json::Map<String, serde_json::Value>,
+    key: &str,
+    path: &str,
+) -> Result<Option<PullPolicy>, ManifestError> {
+    let s = match map.get(key) {
+        None | Some(serde_json::Value::Null) => return Ok(None),
+        Some(serde_json::Value::String(s)) if s.is_empty() => return Ok(None),
+        Some(serde_json::Value::String(s)) => s,
+        Some(other) => {
+            let message = format!("expected a string, found {}", kind_of(other));
+            return Err(place.error(object, &join(path, key), message));
+        }
+    };
+    match s.as_str() {
+        "Always" => Ok(Some(PullPolicy::Always)),
+        "IfNotPresent" => Ok(Some(PullPolicy::IfNotPresent)),
+        "Never" => Ok(Some(PullPolicy::Never)),
+        _ => Err(place.error(
+            object,
+            &join(path, key),
+            format!("unknown pull policy {s:?}, expected one of Always, IfNotPresent, Never"),
+        )),
     }
 }
 

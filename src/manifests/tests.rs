@@ -232,6 +232,13 @@ fn bad_input_names_the_document_and_the_field() {
     for (text, want) in cases {
         assert_eq!(manifest_error(text).to_string(), want);
     }
+    let e = manifest_error(
+        "apiVersion: app.redislabs.com/v1\nkind: RedisEnterpriseCluster\nmetadata: {name: rec}\nspec:\n  redisEnterpriseImageSpec: {repository: a, versionTag: b, imagePullPolicy: Sometimes}\n",
+    );
+    assert_eq!(
+        e.field.as_deref(),
+        Some("spec.redisEnterpriseImageSpec.imagePullPolicy")
+    );
     let syntax = manifest_error("kind: Pod\nspec: [\n");
     assert!(syntax.message.starts_with("invalid YAML"), "{syntax}");
     assert!(syntax.line.is_some(), "{syntax}");
@@ -494,6 +501,21 @@ fn duplicates_merge_and_the_output_does_not_depend_on_input_order() {
         render(&forward),
         "# Made by `prepuller images `\n# from 6 objects (Pod 6): 4 images.\nimages:\n  - image: busybox  # Pod x/c\n    pullPolicy: IfNotPresent\n  - nginx:1.25  # Pod x/a, Pod x/b\n  - image: example.com/app:2  # Pod x/d, Pod x/e\n    pullPolicy: Always\n  - image: example.com/only-never:latest  # Pod x/f\n    pullPolicy: IfNotPresent\n# The workloads pull with these secrets; to pull with the same credentials, add:\n# credentials:\n#   - secret: {namespace: x, name: s}\n"
     );
+}
+
+#[test]
+fn a_service_accounts_pull_secrets_are_listed_too() {
+    let found = manifests(
+        "kind: ServiceAccount\nmetadata: {name: app, namespace: shop}\nimagePullSecrets: [{name: sa-pull}]\n---\nkind: Pod\nmetadata: {name: p, namespace: shop}\nspec: {serviceAccountName: app, containers: [{name: c, image: 'a:1'}]}\n",
+    );
+    assert_eq!(
+        found.secrets,
+        BTreeSet::from([PullSecret {
+            namespace: Some("shop".into()),
+            name: "sa-pull".into()
+        }])
+    );
+    assert_eq!(found.skipped.get("ServiceAccount"), Some(&1));
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{Found, ManifestError, Place, PullSecret, UseSpec, join, kind_of, parse_policy};
+use super::{Found, ManifestError, Place, PullSecret, UseSpec, join, kind_of, policy_field};
 
 pub(super) fn file(found: &mut Found, place: &Place, root: &Value) -> Result<(), ManifestError> {
     let Value::Object(_) = root else {
@@ -114,24 +114,7 @@ fn image(
     } else {
         "imagePullPolicy"
     };
-    let policy = match map.get(policy_key) {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.is_empty() => None,
-        Some(Value::String(s)) => Some(parse_policy(s).ok_or_else(|| {
-            place.error(
-                None,
-                &join(path, policy_key),
-                format!("unknown pull policy {s:?}, expected one of Always, IfNotPresent, Never"),
-            )
-        })?),
-        Some(other) => {
-            return Err(place.error(
-                None,
-                &join(path, policy_key),
-                format!("expected a string, found {}", kind_of(other)),
-            ));
-        }
-    };
+    let policy = policy_field(place, None, map, policy_key, path)?;
     found.add_use(
         place,
         &join(path, "repository"),

@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{Found, ManifestError, Place, PullSecret, UseSpec, join, kind_of, parse_policy};
+use super::{Found, ManifestError, Place, PullSecret, UseSpec, join, kind_of, policy_field};
 
 /// Where each workload kind keeps its pod spec.
 const POD_SPECS: &[(&str, &[&str])] = &[
@@ -120,6 +120,19 @@ pub(super) fn object(
         return Ok(());
     }
 
+    if kind == "ServiceAccount" {
+        // Its pods pull with these too (the admission plugin adds them to each pod).
+        let field = join(path, "imagePullSecrets");
+        let list = obj.get("imagePullSecrets");
+        secrets(
+            found,
+            place,
+            &object_name,
+            namespace.as_deref(),
+            list,
+            &field,
+        )?;
+    }
     *found.skipped.entry(kind.to_string()).or_default() += 1;
     Ok(())
 }
@@ -188,26 +201,7 @@ fn pod_spec(
                     ));
                 }
             };
-            let policy_path = join(&c_path, "imagePullPolicy");
-            let policy = match c.get("imagePullPolicy") {
-                None | Some(Value::Null) => None,
-                Some(Value::String(s)) => Some(parse_policy(s).ok_or_else(|| {
-                    place.error(
-                        Some(object),
-                        &policy_path,
-                        format!(
-                            "unknown pull policy {s:?}, expected one of Always, IfNotPresent, Never"
-                        ),
-                    )
-                })?),
-                Some(other) => {
-                    return Err(place.error(
-                        Some(object),
-                        &policy_path,
-                        format!("expected a string, found {}", kind_of(other)),
-                    ));
-                }
-            };
+            let policy = policy_field(place, Some(object), c, "imagePullPolicy", &c_path)?;
             found.add_use(
                 place,
                 &image_path,
@@ -375,10 +369,7 @@ fn image_spec(
             return Ok(());
         }
     };
-    let policy = spec
-        .get("imagePullPolicy")
-        .and_then(Value::as_str)
-        .and_then(parse_policy);
+    let policy = policy_field(place, Some(object), spec, "imagePullPolicy", path)?;
     found.add_use(
         place,
         &join(path, "repository"),
