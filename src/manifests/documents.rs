@@ -17,7 +17,8 @@ pub(super) struct Document {
 pub(super) fn split(input: &Input) -> Result<Vec<Document>, ManifestError> {
     let trimmed = input.text.trim_start();
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
-        json(input)
+        // A YAML flow mapping starts the same way: JSON's error only when YAML cannot read it.
+        json(input).or_else(|e| yaml(input).map_err(|_| e))
     } else {
         yaml(input)
     }

@@ -163,6 +163,8 @@ fn json_as_kubectl_prints_it_one_object_or_several() {
     let two = "{\"kind\": \"Pod\", \"spec\": {\"containers\": [{\"image\": \"a:1\"}]}}\n{\"kind\": \"Pod\", \"spec\": {\"containers\": [{\"image\": 5}]}}\n";
     let e = manifest_error(two);
     assert_eq!((e.document, e.line), (Some(2), Some(2)), "{e}");
+    let flow = manifests("{kind: Pod, spec: {containers: [{name: c, image: 'a:1'}]}}\n");
+    assert_eq!(names(&flow), ["a:1"]);
     let bad = manifest_error("{\"kind\": \"Pod\",\n \"spec\": }");
     assert_eq!(bad.line, Some(2), "{bad}");
     assert!(bad.message.starts_with("invalid JSON"), "{bad}");
