@@ -16,12 +16,15 @@ pub(super) struct Document {
 
 pub(super) fn split(input: &Input) -> Result<Vec<Document>, ManifestError> {
     let trimmed = input.text.trim_start();
-    if trimmed.starts_with('{') || trimmed.starts_with('[') {
-        // A YAML flow mapping starts the same way: JSON's error only when YAML cannot read it.
-        json(input).or_else(|e| yaml(input).map_err(|_| e))
-    } else {
-        yaml(input)
-    }
+    // JSON (as kubectl prints it) opens with `{"` or `[{`; a YAML flow mapping (`{kind: Pod}`)
+    // has bare keys and is left to the YAML reader.
+    let mut chars = trimmed.chars().filter(|c| !c.is_whitespace());
+    let looks_json = match (chars.next(), chars.next()) {
+        (Some('{'), Some('"' | '}')) => true,
+        (Some('['), Some('{' | '[' | ']' | '"')) => true,
+        _ => false,
+    };
+    if looks_json { json(input) } else { yaml(input) }
 }
 
 fn json(input: &Input) -> Result<Vec<Document>, ManifestError> {
