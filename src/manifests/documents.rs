@@ -19,11 +19,10 @@ pub(super) fn split(input: &Input) -> Result<Vec<Document>, ManifestError> {
     // JSON (as kubectl prints it) opens with `{"` or `[{`; a YAML flow mapping (`{kind: Pod}`)
     // has bare keys and is left to the YAML reader.
     let mut chars = trimmed.chars().filter(|c| !c.is_whitespace());
-    let looks_json = match (chars.next(), chars.next()) {
-        (Some('{'), Some('"' | '}')) => true,
-        (Some('['), Some('{' | '[' | ']' | '"')) => true,
-        _ => false,
-    };
+    let looks_json = matches!(
+        (chars.next(), chars.next()),
+        (Some('{'), Some('"' | '}')) | (Some('['), Some('{' | '[' | ']' | '"'))
+    );
     if looks_json { json(input) } else { yaml(input) }
 }
 
