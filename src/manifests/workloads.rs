@@ -25,6 +25,16 @@ const POD_SPECS: &[(&str, &[&str])] = &[
 const REC_KIND: &str = "RedisEnterpriseCluster";
 const REC_GROUP: &str = "app.redislabs.com/";
 
+/// The image specs every cluster has, and the image each defaults to.
+const REC_IMAGE_SPECS: &[(&str, &str)] = &[
+    ("redisEnterpriseImageSpec", "redislabs/redis"),
+    ("bootstrapperImageSpec", "redislabs/operator"),
+    (
+        "redisEnterpriseServicesRiggerImageSpec",
+        "redislabs/k8s-controller",
+    ),
+];
+
 /// Reads one object (`path` is its field path inside the document: empty, or `items[3]`).
 pub(super) fn object(
     found: &mut Found,
@@ -278,9 +288,23 @@ fn redis_enterprise_cluster(
     path: &str,
 ) -> Result<(), ManifestError> {
     let spec_path = join(path, "spec");
-    let Some(spec) = obj.get("spec") else {
-        return Ok(());
-    };
+    let spec = obj.get("spec").unwrap_or(&Value::Null);
+    // Without its image spec the operator runs its default image at its own release's tag,
+    // which the manifest does not say: name what is left out.
+    let unset: Vec<&str> = REC_IMAGE_SPECS
+        .iter()
+        .filter(|(key, _)| spec.get(key).is_none())
+        .map(|(_, image)| *image)
+        .collect();
+    if !unset.is_empty() {
+        found.notes.push(place.note(
+            object,
+            format_args!(
+                "no image spec for {}: the operator's defaults, at the tag of its release, are not listed",
+                unset.join(", ")
+            ),
+        ));
+    }
     image_specs(found, place, object, spec, &spec_path)?;
     secrets(
         found,
