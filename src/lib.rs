@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod k8s;
+pub mod manifests;
 pub mod puller;
 pub mod reference;
 pub mod runtime;

@@ -14,6 +14,7 @@ fn main() -> std::process::ExitCode {
     init_logging();
     let code = match cli.command {
         Command::Check(args) => cli::check::run(&args),
+        Command::Images(args) => cli::images::run(&args),
         Command::Pull(args) => block_on(cli::pull::command(args)),
         Command::Agent(args) => block_on(cli::agent::run(args)),
         Command::Status(args) => block_on(cli::status::run(args)),

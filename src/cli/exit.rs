@@ -6,14 +6,15 @@
 #[repr(u8)]
 pub enum ExitCode {
     /// `pull`: every required image is present; `nodes`: listed, or (`--wait`) every selected
-    /// node warm; `status`: the agent answered; `check`: the config is valid.
+    /// node warm; `status`: the agent answered; `check`: the config is valid; `images`: the
+    /// list was printed.
     Ok = 0,
     /// `pull`: some required image is not present (failed, timed out, interrupted); `nodes
     /// --wait`: some node still cold at `--timeout`, or none selected; `status`: the agent's
-    /// answer could not be used; `check`: the config is invalid.
+    /// answer could not be used; `check`: the config is invalid; `images`: no images found.
     Failed = 1,
     /// Bad usage or an invalid config (clap's own code for usage errors); `nodes`: no cluster
-    /// configured.
+    /// configured; `images`: input that cannot be read or is invalid.
     Usage = 2,
     /// What the command works through did not answer or refused: the container runtime
     /// (`pull`), the Kubernetes API (`nodes`).

@@ -13,6 +13,7 @@ pub mod check;
 mod cluster;
 mod exit;
 pub mod format;
+pub mod images;
 pub mod nodes;
 pub mod progress;
 pub mod pull;
@@ -58,6 +59,11 @@ pub enum Command {
     ///
     /// Exit code 0 when valid, 1 otherwise.
     Check(check::CheckArgs),
+    /// Print an image-list config for the images of Kubernetes manifests (`helm template`,
+    /// `kubectl get -o yaml`), Redis Enterprise clusters and Helm values files.
+    ///
+    /// Exit codes: 0 printed; 1 no images found; 2 bad usage or input that cannot be read.
+    Images(images::ImagesArgs),
 }
 
 /// The output of `pull` and `check`.

@@ -1,0 +1,557 @@
+use super::*;
+use crate::config::Config;
+
+const CHART: &str = include_str!("../../tests/fixtures/images/chart.yaml");
+const REC: &str = include_str!("../../tests/fixtures/images/rec.yaml");
+const K8SSANDRA: &str = include_str!("../../tests/fixtures/images/k8ssandra-overrides.yaml");
+
+fn input(name: &str, text: &str) -> Input {
+    Input {
+        name: name.into(),
+        text: text.into(),
+    }
+}
+
+fn manifests(text: &str) -> Found {
+    let mut found = Found::default();
+    found.add_manifests(&input("m.yaml", text)).unwrap();
+    found
+}
+
+fn values(text: &str) -> Found {
+    let mut found = Found::default();
+    found.add_values(&input("values.yaml", text)).unwrap();
+    found
+}
+
+fn manifest_error(text: &str) -> ManifestError {
+    let mut found = Found::default();
+    found.add_manifests(&input("m.yaml", text)).unwrap_err()
+}
+
+/// The rendered config as `check` reads it: (image as written, policy, required), in file order.
+fn listed(found: &Found) -> Vec<(String, PullPolicy, bool)> {
+    let text = render(found);
+    let config = Config::parse(&text, Path::new("images.yaml"))
+        .unwrap_or_else(|e| panic!("{}\n{text}", e.render()));
+    config
+        .images
+        .iter()
+        .map(|i| (i.declared.clone(), i.policy, i.required))
+        .collect()
+}
+
+fn names(found: &Found) -> Vec<String> {
+    listed(found).into_iter().map(|(n, _, _)| n).collect()
+}
+
+fn pod_spec(image: &str) -> String {
+    format!("spec:\n  containers:\n    - name: c\n      image: {image}\n")
+}
+
+fn indent(text: &str, by: usize) -> String {
+    text.lines()
+        .map(|l| format!("{}{l}\n", " ".repeat(by)))
+        .collect()
+}
+
+#[test]
+fn every_workload_kind_gives_the_images_of_its_pod_template() {
+    let pod = pod_spec("example.com/pod:1");
+    let template = |image: &str| indent(&format!("template:\n{}", indent(&pod_spec(image), 2)), 2);
+    let mut docs = vec![format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\n{pod}"
+    )];
+    docs.push(format!(
+        "apiVersion: v1\nkind: PodTemplate\nmetadata: {{name: t}}\ntemplate:\n{}",
+        indent(&pod_spec("example.com/podtemplate:1"), 2)
+    ));
+    for kind in [
+        "Deployment",
+        "StatefulSet",
+        "DaemonSet",
+        "ReplicaSet",
+        "ReplicationController",
+        "Job",
+    ] {
+        let image = format!("example.com/{}:1", kind.to_lowercase());
+        docs.push(format!(
+            "apiVersion: apps/v1\nkind: {kind}\nmetadata: {{name: w}}\nspec:\n{}",
+            template(&image)
+        ));
+    }
+    docs.push(format!(
+        "apiVersion: batch/v1\nkind: CronJob\nmetadata: {{name: c}}\nspec:\n  schedule: '* * * * *'\n  jobTemplate:\n    spec:\n{}",
+        indent(&template("example.com/cronjob:1"), 4)
+    ));
+    let found = manifests(&docs.join("---\n"));
+    assert_eq!(
+        names(&found),
+        [
+            "example.com/cronjob:1",
+            "example.com/daemonset:1",
+            "example.com/deployment:1",
+            "example.com/job:1",
+            "example.com/pod:1",
+            "example.com/podtemplate:1",
+            "example.com/replicaset:1",
+            "example.com/replicationcontroller:1",
+            "example.com/statefulset:1",
+        ]
+    );
+    assert_eq!(found.objects.values().sum::<usize>(), 9);
+    assert!(found.skipped.is_empty());
+}
+
+#[test]
+fn init_and_ephemeral_containers_count_and_ephemeral_only_images_are_optional() {
+    let found = manifests(
+        "kind: Pod\nmetadata: {name: p, namespace: ns}\nspec:\n  initContainers:\n    - {name: i, image: example.com/init:1}\n  containers:\n    - {name: c, image: example.com/app:1}\n  ephemeralContainers:\n    - {name: d, image: example.com/debug:1}\n    - {name: e, image: example.com/app:1}\n",
+    );
+    assert_eq!(
+        listed(&found),
+        [
+            ("example.com/app:1".into(), PullPolicy::IfNotPresent, true),
+            (
+                "example.com/debug:1".into(),
+                PullPolicy::IfNotPresent,
+                false
+            ),
+            ("example.com/init:1".into(), PullPolicy::IfNotPresent, true),
+        ]
+    );
+    assert!(render(&found).contains("# Pod ns/p"));
+}
+
+#[test]
+fn list_objects_and_typed_lists_are_read_item_by_item() {
+    let found = manifests(
+        "apiVersion: v1\nkind: List\nitems:\n  - kind: Pod\n    metadata: {name: a}\n    spec: {containers: [{name: c, image: 'example.com/a:1'}]}\n  - kind: DeploymentList\n    items:\n      - kind: Deployment\n        metadata: {name: b}\n        spec: {template: {spec: {containers: [{name: c, image: 'example.com/b:1'}]}}}\n  - kind: Service\n    metadata: {name: s}\n",
+    );
+    assert_eq!(names(&found), ["example.com/a:1", "example.com/b:1"]);
+    assert_eq!(found.skipped.get("Service"), Some(&1));
+    // An error inside a List names the item.
+    let e = manifest_error(
+        "kind: List\nitems:\n  - kind: Pod\n    spec: {containers: [{name: c, image: 7}]}\n",
+    );
+    assert_eq!(
+        e.field.as_deref(),
+        Some("items[0].spec.containers[0].image")
+    );
+}
+
+#[test]
+fn json_as_kubectl_prints_it_one_object_or_several() {
+    let list = r#"{
+  "apiVersion": "v1",
+  "kind": "List",
+  "items": [
+    {"kind": "Deployment", "metadata": {"name": "web", "namespace": "shop"},
+     "spec": {"template": {"spec": {"containers": [{"name": "web", "image": "example.com/web:1", "imagePullPolicy": "Always"}],
+                                     "imagePullSecrets": [{"name": "regcred"}]}}}}
+  ]
+}"#;
+    let found = manifests(list);
+    assert_eq!(
+        listed(&found),
+        [("example.com/web:1".into(), PullPolicy::Always, true)]
+    );
+    assert!(found.secrets.contains(&PullSecret {
+        namespace: Some("shop".into()),
+        name: "regcred".into()
+    }));
+    let two = "{\"kind\": \"Pod\", \"spec\": {\"containers\": [{\"image\": \"a:1\"}]}}\n{\"kind\": \"Pod\", \"spec\": {\"containers\": [{\"image\": 5}]}}\n";
+    let e = manifest_error(two);
+    assert_eq!((e.document, e.line), (Some(2), Some(2)), "{e}");
+    let flow = manifests("{kind: Pod, spec: {containers: [{name: c, image: 'a:1'}]}}\n");
+    assert_eq!(names(&flow), ["a:1"]);
+    let bad = manifest_error("{\"kind\": \"Pod\",\n \"spec\": }");
+    assert_eq!(bad.line, Some(2), "{bad}");
+    assert!(bad.message.starts_with("invalid JSON"), "{bad}");
+}
+
+#[test]
+fn multi_document_yaml_counts_documents_that_are_not_empty() {
+    let text = "---\n# Source: chart/templates/empty.yaml\n---\nkind: Pod\nmetadata: {name: a}\nspec: {containers: [{name: c, image: 'example.com/a:1'}]}\n---\n\n---\nkind: Pod\nmetadata: {name: b}\nspec:\n  containers:\n    - name: c\n      imagePullPolicy: Sometimes\n      image: example.com/b:1\n";
+    let e = manifest_error(text);
+    assert_eq!(e.document, Some(2));
+    assert_eq!(e.line, Some(10));
+    assert_eq!(e.object.as_deref(), Some("Pod b"));
+    assert_eq!(
+        e.field.as_deref(),
+        Some("spec.containers[0].imagePullPolicy")
+    );
+    assert_eq!(
+        e.to_string(),
+        "m.yaml:10: document 2 (Pod b): field `spec.containers[0].imagePullPolicy`: unknown pull policy \"Sometimes\", expected one of Always, IfNotPresent, Never"
+    );
+}
+
+#[test]
+fn a_large_rendered_chart_is_read_whole() {
+    // More documents than serde-saphyr's default budget allows (1,024).
+    let docs: Vec<String> = (0..1500)
+        .map(|i| {
+            format!(
+                "kind: Pod\nmetadata: {{name: p{i}}}\n{}",
+                pod_spec(&format!("a{}:1", i % 10))
+            )
+        })
+        .collect();
+    let found = manifests(&docs.join("---\n"));
+    assert_eq!(found.objects.get("Pod"), Some(&1500));
+    assert_eq!(found.image_count(), 10);
+}
+
+#[test]
+fn bad_input_names_the_document_and_the_field() {
+    let cases = [
+        (
+            "kind: Deployment\nmetadata: {name: w}\nspec: {template: {spec: {containers: {name: c}}}}\n",
+            "m.yaml:1: document 1 (Deployment w): field `spec.template.spec.containers`: expected a list, found a mapping",
+        ),
+        (
+            "kind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: c}]}\n",
+            "m.yaml:1: document 1 (Pod p): field `spec.containers[0].image`: missing: every container needs an image",
+        ),
+        (
+            "kind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: c, image: 'Bad Image'}]}\n",
+            "m.yaml:1: document 1 (Pod p): field `spec.containers[0].image`: invalid image reference \"Bad Image\": repository name must be lowercase",
+        ),
+        (
+            "cassandra:\n  image: {repository: a, tag: b}\n",
+            "m.yaml:1: document 1: field `kind`: missing: not a Kubernetes object (a Helm values file goes with --values)",
+        ),
+        (
+            "- kind: Pod\n",
+            "m.yaml:1: document 1: expected a Kubernetes object (a mapping with `kind`), found a list",
+        ),
+        (
+            "kind: Pod\nspec: {imagePullSecrets: [{}], containers: [{image: a:1}]}\n",
+            "m.yaml:1: document 1 (Pod): field `spec.imagePullSecrets[0].name`: expected the secret's name (a string)",
+        ),
+    ];
+    for (text, want) in cases {
+        assert_eq!(manifest_error(text).to_string(), want);
+    }
+    let e = manifest_error(
+        "apiVersion: app.redislabs.com/v1\nkind: RedisEnterpriseCluster\nmetadata: {name: rec}\nspec:\n  redisEnterpriseImageSpec: {repository: a, versionTag: b, imagePullPolicy: Sometimes}\n",
+    );
+    assert_eq!(
+        e.field.as_deref(),
+        Some("spec.redisEnterpriseImageSpec.imagePullPolicy")
+    );
+    let syntax = manifest_error("kind: Pod\nspec: [\n");
+    assert!(syntax.message.starts_with("invalid YAML"), "{syntax}");
+    assert!(syntax.line.is_some(), "{syntax}");
+}
+
+#[test]
+fn a_rendered_chart_gives_each_image_once_with_the_stricter_policy() {
+    let found = manifests(CHART);
+    assert_eq!(
+        listed(&found),
+        [
+            (
+                "registry.example.com/bitnami/postgresql:16.3.0-debian-12-r14".into(),
+                PullPolicy::IfNotPresent,
+                true
+            ),
+            // IfNotPresent in the Deployment, Always in the StatefulSet: Always.
+            (
+                "registry.example.com/shop/exporter:0.15.0".into(),
+                PullPolicy::Always,
+                true
+            ),
+            (
+                "registry.example.com/shop/log-agent:1.2.0".into(),
+                PullPolicy::IfNotPresent,
+                true
+            ),
+            // An init container of the Deployment and the hook Job.
+            (
+                "registry.example.com/shop/migrate:2.4.1".into(),
+                PullPolicy::IfNotPresent,
+                true
+            ),
+            // `:latest` with IfNotPresent keeps IfNotPresent (the config would default to Always).
+            (
+                "registry.example.com/shop/report:latest".into(),
+                PullPolicy::IfNotPresent,
+                true
+            ),
+            (
+                "registry.example.com/shop/web:2.4.1".into(),
+                PullPolicy::IfNotPresent,
+                true
+            ),
+        ]
+    );
+    assert_eq!(
+        found.skipped,
+        BTreeMap::from([
+            ("ConfigMap".into(), 1),
+            ("Service".into(), 1),
+            ("ServiceAccount".into(), 1)
+        ])
+    );
+    let text = render(&found);
+    assert!(
+        text.contains("  - registry.example.com/shop/migrate:2.4.1  # Deployment shop/shop-web, Job shop/shop-migrate\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# from 5 objects (CronJob 1, DaemonSet 1, Deployment 1, Job 1, StatefulSet 1): 6 images.\n"),
+        "{text}"
+    );
+    assert!(
+        text.ends_with(
+            "# credentials:\n#   - secret: {namespace: shop, name: regcred}\n#   - secret: {namespace: shop, name: reports-pull}\n"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn redis_enterprise_cluster_image_specs_and_the_operator_deployment() {
+    let found = manifests(REC);
+    assert_eq!(
+        listed(&found),
+        [
+            (
+                "registry.example.com/redislabs/k8s-controller:7.22.0-7".into(),
+                PullPolicy::IfNotPresent,
+                true
+            ),
+            // The bootstrapper is the operator's image; its Deployment pulls it Always.
+            (
+                "registry.example.com/redislabs/operator:7.22.0-7".into(),
+                PullPolicy::Always,
+                true
+            ),
+            (
+                "registry.example.com/redislabs/redis:7.22.0-28".into(),
+                PullPolicy::IfNotPresent,
+                true
+            ),
+        ]
+    );
+    assert_eq!(found.objects.get("RedisEnterpriseCluster"), Some(&1));
+    assert_eq!(found.skipped.get("RedisEnterpriseDatabase"), Some(&1));
+    assert!(found.secrets.contains(&PullSecret {
+        namespace: Some("redis".into()),
+        name: "regcred".into()
+    }));
+
+    // Without versionTag the operator picks the tag: not listed, and said so.
+    let found = manifests(
+        "apiVersion: app.redislabs.com/v1\nkind: RedisEnterpriseCluster\nmetadata: {name: rec, namespace: redis}\nspec:\n  redisEnterpriseImageSpec:\n    repository: gcr.io/yourproject/redislabs/redis\n    versionTag: 7.22.0-28\n  redisEnterpriseServicesRiggerImageSpec:\n    repository: gcr.io/yourproject/redislabs/k8s-controller\n  usageMeter:\n    callHomeClient:\n      imageSpec: {repository: gcr.io/yourproject/redislabs/re-call-home-client, versionTag: 7.22.0-7}\n",
+    );
+    assert_eq!(
+        names(&found),
+        [
+            "gcr.io/yourproject/redislabs/re-call-home-client:7.22.0-7",
+            "gcr.io/yourproject/redislabs/redis:7.22.0-28"
+        ]
+    );
+    assert_eq!(
+        found.notes,
+        [
+            "m.yaml: document 1: RedisEnterpriseCluster redis/rec: no image spec for redislabs/operator: the operator's defaults, at the tag of its release, are not listed",
+            "m.yaml: document 1: RedisEnterpriseCluster redis/rec: `spec.redisEnterpriseServicesRiggerImageSpec` has no `versionTag`: the operator picks the tag of its own release; add `versionTag` to list gcr.io/yourproject/redislabs/k8s-controller",
+        ]
+    );
+    // Another group's kind of the same name is not Redis Enterprise's.
+    let other = manifests(
+        "apiVersion: example.com/v1\nkind: RedisEnterpriseCluster\nspec: {redisEnterpriseImageSpec: {repository: a, versionTag: b}}\n",
+    );
+    assert_eq!(other.image_count(), 0);
+}
+
+#[test]
+fn a_k8ssandra_overrides_file_gives_every_component_image() {
+    let found = values(K8SSANDRA);
+    assert_eq!(
+        listed(&found),
+        [
+            (
+                "registry.example.com/datastax/cass-config-builder:1.0.4".into(),
+                PullPolicy::IfNotPresent,
+                true
+            ),
+            (
+                "registry.example.com/k8ssandra/cass-management-api:4.0.1-v0.1.33".into(),
+                PullPolicy::IfNotPresent,
+                true
+            ),
+            (
+                "registry.example.com/k8ssandra/cass-operator:v1.8.0".into(),
+                PullPolicy::IfNotPresent,
+                true
+            ),
+            (
+                "registry.example.com/k8ssandra/medusa:0.11.0".into(),
+                PullPolicy::IfNotPresent,
+                true
+            ),
+            (
+                "registry.example.com/k8ssandra/system-logger:6c64f9c4".into(),
+                PullPolicy::IfNotPresent,
+                true
+            ),
+            (
+                "registry.example.com/stargateio/stargate-4_0:v1.0.40".into(),
+                PullPolicy::IfNotPresent,
+                true
+            ),
+            (
+                "registry.example.com/thelastpickle/cassandra-reaper:3.0.0".into(),
+                PullPolicy::Always,
+                true
+            ),
+        ]
+    );
+    assert!(found.secrets.contains(&PullSecret {
+        namespace: None,
+        name: "regcred".into()
+    }));
+    let text = render(&found);
+    assert!(
+        text.contains(
+            "  - registry.example.com/k8ssandra/medusa:0.11.0  # values.yaml medusa.image\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "#   - secret: {namespace: NAMESPACE, name: regcred}  # the release's namespace"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn helm_values_nested_anywhere_with_global_image_registry_digests_and_numbers() {
+    let found = values(
+        "global:\n  imageRegistry: mirror.example.com\nimage:\n  registry: docker.io\n  repository: bitnami/redis\n  tag: 7.2.4\nsentinel:\n  image: {repository: bitnami/redis-sentinel, tag: 7.2.4, digest: 'sha256:4c4fa0aed2f0a1e6fd6e7c6f52d4bb6e3e4a2d2f6bfed1e7d6d3c1f7f0a8b9c1'}\nsidecars:\n  - name: exporter\n    image: {repository: bitnami/redis-exporter, tag: 1.58}\nchart:\n  repository: https://charts.example.com\nvolumePermissions:\n  image: {repository: bitnami/os-shell}\n",
+    );
+    assert_eq!(
+        names(&found),
+        [
+            "mirror.example.com/bitnami/redis-exporter:1.58",
+            // As the charts' helper: the digest replaces the tag.
+            "mirror.example.com/bitnami/redis-sentinel@sha256:4c4fa0aed2f0a1e6fd6e7c6f52d4bb6e3e4a2d2f6bfed1e7d6d3c1f7f0a8b9c1",
+            // global.imageRegistry wins over the image's own registry, as `common.images.image`.
+            "mirror.example.com/bitnami/redis:7.2.4",
+        ]
+    );
+    assert_eq!(found.notes.len(), 1, "{:?}", found.notes);
+    assert!(
+        found.notes[0].contains("volumePermissions.image"),
+        "{:?}",
+        found.notes
+    );
+    // Without a global registry the image's own applies, and none means Docker Hub.
+    let found = values(
+        "a:\n  image: {registry: r.example.com:5000, repository: x/y, tag: '1'}\nb: {repository: redis, tag: '7'}\n",
+    );
+    assert_eq!(names(&found), ["redis:7", "r.example.com:5000/x/y:1"]);
+    // A bad value names the field.
+    let mut f = Found::default();
+    let e = f
+        .add_values(&input(
+            "v.yaml",
+            "image: {repository: a, tag: b, pullPolicy: Sometimes}\n",
+        ))
+        .unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("image.pullPolicy"));
+}
+
+#[test]
+fn duplicates_merge_and_the_output_does_not_depend_on_input_order() {
+    let docs = [
+        "kind: Pod\nmetadata: {name: a, namespace: x}\nspec: {containers: [{name: c, image: 'docker.io/library/nginx:1.25', imagePullPolicy: IfNotPresent}]}\n",
+        "kind: Pod\nmetadata: {name: b, namespace: x}\nspec: {containers: [{name: c, image: 'nginx:1.25', imagePullPolicy: Never}]}\n",
+        "kind: Pod\nmetadata: {name: c, namespace: x}\nspec: {containers: [{name: c, image: 'busybox', imagePullPolicy: IfNotPresent}]}\n",
+        "kind: Pod\nmetadata: {name: d, namespace: x}\nspec: {containers: [{name: c, image: 'example.com/app:2', imagePullPolicy: Always}], imagePullSecrets: [{name: s}]}\n",
+        "kind: Pod\nmetadata: {name: e, namespace: x}\nspec: {containers: [{name: c, image: 'example.com/app:2'}]}\n",
+        "kind: Pod\nmetadata: {name: f, namespace: x}\nspec: {containers: [{name: c, image: 'example.com/only-never:latest', imagePullPolicy: Never}]}\n",
+    ];
+    let forward = manifests(&docs.join("---\n"));
+    let mut reversed = docs;
+    reversed.reverse();
+    let backward = manifests(&reversed.join("---\n"));
+    assert_eq!(render(&forward), render(&backward));
+    assert_eq!(
+        listed(&forward),
+        [
+            // `busybox` is `:latest`: the kubelet's IfNotPresent is kept against the default.
+            ("busybox".into(), PullPolicy::IfNotPresent, true),
+            // Two spellings, one image, the shorter kept; `Never` is pulled when missing.
+            // Sorted by the reference pulled (docker.io/library/nginx:1.25).
+            ("nginx:1.25".into(), PullPolicy::IfNotPresent, true),
+            ("example.com/app:2".into(), PullPolicy::Always, true),
+            // The kubelet never pulls it, so prepuller must: when missing, not `Never`.
+            (
+                "example.com/only-never:latest".into(),
+                PullPolicy::IfNotPresent,
+                true
+            ),
+        ]
+    );
+    assert_eq!(
+        render(&forward),
+        "# Made by `prepuller images `\n# from 6 objects (Pod 6): 4 images.\nimages:\n  - image: busybox  # Pod x/c\n    pullPolicy: IfNotPresent\n  - nginx:1.25  # Pod x/a, Pod x/b\n  - image: example.com/app:2  # Pod x/d, Pod x/e\n    pullPolicy: Always\n  - image: example.com/only-never:latest  # Pod x/f\n    pullPolicy: IfNotPresent\n# The workloads pull with these secrets; to pull with the same credentials, add:\n# credentials:\n#   - secret: {namespace: x, name: s}\n"
+    );
+}
+
+#[test]
+fn a_service_accounts_pull_secrets_are_listed_too() {
+    let found = manifests(
+        "kind: ServiceAccount\nmetadata: {name: app, namespace: shop}\nimagePullSecrets: [{name: sa-pull}]\n---\nkind: Pod\nmetadata: {name: p, namespace: shop}\nspec: {serviceAccountName: app, containers: [{name: c, image: 'a:1'}]}\n",
+    );
+    assert_eq!(
+        found.secrets,
+        BTreeSet::from([PullSecret {
+            namespace: Some("shop".into()),
+            name: "sa-pull".into()
+        }])
+    );
+    assert_eq!(found.skipped.get("ServiceAccount"), Some(&1));
+}
+
+#[test]
+fn many_users_of_one_image_are_named_up_to_three() {
+    let docs: Vec<String> = (0..5)
+        .map(|i| format!("kind: Pod\nmetadata: {{name: p{i}}}\n{}", pod_spec("a:1")))
+        .collect();
+    let text = render(&manifests(&docs.join("---\n")));
+    assert!(
+        text.contains("  - a:1  # Pod p0, Pod p1, Pod p2, and 2 more\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_directory_is_read_file_by_file_in_name_order() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("b.yaml"), "kind: Pod\n").unwrap();
+    std::fs::write(dir.path().join("a.json"), "{}").unwrap();
+    std::fs::write(dir.path().join("c.yml"), "").unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "").unwrap();
+    std::fs::write(dir.path().join(".hidden.yaml"), "").unwrap();
+    let inputs = Input::read(dir.path(), || unreachable!()).unwrap();
+    let files: Vec<&str> = inputs
+        .iter()
+        .map(|i| i.name.rsplit('/').next().unwrap())
+        .collect();
+    assert_eq!(files, ["a.json", "b.yaml", "c.yml"]);
+    let empty = tempfile::tempdir().unwrap();
+    let e = Input::read(empty.path(), || unreachable!()).unwrap_err();
+    assert!(
+        e.message.contains("no *.yaml, *.yml or *.json files"),
+        "{e}"
+    );
+    let stdin = Input::read(Path::new("-"), || Ok("kind: Pod\n".into())).unwrap();
+    assert_eq!(stdin[0].name, "stdin");
+}
