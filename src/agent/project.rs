@@ -4,11 +4,15 @@
 //! never sees half of it.
 
 use std::collections::HashMap;
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use crate::config::{Config, ImageSpec};
 use crate::puller::FailureKind;
 use crate::puller::PullEvent;
+use crate::puller::{ProgressSink, ProgressUpdate};
 use crate::runtime::{ImageInfo, RuntimeError, RuntimeVersion};
 use crate::status::metrics::Metrics;
 use crate::status::{
@@ -248,6 +252,8 @@ pub(super) fn record_event(
     };
     match event {
         PullEvent::Present { .. } => {}
+        // The agent's progress comes through `progress_sink`.
+        PullEvent::Progress { .. } => {}
         PullEvent::Queued { .. } => {
             if !was_present {
                 update(&|i| i.state = ImageState::Waiting);
@@ -256,6 +262,7 @@ pub(super) fn record_event(
         }
         PullEvent::Started { attempt, .. } => {
             update(&|i| {
+                clear_bytes(i);
                 i.attempts = attempt;
                 if !was_present {
                     i.state = ImageState::Pulling;
@@ -277,6 +284,7 @@ pub(super) fn record_event(
             tracing::warn!(image = %key, attempt, class = error.kind.class(), reason = error.kind.as_str(), retry_in = ?retry_in, "pull failed, retrying: {error}");
             metrics.observe_pull_failure(error.kind.as_str(), class);
             update(&|i| {
+                clear_bytes(i);
                 if !was_present {
                     i.state = ImageState::BackingOff;
                 }
@@ -302,6 +310,7 @@ pub(super) fn record_event(
             tracing::info!(image = %key, size_bytes, attempts, took = ?elapsed, "pulled");
             metrics.observe_pull_success(elapsed.as_secs_f64(), size_bytes);
             update(&|i| {
+                clear_bytes(i);
                 i.last_pull_seconds = Some(elapsed.as_secs_f64());
                 i.last_error = None;
                 i.last_error_class = None;
@@ -320,6 +329,7 @@ pub(super) fn record_event(
             tracing::error!(image = %key, attempts, class = error.kind.class(), reason = error.kind.as_str(), "pull failed: {error}");
             metrics.observe_pull_failure(error.kind.as_str(), class);
             update(&|i| {
+                clear_bytes(i);
                 if !was_present {
                     i.state = ImageState::Failed;
                 }
@@ -337,6 +347,53 @@ pub(super) fn record_event(
             });
         }
     }
+}
+
+/// A `pullProgress` event per pull in flight at most this often: `status --watch` shows it,
+/// without flooding the stream at the poll rate.
+const PROGRESS_EVENT_EVERY: Duration = Duration::from_secs(2);
+
+/// Byte-level progress of the pulls in flight, written into the status as it is polled
+/// (`puller::progress`), and an event every [`PROGRESS_EVENT_EVERY`]; an attempt's end clears
+/// it ([`record_event`]).
+pub(super) fn progress_sink(hub: Arc<StatusHub>) -> ProgressSink {
+    // Attempt id → when its last event went out; only attempts in the latest update are kept.
+    let last_event: Mutex<HashMap<u64, Instant>> = Mutex::default();
+    Arc::new(move |updates: Vec<ProgressUpdate>| {
+        hub.update(|s| {
+            for u in &updates {
+                if let Some(i) = image_at(&mut s.images, u.n, &u.image) {
+                    i.bytes_done = Some(u.bytes.done);
+                    i.bytes_total = u.bytes.total;
+                    i.bytes_per_second = u.bytes.per_second;
+                }
+            }
+        });
+        let now = Instant::now();
+        let mut last = last_event.lock().unwrap_or_else(|e| e.into_inner());
+        last.retain(|id, _| updates.iter().any(|u| u.id == *id));
+        for u in updates {
+            if last
+                .get(&u.id)
+                .is_some_and(|&at| now < at + PROGRESS_EVENT_EVERY)
+            {
+                continue;
+            }
+            last.insert(u.id, now);
+            hub.emit(AgentEventKind::PullProgress {
+                image: u.image,
+                bytes_done: u.bytes.done,
+                bytes_total: u.bytes.total,
+                bytes_per_second: u.bytes.per_second,
+            });
+        }
+    })
+}
+
+fn clear_bytes(i: &mut ImageStatus) {
+    i.bytes_done = None;
+    i.bytes_total = None;
+    i.bytes_per_second = None;
 }
 
 /// The status entry of `key`, found at its position `n` in the config (the status lists the

@@ -305,6 +305,10 @@ impl<R: Runtime> Schedule<R> {
 
     /// Starts the queued pulls that have a free slot and are due.
     pub(super) fn start_due(&mut self, ctx: &Context<R>, config: &Config) {
+        if !self.queue.tracks_progress() {
+            self.queue
+                .track_progress(project::progress_sink(ctx.hub.clone()));
+        }
         let mut on_event = recorder(ctx, &self.names);
         self.queue
             .start_due(&self.puller, &config.images, &mut on_event);

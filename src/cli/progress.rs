@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::cli::format::{human_bytes, human_duration, short_digest};
+use crate::cli::format::{human_bytes, human_duration, pull_bytes, short_digest};
 use crate::config::ImageSpec;
-use crate::puller::PullEvent;
+use crate::puller::{PullBytes, PullEvent};
 
 /// Shows the events of one run.
 pub trait Progress: Send + Sync {
@@ -29,6 +29,8 @@ impl Progress for LogProgress {
             PullEvent::Queued { index } => {
                 tracing::debug!(image = %image(*index), "waiting for a pull slot")
             }
+            // Four a second per image: too many for a log; the terminal view shows them.
+            PullEvent::Progress { .. } => {}
             PullEvent::Started { index, attempt } => {
                 tracing::info!(image = %image(*index), attempt, "pulling")
             }
@@ -75,6 +77,8 @@ pub struct TerminalProgress {
     overall: ProgressBar,
     bars: Vec<ProgressBar>,
     done: Mutex<Vec<bool>>,
+    /// Each image's attempt in flight, for its progress line.
+    attempts: Mutex<Vec<u32>>,
     /// Of the image column, measured once (not on every event).
     width: usize,
 }
@@ -113,6 +117,7 @@ impl TerminalProgress {
             overall,
             bars,
             done: Mutex::new(vec![false; images.len()]),
+            attempts: Mutex::new(vec![0; images.len()]),
             width,
         }
     }
@@ -126,6 +131,19 @@ impl TerminalProgress {
             self.overall.inc(1);
         }
     }
+}
+
+/// What the line of an image being pulled says (the elapsed time follows): the attempt after
+/// the first, and the bytes where the runtime tells them (containerd).
+fn pulling_message(attempt: u32, bytes: Option<&PullBytes>) -> String {
+    let mut s = "pulling".to_string();
+    if attempt > 1 {
+        s.push_str(&format!(" (attempt {attempt})"));
+    }
+    if let Some(b) = bytes {
+        s.push_str(&format!(" {}", pull_bytes(b.done, b.total, b.per_second)));
+    }
+    s
 }
 
 fn waiting_style(width: usize) -> ProgressStyle {
@@ -163,11 +181,15 @@ impl Progress for TerminalProgress {
                 let bar = &self.bars[*index];
                 bar.set_style(active_style(width));
                 bar.reset_elapsed();
-                bar.set_message(if *attempt > 1 {
-                    format!("pulling (attempt {attempt})")
-                } else {
-                    "pulling".to_string()
-                });
+                self.attempts.lock().unwrap_or_else(|e| e.into_inner())[*index] = *attempt;
+                bar.set_message(pulling_message(*attempt, None));
+            }
+            PullEvent::Progress { index, bytes } => {
+                let attempt = self.attempts.lock().unwrap_or_else(|e| e.into_inner())[*index];
+                let bar = &self.bars[*index];
+                if !bar.is_finished() {
+                    bar.set_message(pulling_message(attempt, Some(bytes)));
+                }
             }
             PullEvent::AttemptFailed {
                 index,
@@ -216,5 +238,25 @@ impl Progress for TerminalProgress {
             }
         }
         let _ = self.multi.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_in_flight_line_shows_bytes_total_and_rate() {
+        assert_eq!(pulling_message(1, None), "pulling");
+        assert_eq!(pulling_message(2, None), "pulling (attempt 2)");
+        let bytes = PullBytes {
+            done: 5_000_000,
+            total: Some(50_000_000),
+            per_second: Some(4_000_000),
+        };
+        assert_eq!(
+            pulling_message(1, Some(&bytes)),
+            "pulling 5.00 MB / 50.00 MB (10%) at 4.00 MB/s"
+        );
     }
 }

@@ -29,6 +29,7 @@ mod backoff;
 mod error;
 mod gate;
 mod plan;
+mod progress;
 mod queue;
 #[cfg(test)]
 mod tests;
@@ -38,6 +39,7 @@ pub use error::{FailureKind, PullError};
 use gate::Gates;
 use plan::Plan;
 pub use plan::PresentImages;
+pub use progress::{POLL_EVERY, ProgressSink, ProgressUpdate, PullBytes};
 pub use queue::sleep_until_some;
 pub(crate) use queue::{Finished, PullQueue};
 
@@ -112,6 +114,11 @@ pub enum PullEvent {
         index: usize,
         error: PullError,
         attempts: u32,
+    },
+    /// Bytes fetched so far by a pull in flight (containerd only; see `progress`).
+    Progress {
+        index: usize,
+        bytes: PullBytes,
     },
 }
 
@@ -246,6 +253,16 @@ impl<R: Runtime> Puller<R> {
             }
             outcomes.push(outcome);
         }
+        // Progress comes from the poller task; it is forwarded from this loop, in order.
+        let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel();
+        queue.track_progress(Arc::new(move |updates: Vec<ProgressUpdate>| {
+            for u in updates {
+                let _ = progress_tx.send(PullEvent::Progress {
+                    index: u.n,
+                    bytes: u.bytes,
+                });
+            }
+        }));
         let mut emit = |_: usize, _: &(), e: PullEvent| on_event(e);
         loop {
             queue.start_due(self, images, &mut emit);
@@ -263,7 +280,12 @@ impl<R: Runtime> Puller<R> {
                     }
                     break;
                 }
+                Some(event) = progress_rx.recv() => on_event(event),
                 Some(end) = queue.join_next() => {
+                    // What the poller said before the attempt ended comes before its end.
+                    while let Ok(event) = progress_rx.try_recv() {
+                        on_event(event);
+                    }
                     if let Some(f) = queue.settle(end, self, &mut emit) {
                         let found = outcomes[f.n].image.take();
                         outcomes[f.n] = f.outcome;

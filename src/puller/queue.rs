@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff::full_jitter;
 use super::gate::{Admission, trips_breaker};
+use super::progress::{ProgressPoller, ProgressSink};
 use super::{AttemptEnd, ImageOutcome, PullError, PullEvent, PullResult, Puller, Stage};
 use crate::config::ImageSpec;
 use crate::runtime::{ErrorKind, Runtime};
@@ -60,6 +61,10 @@ pub struct PullQueue<K> {
     running: JoinSet<(u64, String, AttemptEnd)>,
     next_id: u64,
     keep_errors: bool,
+    /// Where byte-level progress goes, if the caller wants it; the poller starts with the
+    /// first attempt (it needs the runtime).
+    progress_sink: Option<ProgressSink>,
+    progress: Option<ProgressPoller>,
 }
 
 impl<K> PullQueue<K> {
@@ -73,6 +78,23 @@ impl<K> PullQueue<K> {
             running: JoinSet::new(),
             next_id: 0,
             keep_errors,
+            progress_sink: None,
+            progress: None,
+        }
+    }
+
+    /// Reports the bytes of every attempt in flight to `sink` (see `puller::progress`).
+    pub fn track_progress(&mut self, sink: ProgressSink) {
+        self.progress_sink = Some(sink);
+    }
+
+    pub fn tracks_progress(&self) -> bool {
+        self.progress_sink.is_some()
+    }
+
+    fn progress_ended(&self, id: u64) {
+        if let Some(p) = &self.progress {
+            p.end(id);
         }
     }
 
@@ -109,6 +131,7 @@ impl<K> PullQueue<K> {
 
     /// Forgets an image; its running attempt, if any, is cancelled.
     pub fn remove(&mut self, id: u64) {
+        self.progress_ended(id);
         if let Some(r) = self.records.remove(&id)
             && let Some(token) = r.running
         {
@@ -212,6 +235,13 @@ impl<K> PullQueue<K> {
                     attempt: r.attempts,
                 },
             );
+            if let Some(sink) = &self.progress_sink {
+                self.progress
+                    .get_or_insert_with(|| {
+                        ProgressPoller::start(puller.runtime().clone(), sink.clone())
+                    })
+                    .begin(id, r.n, &spec.reference);
+            }
             let attempt = puller
                 .clone()
                 .attempt_admitted(spec.clone(), admitted, r.step, token);
@@ -251,6 +281,8 @@ impl<K> PullQueue<K> {
         puller: &Puller<R>,
         on_event: &mut OnEvent<'_, K>,
     ) -> Option<Finished<K>> {
+        // Before its end is reported: no progress after it.
+        self.progress_ended(id);
         // A probe's end changes the registry for every image; another end frees one slot.
         self.unpark(&registry, if end.probe { usize::MAX } else { 1 });
         let r = self.records.get_mut(&id)?;
@@ -350,6 +382,9 @@ impl<K> PullQueue<K> {
 
     /// Cancels everything: each image ends where it was.
     pub fn cancel_all(&mut self) -> Vec<Finished<K>> {
+        if let Some(p) = self.progress.take() {
+            p.stop();
+        }
         self.running.abort_all();
         self.due.clear();
         self.parked.clear();
@@ -374,6 +409,9 @@ impl<K> PullQueue<K> {
 
     /// Stops every running attempt and waits (at most `grace`) for them to end.
     pub async fn shutdown(&mut self, grace: Duration) {
+        if let Some(p) = self.progress.take() {
+            p.stop();
+        }
         for r in self.records.values() {
             if let Some(t) = &r.running {
                 t.cancel();

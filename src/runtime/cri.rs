@@ -8,9 +8,10 @@ use secrecy::ExposeSecret;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
+use super::progress::ContentClientOnSocket;
 use super::{
-    EndpointError, ImageFs, ImageInfo, RegistryAuth, Runtime, RuntimeError, RuntimeVersion,
-    socket_path,
+    ContentProgress, EndpointError, ImageFs, ImageInfo, Ingest, ManifestBlobs, ProgressError,
+    RegistryAuth, Runtime, RuntimeError, RuntimeVersion, socket_path,
 };
 
 /// Deadline for the cheap calls (version, list, status); pulls have their own.
@@ -23,6 +24,8 @@ pub struct CriRuntime {
     endpoint: String,
     images: cri::image_service_client::ImageServiceClient<Channel>,
     runtime: cri::runtime_service_client::RuntimeServiceClient<Channel>,
+    /// containerd's native content service on the same socket (pull progress).
+    content: ContentClientOnSocket,
 }
 
 impl std::fmt::Debug for CriRuntime {
@@ -49,7 +52,8 @@ impl CriRuntime {
             endpoint: endpoint.to_string(),
             images: cri::image_service_client::ImageServiceClient::new(channel.clone())
                 .max_decoding_message_size(64 * 1024 * 1024),
-            runtime: cri::runtime_service_client::RuntimeServiceClient::new(channel),
+            runtime: cri::runtime_service_client::RuntimeServiceClient::new(channel.clone()),
+            content: ContentClientOnSocket::new(channel),
         })
     }
 
@@ -226,6 +230,21 @@ impl Runtime for CriRuntime {
             mountpoint: f.fs_id.map(|i| i.mountpoint).unwrap_or_default(),
             used_bytes: f.used_bytes.map_or(0, |u| u.value),
         }))
+    }
+}
+
+impl ContentProgress for CriRuntime {
+    async fn ingests(&self) -> Result<Vec<Ingest>, ProgressError> {
+        self.content.ingests().await
+    }
+
+    async fn manifests(
+        &self,
+        host: &str,
+        repository: &str,
+        since: std::time::SystemTime,
+    ) -> Result<Vec<ManifestBlobs>, ProgressError> {
+        self.content.manifests(host, repository, since).await
     }
 }
 

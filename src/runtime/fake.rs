@@ -14,7 +14,10 @@ use tonic::Code;
 
 use secrecy::ExposeSecret;
 
-use super::{FsSpace, ImageFs, ImageInfo, RegistryAuth, Runtime, RuntimeError, RuntimeVersion};
+use super::{
+    ContentProgress, FsSpace, ImageFs, ImageInfo, Ingest, ManifestBlobs, ProgressError,
+    RegistryAuth, Runtime, RuntimeError, RuntimeVersion,
+};
 use crate::reference::ImageRef;
 
 #[derive(Debug, Default, Clone)]
@@ -30,6 +33,8 @@ pub struct FakeStats {
     pub max_in_flight: usize,
     /// Highest number of overlapping pulls per registry host.
     pub max_in_flight_per_registry: HashMap<String, usize>,
+    /// Calls to `ingests()` (pull progress polls).
+    pub ingest_calls: usize,
 }
 
 #[derive(Default)]
@@ -54,6 +59,10 @@ struct State {
     in_flight: usize,
     in_flight_per_registry: HashMap<String, usize>,
     stats: FakeStats,
+    /// What `ingests()` answers; `None`: no content service (as CRI-O).
+    ingests: Option<Vec<Ingest>>,
+    /// "host/repository" → what `manifests()` answers.
+    manifests: HashMap<String, Vec<ManifestBlobs>>,
 }
 
 /// The fake image filesystem: `base` bytes used by other things, and each image takes twice its
@@ -154,6 +163,18 @@ impl FakeRuntime {
         }
     }
 
+    /// The content service answers these ingests from now on (`None`: unsupported, as CRI-O).
+    pub fn set_ingests(&self, ingests: Option<Vec<Ingest>>) {
+        self.state().ingests = ingests;
+    }
+
+    /// The manifests committed from `host`/`repository`, as the content service lists them.
+    pub fn set_manifests(&self, host: &str, repository: &str, manifests: Vec<ManifestBlobs>) {
+        self.state()
+            .manifests
+            .insert(format!("{host}/{repository}"), manifests);
+    }
+
     /// While unavailable every call fails as a runtime that is down.
     pub fn set_available(&self, available: bool) {
         self.state().unavailable = !available;
@@ -239,6 +260,31 @@ impl FakeRuntime {
             runtime_version: "1.0".into(),
             runtime_api_version: "v1".into(),
         }
+    }
+}
+
+impl ContentProgress for FakeRuntime {
+    async fn ingests(&self) -> Result<Vec<Ingest>, ProgressError> {
+        let mut state = self.state();
+        state.stats.ingest_calls += 1;
+        state
+            .ingests
+            .clone()
+            .ok_or_else(|| ProgressError::Unsupported("unknown service".into()))
+    }
+
+    async fn manifests(
+        &self,
+        host: &str,
+        repository: &str,
+        _since: std::time::SystemTime,
+    ) -> Result<Vec<ManifestBlobs>, ProgressError> {
+        Ok(self
+            .state()
+            .manifests
+            .get(&format!("{host}/{repository}"))
+            .cloned()
+            .unwrap_or_default())
     }
 }
 

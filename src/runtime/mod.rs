@@ -18,6 +18,7 @@ mod endpoint;
 mod error;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
+mod progress;
 
 pub use auth::RegistryAuth;
 pub use cri::CriRuntime;
@@ -26,6 +27,7 @@ pub use endpoint::{
 };
 pub(crate) use error::PERMANENT;
 pub use error::{ErrorKind, KindInfo, RuntimeError};
+pub use progress::{ContentProgress, Ingest, ManifestBlobs, ProgressError};
 
 /// An image as the runtime reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -105,8 +107,9 @@ pub fn statvfs_space(path: &std::path::Path) -> std::io::Result<FsSpace> {
     })
 }
 
-/// What prepuller needs from a container runtime.
-pub trait Runtime: Send + Sync + 'static {
+/// What prepuller needs from a container runtime; pull progress where it can tell
+/// ([`ContentProgress`]: containerd's content service; others say it is unsupported).
+pub trait Runtime: ContentProgress + Send + Sync + 'static {
     fn version(&self) -> impl Future<Output = Result<RuntimeVersion, RuntimeError>> + Send;
     /// Every image the runtime has (one call, however many images are declared).
     fn list_images(&self) -> impl Future<Output = Result<Vec<ImageInfo>, RuntimeError>> + Send;

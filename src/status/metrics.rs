@@ -240,6 +240,10 @@ struct State {
     held: [[i64; 2]; HoldReason::ALL.len()],
     /// The image filesystem's used share (0–1), when the disk guard could measure it.
     image_fs_usage: Option<f64>,
+    /// Bytes fetched so far by the pulls in flight (containerd), and what they have to fetch
+    /// where known.
+    fetching_done: u64,
+    fetching_total: u64,
 }
 
 impl Collector for StateGauges {
@@ -247,7 +251,10 @@ impl Collector for StateGauges {
         let state = self.hub.inspect(|s| {
             let mut images = [[0; 2]; ImageState::ALL.len()];
             let mut held = [[0; 2]; HoldReason::ALL.len()];
+            let (mut fetching_done, mut fetching_total) = (0u64, 0u64);
             for i in &s.images {
+                fetching_done += i.bytes_done.unwrap_or(0);
+                fetching_total += i.bytes_total.unwrap_or(0);
                 if let Some(n) = ImageState::ALL.iter().position(|&st| st == i.state) {
                     images[n][usize::from(!i.required)] += 1;
                 }
@@ -268,6 +275,8 @@ impl Collector for StateGauges {
                     .as_ref()
                     .and_then(|d| d.usage_percent)
                     .map(|p| p / 100.0),
+                fetching_done,
+                fetching_total,
             }
         });
 
@@ -330,6 +339,20 @@ impl Collector for StateGauges {
                 MetricType::Gauge,
             )?)?;
         }
+        let bytes = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        ConstGauge::new(bytes(state.fetching_done)).encode(encoder.encode_descriptor(
+            "pull_progress",
+            "Bytes fetched so far by the pulls in flight (containerd only; 0 when none runs).",
+            Some(&Unit::Bytes),
+            MetricType::Gauge,
+        )?)?;
+        ConstGauge::new(bytes(state.fetching_total)).encode(encoder.encode_descriptor(
+            "pull_expected",
+            "Bytes the pulls in flight have to fetch, of those whose manifest is known.",
+            Some(&Unit::Bytes),
+            MetricType::Gauge,
+        )?)?;
+
         Ok(())
     }
 }
@@ -568,6 +591,8 @@ mod tests {
             usage_percent: Some(81.5),
             ..Default::default()
         });
+        s.images[2].bytes_done = Some(12_000_000);
+        s.images[2].bytes_total = Some(50_000_000);
         let (_hub, m) = metrics_of(s);
         observe(&m);
         let text = m.render();
@@ -640,6 +665,14 @@ prepuller_images_held_back{reason="gc_thrash",required="false"} 0
 # HELP prepuller_image_fs_usage_ratio Used share of the image filesystem (0-1) at the disk guard's last check, as the kubelet's image GC computes it.
 # TYPE prepuller_image_fs_usage_ratio gauge
 prepuller_image_fs_usage_ratio 0.815
+# HELP prepuller_pull_progress_bytes Bytes fetched so far by the pulls in flight (containerd only; 0 when none runs).
+# TYPE prepuller_pull_progress_bytes gauge
+# UNIT prepuller_pull_progress_bytes bytes
+prepuller_pull_progress_bytes 12000000
+# HELP prepuller_pull_expected_bytes Bytes the pulls in flight have to fetch, of those whose manifest is known.
+# TYPE prepuller_pull_expected_bytes gauge
+# UNIT prepuller_pull_expected_bytes bytes
+prepuller_pull_expected_bytes 50000000
 # EOF
 "#;
 }

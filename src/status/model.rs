@@ -114,6 +114,12 @@ pub struct ImageStatus {
     pub present_since: Option<String>,
     /// The last tag drift seen: "tag drift: sha256:… → sha256:…".
     pub drift: Option<String>,
+    /// While a pull runs on containerd: bytes fetched so far by this attempt.
+    pub bytes_done: Option<u64>,
+    /// While a pull runs on containerd: the bytes it has to fetch, once its manifest is known.
+    pub bytes_total: Option<u64>,
+    /// While a pull runs on containerd: bytes per second over the last few seconds.
+    pub bytes_per_second: Option<u64>,
     /// Not pulled now, by the disk guard: why.
     pub held_back: Option<HeldBack>,
 }
@@ -213,6 +219,9 @@ impl ImageStatus {
             present_since: None,
             drift: None,
             held_back: None,
+            bytes_done: None,
+            bytes_total: None,
+            bytes_per_second: None,
         }
     }
 }
@@ -299,6 +308,13 @@ pub enum AgentEventKind {
     PullStarted {
         image: String,
         attempt: u32,
+    },
+    /// A pull in flight on containerd, every few seconds (see `puller::progress`).
+    PullProgress {
+        image: String,
+        bytes_done: u64,
+        bytes_total: Option<u64>,
+        bytes_per_second: Option<u64>,
     },
     AttemptFailed {
         image: String,
@@ -391,6 +407,9 @@ pub(crate) fn test_full_image(state: ImageState) -> ImageStatus {
             reason: HoldReason::DiskThreshold,
             message: "held back: pulling it would take the image filesystem above 80%".into(),
         }),
+        bytes_done: Some(12_000_000),
+        bytes_total: Some(67_000_000),
+        bytes_per_second: Some(4_000_000),
         ..test_image("registry.example.com/nginx:1.27", true, state)
     }
 }
@@ -413,7 +432,8 @@ mod tests {
             "{\"image\":\"x\",\"normalized\":\"x\",\"required\":false,\"policy\":\"IfNotPresent\",\
              \"state\":\"Present\",\"imageId\":null,\"repoDigest\":null,\"sizeBytes\":null,\
              \"attempts\":0,\"lastError\":null,\"lastErrorClass\":null,\"nextRetryAt\":null,\
-             \"lastPullSeconds\":null,\"presentSince\":null,\"drift\":null,\"heldBack\":null}"
+             \"lastPullSeconds\":null,\"presentSince\":null,\"drift\":null,\"bytesDone\":null,\
+             \"bytesTotal\":null,\"bytesPerSecond\":null,\"heldBack\":null}"
         );
     }
 
@@ -434,6 +454,9 @@ mod tests {
   "lastPullSeconds": 4.25,
   "presentSince": "2026-11-23T12:00:00Z",
   "drift": "tag drift: sha256:1 → sha256:2",
+  "bytesDone": 12000000,
+  "bytesTotal": 67000000,
+  "bytesPerSecond": 4000000,
   "heldBack": {
     "reason": "diskThreshold",
     "message": "held back: pulling it would take the image filesystem above 80%"

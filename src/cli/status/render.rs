@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime};
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 
-use crate::cli::format::{human_bytes, human_duration, short_digest};
+use crate::cli::format::{human_bytes, human_duration, pull_bytes, short_digest};
 use crate::status::grpc::WatchedEvent;
 use crate::status::{AgentEvent, AgentEventKind, AgentStatus, ImageStatus};
 
@@ -76,6 +76,10 @@ fn note(i: &ImageStatus, now: SystemTime) -> String {
     if let Some(h) = &i.held_back {
         parts.push(format!("held back: {}", h.message));
     }
+    // A pull in flight on containerd: how far it is.
+    if let Some(done) = i.bytes_done {
+        parts.push(pull_bytes(done, i.bytes_total, i.bytes_per_second));
+    }
     if let Some(e) = &i.last_error {
         parts.push(match &i.last_error_class {
             Some(class) => format!("{class}: {e}"),
@@ -133,6 +137,19 @@ fn agent_event(kind: &AgentEventKind) -> (&'static str, String) {
         AgentEventKind::PullStarted { image, attempt } => (
             "pulling",
             format!("{} (attempt {attempt})", short_digest(image)),
+        ),
+        AgentEventKind::PullProgress {
+            image,
+            bytes_done,
+            bytes_total,
+            bytes_per_second,
+        } => (
+            "progress",
+            format!(
+                "{} {}",
+                short_digest(image),
+                pull_bytes(*bytes_done, *bytes_total, *bytes_per_second)
+            ),
         ),
         AgentEventKind::AttemptFailed {
             image,

@@ -47,6 +47,9 @@ impl From<ImageStatus> for pb::ImageStatus {
             image_registry: i.image_registry,
             held_back_reason: i.held_back.as_ref().map(|h| h.reason.as_str().to_owned()),
             held_back: i.held_back.map(|h| h.message),
+            bytes_done: i.bytes_done,
+            bytes_total: i.bytes_total,
+            bytes_per_second: i.bytes_per_second,
         }
     }
 }
@@ -130,6 +133,17 @@ impl From<AgentEventKind> for pb::event::Kind {
             AgentEventKind::PullStarted { image, attempt } => {
                 Kind::PullStarted(e::PullStarted { image, attempt })
             }
+            AgentEventKind::PullProgress {
+                image,
+                bytes_done,
+                bytes_total,
+                bytes_per_second,
+            } => Kind::PullProgress(e::PullProgress {
+                image,
+                bytes_done,
+                bytes_total,
+                bytes_per_second,
+            }),
             AgentEventKind::AttemptFailed {
                 image,
                 attempt,
@@ -256,6 +270,9 @@ impl TryFrom<pb::ImageStatus> for ImageStatus {
                 .held_back_reason
                 .zip(i.held_back)
                 .and_then(|(r, m)| HeldBack::from_parts(&r, m)),
+            bytes_done: i.bytes_done,
+            bytes_total: i.bytes_total,
+            bytes_per_second: i.bytes_per_second,
         })
     }
 }
@@ -341,6 +358,12 @@ impl TryFrom<pb::Event> for WatchedEvent {
             Kind::PullStarted(p) => AgentEventKind::PullStarted {
                 image: p.image,
                 attempt: p.attempt,
+            },
+            Kind::PullProgress(p) => AgentEventKind::PullProgress {
+                image: p.image,
+                bytes_done: p.bytes_done,
+                bytes_total: p.bytes_total,
+                bytes_per_second: p.bytes_per_second,
             },
             Kind::AttemptFailed(f) => AgentEventKind::AttemptFailed {
                 image: f.image,
@@ -492,6 +515,12 @@ mod tests {
     fn every_event_kind_round_trips_and_serializes_like_the_agent_event() {
         let kinds = vec![
             AgentEventKind::Queued { image: "a".into() },
+            AgentEventKind::PullProgress {
+                image: "a".into(),
+                bytes_done: 5,
+                bytes_total: Some(10),
+                bytes_per_second: None,
+            },
             AgentEventKind::PullStarted {
                 image: "a".into(),
                 attempt: 2,
