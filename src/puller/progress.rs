@@ -77,6 +77,9 @@ struct Tracked {
     /// Blobs seen being fetched: last offset and total.
     seen: HashMap<String, (u64, Option<u64>)>,
     samples: VecDeque<(Instant, u64)>,
+    /// The most reported so far: what an attempt has fetched never goes back (when its
+    /// manifest turns up, the small blobs fetched before it may be left out of the count).
+    reported: u64,
 }
 
 /// The pulls in flight and what their ingests add up to: pure bookkeeping, tested without a
@@ -100,6 +103,7 @@ impl Attribution {
                 looked: None,
                 seen: HashMap::new(),
                 samples: VecDeque::new(),
+                reported: 0,
             },
         );
     }
@@ -211,6 +215,8 @@ impl Tracked {
             None if self.seen.is_empty() => return None,
             None => (self.seen.iter().map(|(d, s)| fetched(d, s)).sum(), None),
         };
+        let done = done.max(self.reported);
+        self.reported = done;
         self.samples.push_back((now, done));
         while self
             .samples

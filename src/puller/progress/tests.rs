@@ -121,6 +121,40 @@ fn several_pulls_split_ingests_by_their_manifests() {
     assert_eq!(a.manifests_wanted(t0 + Duration::from_secs(1)).len(), 1);
 }
 
+/// Seen on containerd: the manifest and config are fetched (and counted) before the manifest
+/// is found, which then leaves the stored config out; the bytes shown never go back.
+#[test]
+fn bytes_never_go_back_when_the_manifest_turns_up() {
+    let mut a = Attribution::default();
+    let t0 = Instant::now();
+    a.begin(1, 0, &r("r.example/a:1"), SystemTime::now());
+    let u = a.observe(
+        &[
+            ingest("sha256:c", 500, 500),
+            ingest("sha256:l", 1000, 10_000),
+        ],
+        t0,
+    );
+    assert_eq!(bytes_of(&u, 0).unwrap().done, 1500);
+    a.set_manifests(
+        1,
+        manifest(&[("sha256:c", 500, true), ("sha256:l", 10_000, false)]),
+    );
+    let u = a.observe(
+        &[ingest("sha256:l", 1200, 10_000)],
+        t0 + Duration::from_secs(1),
+    );
+    assert_eq!(
+        bytes_of(&u, 0).map(|b| (b.done, b.total)),
+        Some((1500, Some(10_000)))
+    );
+    let u = a.observe(
+        &[ingest("sha256:l", 2000, 10_000)],
+        t0 + Duration::from_secs(2),
+    );
+    assert_eq!(bytes_of(&u, 0).unwrap().done, 2000);
+}
+
 /// With two pulls whose manifests are unknown, an ingest cannot be told apart: neither gets it.
 #[test]
 fn unknown_ingests_of_several_unknown_pulls_are_not_attributed() {
