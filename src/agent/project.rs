@@ -407,7 +407,48 @@ fn image_at<'a>(images: &'a mut [ImageStatus], n: usize, key: &str) -> Option<&'
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use tokio_util::sync::CancellationToken;
+
     use crate::agent::testing::setup;
+    use crate::runtime::Ingest;
+    use crate::status::AgentEventKind;
+
+    /// On containerd the image being pulled carries its bytes in the status, with a progress
+    /// event every 2 s (not at the 250 ms poll rate); its end clears them.
+    #[tokio::test(start_paused = true)]
+    async fn a_pull_in_flight_shows_its_bytes_until_it_ends() {
+        let s = setup("images: [r.example/a:1]");
+        s.rt.set_pull_delay(Duration::from_secs(10));
+        s.rt.set_ingests(Some(vec![Ingest {
+            digest: format!("sha256:{}", "1".repeat(64)),
+            offset: 4_000,
+            total: Some(10_000),
+        }]));
+        let mut events = s.hub.subscribe();
+        let cancel = CancellationToken::new();
+        let run = tokio::spawn(s.agent.run(cancel.clone()));
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        let image = s.hub.snapshot().images[0].clone();
+        assert_eq!(image.bytes_done, Some(4_000), "{image:?}");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let image = s.hub.snapshot().images[0].clone();
+        assert_eq!(image.state, crate::status::ImageState::Present);
+        assert_eq!(image.bytes_done, None, "cleared at the end");
+        let mut progress = 0;
+        while let Ok(e) = events.try_recv() {
+            if matches!(e.kind, AgentEventKind::PullProgress { .. }) {
+                progress += 1;
+            }
+        }
+        assert!(
+            (4..=6).contains(&progress),
+            "{progress} progress events in 10 s"
+        );
+        cancel.cancel();
+        run.await.unwrap();
+    }
 
     #[tokio::test(start_paused = true)]
     async fn an_unreachable_runtime_is_reported_then_recovered() {

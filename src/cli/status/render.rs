@@ -268,6 +268,35 @@ mod tests {
         assert!(summary_line(&s).contains("NOT READY (shutting down)"));
     }
 
+    /// A pull in flight on containerd: its bytes in the NOTE column, and a `progress` line
+    /// when watching.
+    #[test]
+    fn a_pull_in_flight_shows_its_bytes() {
+        let mut s = sample();
+        s.images[1].state = ImageState::Pulling;
+        s.images[1].bytes_done = Some(12_000_000);
+        s.images[1].bytes_total = Some(50_000_000);
+        s.images[1].bytes_per_second = Some(3_000_000);
+        let text = table(&s, SystemTime::now()).to_string();
+        assert!(
+            text.contains("12.00 MB / 50.00 MB (24%) at 3.00 MB/s"),
+            "{text}"
+        );
+        let line = event_line(&WatchedEvent::Agent(AgentEvent {
+            time: "2026-11-23T12:00:00Z".into(),
+            kind: AgentEventKind::PullProgress {
+                image: "registry/x:1".into(),
+                bytes_done: 5_000_000,
+                bytes_total: None,
+                bytes_per_second: Some(1_000_000),
+            },
+        }));
+        assert_eq!(
+            line,
+            "2026-11-23T12:00:00Z  progress registry/x:1 5.00 MB at 1.00 MB/s"
+        );
+    }
+
     #[test]
     fn the_table_shortens_digests_and_explains_images_that_are_not_present() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
