@@ -4,9 +4,9 @@
 //! and hands each image's bytes, total and rate to a sink.
 //!
 //! Attribution: an ingest names a blob (`layer-sha256:…`), not an image. Each pull looks up
-//! the manifests its repository committed since it started (containerd labels them with their
-//! source and their layers), which gives its blobs, their sizes (the total) and those already
-//! stored; an ingest of one of those blobs belongs to it (a layer two pulls share counts for
+//! the manifests its repository committed since it started (a retry: any of them, as the
+//! first attempt fetched it; containerd labels them with their source and their layers), which
+//! gives its blobs, their sizes (the total) and those already stored; an ingest of one of those blobs belongs to it (a layer two pulls share counts for
 //! both). Ingests no manifest claims go to the one pull whose manifest is not known yet, if
 //! there is exactly one (so a single pull shows bytes from its first poll); with several such
 //! pulls they are not attributed. A blob whose ingest disappeared is counted as complete.
@@ -33,6 +33,9 @@ const RATE_WINDOW: Duration = Duration::from_secs(3);
 const MANIFEST_RETRY: Duration = Duration::from_secs(1);
 /// containerd's timestamps are compared in whole seconds; a little slack for clock reads.
 const SINCE_SLACK: Duration = Duration::from_secs(5);
+/// A manifest is fetched first, within a second or so; after this many looks without one the
+/// pull shows bytes only (listing a large content store each second would cost for nothing).
+const MAX_LOOKUPS: u32 = 10;
 
 /// How far one image's pull in flight is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -72,8 +75,9 @@ struct Tracked {
     since: SystemTime,
     /// Blob → (size, stored before this pull fetched it), once the manifest is known.
     blobs: Option<HashMap<String, (u64, bool)>>,
-    /// Last look for the manifest.
+    /// Last look for the manifest, and how many so far.
     looked: Option<Instant>,
+    lookups: u32,
     /// Blobs seen being fetched: last offset and total.
     seen: HashMap<String, (u64, Option<u64>)>,
     samples: VecDeque<(Instant, u64)>,
@@ -90,7 +94,8 @@ pub struct Attribution {
 }
 
 impl Attribution {
-    pub fn begin(&mut self, id: u64, n: usize, reference: &ImageRef, now: SystemTime) {
+    /// Pull `id` of image `n` began; its manifest is one committed at or after `since`.
+    pub fn begin(&mut self, id: u64, n: usize, reference: &ImageRef, since: SystemTime) {
         self.pulls.insert(
             id,
             Tracked {
@@ -98,9 +103,10 @@ impl Attribution {
                 image: reference.to_string(),
                 host: reference.domain().to_string(),
                 repository: reference.path().to_string(),
-                since: now.checked_sub(SINCE_SLACK).unwrap_or(now),
+                since,
                 blobs: None,
                 looked: None,
+                lookups: 0,
                 seen: HashMap::new(),
                 samples: VecDeque::new(),
                 reported: 0,
@@ -120,10 +126,11 @@ impl Attribution {
     pub fn manifests_wanted(&mut self, now: Instant) -> Vec<(u64, String, String, SystemTime)> {
         self.pulls
             .iter_mut()
-            .filter(|(_, t)| t.blobs.is_none())
+            .filter(|(_, t)| t.blobs.is_none() && t.lookups < MAX_LOOKUPS)
             .filter(|(_, t)| t.looked.is_none_or(|at| now >= at + MANIFEST_RETRY))
             .map(|(&id, t)| {
                 t.looked = Some(now);
+                t.lookups += 1;
                 (id, t.host.clone(), t.repository.clone(), t.since)
             })
             .collect()
@@ -270,11 +277,16 @@ impl ProgressPoller {
         ProgressPoller { shared, cancel }
     }
 
-    /// Attempt `id` of image `n` started.
-    pub fn begin(&self, id: u64, n: usize, reference: &ImageRef) {
-        self.shared
-            .lock()
-            .begin(id, n, reference, SystemTime::now());
+    /// Attempt `attempt` (`id`) of image `n` started. A first attempt looks for the manifests
+    /// committed since; a retry for any of its repository (an earlier attempt fetched it).
+    pub fn begin(&self, id: u64, n: usize, reference: &ImageRef, attempt: u32) {
+        let since = match attempt {
+            1 => SystemTime::now()
+                .checked_sub(SINCE_SLACK)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+            _ => SystemTime::UNIX_EPOCH,
+        };
+        self.shared.lock().begin(id, n, reference, since);
         self.shared.began.notify_one();
     }
 

@@ -240,7 +240,7 @@ impl<K> PullQueue<K> {
                     .get_or_insert_with(|| {
                         ProgressPoller::start(puller.runtime().clone(), sink.clone())
                     })
-                    .begin(id, r.n, &spec.reference);
+                    .begin(id, r.n, &spec.reference, r.attempts);
             }
             let attempt = puller
                 .clone()
