@@ -120,16 +120,18 @@ async fn pull_on_a_terminal_shows_growing_bytes_and_a_rate() {
     ));
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut seen: Vec<(f64, Option<f64>)> = Vec::new();
+    let mut total_shown = false;
     let mut screens = String::new();
     while !done_file.exists() {
         assert!(Instant::now() < deadline, "no end within 120 s:\n{screens}");
         let screen = tmux.capture();
-        if let Some(p) = screen
+        if let Some(line) = screen
             .lines()
-            .filter(|l| l.contains("team/big"))
-            .find_map(progress_of)
+            .find(|l| l.contains("team/big") && progress_of(l).is_some())
         {
-            seen.push(p);
+            seen.extend(progress_of(line));
+            // The layers' 50,007,040 bytes (the config may be in by the time it is looked up).
+            total_shown |= line.contains(" / 50.01 MB (");
         }
         screens = screen;
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -156,6 +158,7 @@ async fn pull_on_a_terminal_shows_growing_bytes_and_a_rate() {
         rates.iter().any(|&r| r > 0.5e6),
         "no rate on the line: {seen:?}"
     );
+    assert!(total_shown, "the total never showed: {seen:?}\n{screens}");
     eprintln!("terminal samples (bytes, rate): {seen:?}");
 }
 
