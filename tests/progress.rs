@@ -59,27 +59,19 @@ fn progress_of(line: &str) -> Option<(f64, Option<f64>)> {
     Some((done, rate))
 }
 
-/// A tmux server of its own (its own socket name), killed on drop.
+/// A tmux server of its own, its socket in the test's directory (removed with it), killed on
+/// drop.
 struct Tmux {
-    socket: String,
+    socket: PathBuf,
 }
 
 impl Tmux {
-    fn start(command: &str) -> Tmux {
-        let socket = format!("prepuller-progress-{}", std::process::id());
+    fn start(dir: &Path, command: &str) -> Tmux {
+        let socket = dir.join("tmux.sock");
         let ok = Command::new("tmux")
-            .args([
-                "-L",
-                &socket,
-                "new-session",
-                "-d",
-                "-x",
-                "120",
-                "-y",
-                "30",
-                "-s",
-                "pull",
-            ])
+            .arg("-S")
+            .arg(&socket)
+            .args(["new-session", "-d", "-x", "120", "-y", "30", "-s", "pull"])
             .arg(command)
             .status()
             .expect("run tmux")
@@ -90,7 +82,9 @@ impl Tmux {
 
     fn capture(&self) -> String {
         let out = Command::new("tmux")
-            .args(["-L", &self.socket, "capture-pane", "-p", "-t", "pull"])
+            .arg("-S")
+            .arg(&self.socket)
+            .args(["capture-pane", "-p", "-t", "pull"])
             .output()
             .expect("tmux capture-pane");
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -100,7 +94,9 @@ impl Tmux {
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = Command::new("tmux")
-            .args(["-L", &self.socket, "kill-server"])
+            .arg("-S")
+            .arg(&self.socket)
+            .arg("kill-server")
             .status();
     }
 }
@@ -111,13 +107,16 @@ async fn pull_on_a_terminal_shows_growing_bytes_and_a_rate() {
     let (_proxy, reference, _image) = throttled_image(&sb).await;
     let config = write_config(sb.path(), &reference);
     let done_file = sb.path().join("pull.exit");
-    let tmux = Tmux::start(&format!(
-        "{} pull -c {} --runtime-endpoint {}; echo $? > {}; sleep 600",
-        prepuller_bin().display(),
-        config.display(),
-        sb.containerd.endpoint(),
-        done_file.display(),
-    ));
+    let tmux = Tmux::start(
+        sb.path(),
+        &format!(
+            "{} pull -c {} --runtime-endpoint {}; echo $? > {}; sleep 600",
+            prepuller_bin().display(),
+            config.display(),
+            sb.containerd.endpoint(),
+            done_file.display(),
+        ),
+    );
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut seen: Vec<(f64, Option<f64>)> = Vec::new();
     let mut total_shown = false;
