@@ -118,8 +118,10 @@ impl CheckReport {
 
 #[derive(clap::Args)]
 pub struct CheckArgs {
+    /// The image list: a YAML file, or a directory of *.yaml files (a mounted ConfigMap).
     #[arg(long, short)]
     pub config: PathBuf,
+    /// Output format: a table for people, or JSON.
     #[arg(long, short, value_enum, default_value = "table")]
     pub output: Output,
 }

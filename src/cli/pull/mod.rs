@@ -26,7 +26,7 @@ pub use summary::{ImageResult, Summary, SummaryRow};
 
 #[derive(clap::Args)]
 pub struct PullArgs {
-    /// The image list (YAML).
+    /// The image list: a YAML file, or a directory of *.yaml files (a mounted ConfigMap).
     #[arg(long, short)]
     pub config: PathBuf,
     #[command(flatten)]
