@@ -18,6 +18,7 @@ use crate::credentials::Credentials;
 use crate::puller::PullSettings;
 use crate::runtime::{self, CriRuntime};
 
+mod reason;
 mod run;
 mod summary;
 
@@ -170,7 +171,7 @@ pub async fn command(args: PullArgs) -> ExitCode {
                 return code;
             }
         }
-        Output::Table => print!("{}", summary.table()),
+        Output::Table => print!("{}", summary.table(super::format::stdout_width())),
     }
     let unfinished = summary.unfinished();
     if summary.timed_out {
