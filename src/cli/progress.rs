@@ -5,9 +5,14 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::cli::format::{human_bytes, human_duration, short_digest};
+use crate::cli::format::{fit, human_bytes, human_duration, short_digest};
+use crate::cli::pull::reason;
 use crate::config::ImageSpec;
 use crate::puller::PullEvent;
+
+mod lines;
+
+use lines::{LineState, counter, listed};
 
 /// Shows the events of one run.
 pub trait Progress: Send + Sync {
@@ -69,79 +74,148 @@ impl Progress for LogProgress {
     }
 }
 
-/// A line per image with a spinner and elapsed time, and an overall N/M bar.
+/// A line per image with a spinner and elapsed time, and an overall counter of the images
+/// present; fitted to the terminal (names cut to its width, ready lines collapsed into the
+/// counter when the list is taller than it).
 pub struct TerminalProgress {
     multi: MultiProgress,
     overall: ProgressBar,
     bars: Vec<ProgressBar>,
-    done: Mutex<Vec<bool>>,
+    view: Mutex<View>,
     /// Of the image column, measured once (not on every event).
     width: usize,
 }
 
+/// What the lines show, and which are listed now.
+struct View {
+    states: Vec<LineState>,
+    listed: Vec<bool>,
+}
+
+/// The terminal's rows and columns, when stderr is one.
+fn terminal_size() -> Option<(usize, usize)> {
+    console::Term::stderr()
+        .size_checked()
+        .map(|(rows, columns)| (rows as usize, columns as usize))
+}
+
+/// Room a line keeps beside the image name: the spinner, gaps, a message and the time.
+const LINE_ROOM: usize = 36;
+
 impl TerminalProgress {
     pub fn new(images: &[ImageSpec]) -> Self {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+        let columns = terminal_size().map_or(120, |(_, c)| c);
         let width = images
             .iter()
             .map(|i| short_digest(&i.reference.to_string()).chars().count())
             .max()
             .unwrap_or(10)
-            .min(70);
+            .min(70)
+            .min(columns.saturating_sub(LINE_ROOM).max(10));
+        let bar = if columns >= 100 { 30 } else { 16 };
         let overall = multi.add(
             ProgressBar::new(images.len() as u64).with_style(
-                ProgressStyle::with_template(
-                    "{prefix:.bold} [{bar:30}] {pos}/{len} images ready  {elapsed}",
-                )
+                ProgressStyle::with_template(&format!(
+                    "{{prefix:.bold}} [{{bar:{bar}}}] {{wide_msg}} {{elapsed}}"
+                ))
                 .expect("valid template")
                 .progress_chars("=> "),
             ),
         );
         overall.set_prefix("prepuller");
+        // Hidden until listed: a bar outside the MultiProgress would draw on its own.
         let bars = images
             .iter()
             .map(|spec| {
-                let bar = multi.add(ProgressBar::new_spinner().with_style(waiting_style(width)));
-                bar.set_prefix(short_digest(&spec.reference.to_string()));
+                let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden())
+                    .with_style(waiting_style(width));
+                bar.set_prefix(fit(&short_digest(&spec.reference.to_string()), width));
                 bar.set_message("checking");
                 bar
             })
             .collect();
         overall.enable_steady_tick(Duration::from_millis(200));
-        TerminalProgress {
+        let progress = TerminalProgress {
             multi,
             overall,
             bars,
-            done: Mutex::new(vec![false; images.len()]),
+            view: Mutex::new(View {
+                states: vec![LineState::Waiting; images.len()],
+                listed: vec![false; images.len()],
+            }),
             width,
-        }
+        };
+        progress.update(None);
+        progress
     }
 
-    fn finish_bar(&self, index: usize, style: ProgressStyle, message: String) {
+    /// Sets image `index`'s state (if given), lists the lines that fit now, and counts.
+    fn update(&self, change: Option<(usize, LineState)>) {
+        let mut view = self.view.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((index, state)) = change {
+            view.states[index] = state;
+        }
+        // The counter's line, and one spare for the cursor.
+        let capacity = terminal_size().map_or(usize::MAX, |(rows, _)| rows.saturating_sub(2));
+        let listed = listed(&view.states, capacity.max(1));
+        for (i, bar) in self.bars.iter().enumerate() {
+            if view.listed[i] && !listed[i] {
+                self.multi.remove(bar);
+                view.listed[i] = false;
+            }
+        }
+        for (i, bar) in self.bars.iter().enumerate() {
+            if listed[i] && !view.listed[i] {
+                // After the counter and the listed lines above it, in list order.
+                let position = 1 + view.listed[..i].iter().filter(|l| **l).count();
+                self.multi.insert(position, bar.clone());
+                view.listed[i] = true;
+                // A finished bar draws only when told.
+                bar.force_draw();
+            }
+        }
+        let ready = view
+            .states
+            .iter()
+            .filter(|s| **s == LineState::Ready)
+            .count();
+        self.overall.set_position(ready as u64);
+        self.overall
+            .set_message(counter(&view.states, &view.listed));
+    }
+
+    fn finish_bar(&self, index: usize, state: LineState, style: ProgressStyle, message: String) {
         let bar = &self.bars[index];
         bar.set_style(style);
         bar.finish_with_message(message);
-        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
-        if !std::mem::replace(&mut done[index], true) {
-            self.overall.inc(1);
-        }
+        self.update(Some((index, state)));
+    }
+}
+
+/// What the line of an image being pulled says (besides its name and elapsed time).
+fn pulling_message(attempt: u32) -> String {
+    if attempt > 1 {
+        format!("pulling (attempt {attempt})")
+    } else {
+        "pulling".to_string()
     }
 }
 
 fn waiting_style(width: usize) -> ProgressStyle {
-    ProgressStyle::with_template(&format!("  {{spinner}} {{prefix:{width}}}  {{msg}}"))
+    ProgressStyle::with_template(&format!("  {{spinner}} {{prefix:{width}}}  {{wide_msg}}"))
         .expect("valid template")
 }
 
 fn active_style(width: usize) -> ProgressStyle {
     ProgressStyle::with_template(&format!(
-        "  {{spinner:.cyan}} {{prefix:{width}}}  {{msg}} {{elapsed}}"
+        "  {{spinner:.cyan}} {{prefix:{width}}}  {{wide_msg}} {{elapsed}}"
     ))
     .expect("valid template")
 }
 
 fn done_style(width: usize, mark: &str) -> ProgressStyle {
-    ProgressStyle::with_template(&format!("  {mark} {{prefix:{width}}}  {{msg}}"))
+    ProgressStyle::with_template(&format!("  {mark} {{prefix:{width}}}  {{wide_msg}}"))
         .expect("valid template")
 }
 
@@ -151,6 +225,7 @@ impl Progress for TerminalProgress {
         match event {
             PullEvent::Present { index, size_bytes } => self.finish_bar(
                 *index,
+                LineState::Ready,
                 done_style(width, "✔"),
                 format!("present ({})", human_bytes(*size_bytes)),
             ),
@@ -163,11 +238,8 @@ impl Progress for TerminalProgress {
                 let bar = &self.bars[*index];
                 bar.set_style(active_style(width));
                 bar.reset_elapsed();
-                bar.set_message(if *attempt > 1 {
-                    format!("pulling (attempt {attempt})")
-                } else {
-                    "pulling".to_string()
-                });
+                bar.set_message(pulling_message(*attempt));
+                self.update(Some((*index, LineState::InFlight)));
             }
             PullEvent::AttemptFailed {
                 index,
@@ -179,9 +251,10 @@ impl Progress for TerminalProgress {
                 bar.set_style(waiting_style(width));
                 bar.set_message(format!(
                     "{} — retry in {}",
-                    error.kind.summary(),
+                    reason::short(error.kind),
                     human_duration(*retry_in)
                 ));
+                self.update(Some((*index, LineState::Waiting)));
             }
             PullEvent::Pulled {
                 index,
@@ -190,6 +263,7 @@ impl Progress for TerminalProgress {
                 ..
             } => self.finish_bar(
                 *index,
+                LineState::Ready,
                 done_style(width, "✔"),
                 format!(
                     "pulled {} in {}",
@@ -201,8 +275,9 @@ impl Progress for TerminalProgress {
                 let mark = if images[*index].required { "✘" } else { "!" };
                 self.finish_bar(
                     *index,
+                    LineState::Failed,
                     done_style(width, mark),
-                    format!("failed: {}", error.kind.summary()),
+                    format!("failed: {}", reason::short(error.kind)),
                 );
             }
         }

@@ -142,11 +142,25 @@ pub(super) enum TopLevel {
     Value,
 }
 
-/// The snippet without serde-saphyr's own first line (`error: line L column C: message`):
-/// the headline already says that, and the message would be printed twice.
+/// The snippet without serde-saphyr's own first line (`error: line L column C: message`) and
+/// the message after the `^` marker: the headline says it, and it would be printed thrice.
 fn code_frame(snippet: &str) -> Option<String> {
     let start = snippet.find(" --> ")?;
-    Some(snippet[start..].trim_end().to_string())
+    let lines: Vec<&str> = snippet[start..]
+        .trim_end()
+        .lines()
+        .map(|line| match line.find('^') {
+            Some(caret) if line[..caret].trim_end().ends_with('|') => {
+                let end = caret
+                    + line[caret..]
+                        .find(|c| c != '^')
+                        .unwrap_or(line.len() - caret);
+                &line[..end]
+            }
+            _ => line,
+        })
+        .collect();
+    Some(lines.join("\n"))
 }
 
 /// serde-saphyr puts "line L column C: " (or " at line L column C") into its plain messages;

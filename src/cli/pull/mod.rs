@@ -18,7 +18,7 @@ use crate::credentials::Credentials;
 use crate::puller::PullSettings;
 use crate::runtime::{self, CriRuntime};
 
-mod reason;
+pub(crate) mod reason;
 mod run;
 mod summary;
 
