@@ -2,7 +2,6 @@
 //! (tmux, 80×24) against a real containerd and registry, its screen captured while it pulls
 //! and after. Also: a config error is printed once.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -258,15 +257,13 @@ fn a_config_error_is_printed_once() {
     for (name, text, message) in cases {
         let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
-        for subcommand in ["check", "pull"] {
+        // `pull` reads the config before it looks for the runtime.
+        let no_runtime = ["--runtime-endpoint", "unix:///nonexistent.sock"];
+        for (subcommand, extra) in [("check", &[][..]), ("pull", &no_runtime[..])] {
             let out = Command::new(prepuller_bin())
                 .args([subcommand, "--config"])
-                .arg(Path::new(&path))
-                .args(
-                    ["--runtime-endpoint", "unix:///nonexistent.sock"]
-                        [..if subcommand == "pull" { 2 } else { 0 }]
-                        .iter(),
-                )
+                .arg(&path)
+                .args(extra)
                 .output()
                 .unwrap();
             let stderr = String::from_utf8_lossy(&out.stderr);
