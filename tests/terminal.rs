@@ -144,7 +144,12 @@ async fn the_live_view_and_the_summary_fit_an_80_column_terminal() {
     let live = loop {
         let screen = tmux.screen();
         let pulling = screen.iter().filter(|l| l.contains("pulling")).count();
-        if pulling >= 2 && screen.iter().any(|l| l.contains("failed: not found")) {
+        let failed = screen.iter().any(|l| l.contains("failed: not found"));
+        // The counter is redrawn at most 20 times a second: it may lag a line by a moment.
+        let counted = screen
+            .iter()
+            .any(|l| l.starts_with("prepuller [") && l.contains(", 1 failed"));
+        if pulling >= 2 && failed && counted {
             break screen;
         }
         assert!(

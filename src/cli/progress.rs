@@ -12,7 +12,7 @@ use crate::puller::PullEvent;
 
 mod lines;
 
-use lines::{LineState, counter, listed};
+use lines::{LineState, Lines};
 
 /// Shows the events of one run.
 pub trait Progress: Send + Sync {
@@ -81,15 +81,9 @@ pub struct TerminalProgress {
     multi: MultiProgress,
     overall: ProgressBar,
     bars: Vec<ProgressBar>,
-    view: Mutex<View>,
+    lines: Mutex<Lines>,
     /// Of the image column, measured once (not on every event).
     width: usize,
-}
-
-/// What the lines show, and which are listed now.
-struct View {
-    states: Vec<LineState>,
-    listed: Vec<bool>,
 }
 
 /// The terminal's rows and columns, when stderr is one.
@@ -140,10 +134,7 @@ impl TerminalProgress {
             multi,
             overall,
             bars,
-            view: Mutex::new(View {
-                states: vec![LineState::Waiting; images.len()],
-                listed: vec![false; images.len()],
-            }),
+            lines: Mutex::new(Lines::new(images.len())),
             width,
         };
         progress.update(None);
@@ -152,37 +143,25 @@ impl TerminalProgress {
 
     /// Sets image `index`'s state (if given), lists the lines that fit now, and counts.
     fn update(&self, change: Option<(usize, LineState)>) {
-        let mut view = self.view.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((index, state)) = change {
-            view.states[index] = state;
+            lines.set(index, state);
         }
         // The counter's line, and one spare for the cursor.
         let capacity = terminal_size().map_or(usize::MAX, |(rows, _)| rows.saturating_sub(2));
-        let listed = listed(&view.states, capacity.max(1));
-        for (i, bar) in self.bars.iter().enumerate() {
-            if view.listed[i] && !listed[i] {
-                self.multi.remove(bar);
-                view.listed[i] = false;
-            }
+        let (hide, show) = lines.relist(capacity.max(1));
+        for i in hide {
+            self.multi.remove(&self.bars[i]);
         }
-        for (i, bar) in self.bars.iter().enumerate() {
-            if listed[i] && !view.listed[i] {
-                // After the counter and the listed lines above it, in list order.
-                let position = 1 + view.listed[..i].iter().filter(|l| **l).count();
-                self.multi.insert(position, bar.clone());
-                view.listed[i] = true;
-                // A finished bar draws only when told.
-                bar.force_draw();
-            }
+        for i in show {
+            // After the counter and the listed lines above it, in list order.
+            let position = 1 + lines.listed_before(i);
+            self.multi.insert(position, self.bars[i].clone());
+            // A finished bar draws only when told.
+            self.bars[i].force_draw();
         }
-        let ready = view
-            .states
-            .iter()
-            .filter(|s| **s == LineState::Ready)
-            .count();
-        self.overall.set_position(ready as u64);
-        self.overall
-            .set_message(counter(&view.states, &view.listed));
+        self.overall.set_position(lines.ready() as u64);
+        self.overall.set_message(lines.counter());
     }
 
     fn finish_bar(&self, index: usize, state: LineState, style: ProgressStyle, message: String) {
