@@ -363,7 +363,9 @@ def check_configs(report, where, docs, ds, prepuller, notes):
         name = cm[0]["metadata"]["name"]
         data = cm[0].get("data", {})
         ok, out = prepuller_check(prepuller, data)
-        report.check(where, ok, f"ConfigMap {name} is not a valid prepuller config: {out.splitlines()[-1] if out else '?'}")
+        # The error's headline (the lines under it show where it is in the file).
+        error = next((l for l in out.splitlines() if l.startswith("error: ")), out.splitlines()[-1] if out else "?")
+        report.check(where, ok, f"ConfigMap {name} is not a valid prepuller config: {error}")
         if ok:
             notes.append(f"ConfigMap {name}: `prepuller check`: " + out.splitlines()[-1].split(": ", 1)[-1])
 

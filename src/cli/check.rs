@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::format::print_json;
+use super::format::{print_json, stdout_width, table, wrap};
 use super::{ExitCode, Output};
 use crate::config::{Config, PullPolicy};
 
@@ -80,9 +80,9 @@ impl From<&Config> for CheckReport {
 }
 
 impl CheckReport {
-    pub fn table(&self) -> String {
-        let mut t = comfy_table::Table::new();
-        t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+    /// The table, fitted to `width` columns when given (the references wrap), and the notes.
+    pub fn table(&self, width: Option<usize>) -> String {
+        let mut t = table(width);
         t.set_header(["LINE", "DECLARED", "PULLED", "POLICY", "REQUIRED"]);
         for i in &self.images {
             let pulled = match &i.image_registry {
@@ -97,13 +97,20 @@ impl CheckReport {
                 if i.required { "yes" } else { "no" }.to_string(),
             ]);
         }
-        let mut s = format!("{}\n", t);
+        if width.is_some() {
+            for n in [0, 3, 4] {
+                if let Some(column) = t.column_mut(n) {
+                    column.set_constraint(comfy_table::ColumnConstraint::ContentWidth);
+                }
+            }
+        }
+        let mut lines = vec![t.to_string()];
         for m in &self.merged {
-            s.push_str(&format!("note: {m}\n"));
+            lines.push(format!("note: {m}"));
         }
         if !self.credentials.is_empty() {
-            s.push_str(&format!(
-                "credential sources: {}{}\n",
+            lines.push(format!(
+                "credential sources: {}{}",
                 self.credentials.join(", "),
                 if self.anonymous_fallback {
                     "; then anonymous (anonymousFallback)"
@@ -113,24 +120,39 @@ impl CheckReport {
             ));
         }
         for m in &self.node_specific_sets {
-            s.push_str(&format!("note: {m}\n"));
+            lines.push(format!("note: {m}"));
         }
-        s.push_str(&format!(
-            "{}: valid, {} images ({} required), parallelism {} ({} per registry)\n",
+        lines.push(format!(
+            "{}: valid, {} images ({} required), parallelism {} ({} per registry)",
             self.source.display(),
             self.images.len(),
             self.images.iter().filter(|i| i.required).count(),
             self.parallelism,
             self.per_registry_parallelism
         ));
+        let mut s = String::new();
+        for (n, line) in lines.iter().enumerate() {
+            // The table is fitted already; the notes are wrapped.
+            let wrapped = if n == 0 {
+                vec![line.clone()]
+            } else {
+                wrap(line, width, 4)
+            };
+            for l in wrapped {
+                s.push_str(&l);
+                s.push('\n');
+            }
+        }
         s
     }
 }
 
 #[derive(clap::Args)]
 pub struct CheckArgs {
+    /// The image list: a YAML file, or a directory of *.yaml files (a mounted ConfigMap).
     #[arg(long, short)]
     pub config: PathBuf,
+    /// Output format: a table for people, or JSON.
     #[arg(long, short, value_enum, default_value = "table")]
     pub output: Output,
 }
@@ -151,7 +173,7 @@ pub fn run(args: &CheckArgs) -> ExitCode {
                 return code;
             }
         }
-        Output::Table => print!("{}", report.table()),
+        Output::Table => print!("{}", report.table(stdout_width())),
     }
     ExitCode::Ok
 }
@@ -171,11 +193,43 @@ mod tests {
         .unwrap();
         // Without Node labels (no cluster) only the sets without a selector apply.
         let report = CheckReport::from(&Config::load(dir.path()).unwrap());
-        let table = report.table();
+        let table = report.table(None);
         assert!(
             table.contains("only for nodes matching pool=gpu"),
             "{table}"
         );
         assert!(!table.contains("cuda"), "{table}");
+    }
+}
+
+#[cfg(test)]
+mod width_tests {
+    use super::*;
+
+    #[test]
+    fn the_table_fits_the_width() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("images.yaml");
+        std::fs::write(
+            &path,
+            "credentials:\n\
+             - dockerConfig: /var/lib/kubelet/config.json\n\
+             - dockerConfig: /etc/prepuller/registry-credentials/.dockerconfigjson\n\
+             images:\n\
+             - registry.example.com:5000/team/project/metrics-exporter@sha256:\
+             0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n\
+             - image: registry.example.com:5000/team/project/very/deep/path/frontend:1.25.3-alpine\n\
+             \x20 required: false\n",
+        )
+        .unwrap();
+        let report = CheckReport::from(&Config::load(&path).unwrap());
+        for width in [80, 150] {
+            let text = report.table(Some(width));
+            let widest = text.lines().map(|l| l.chars().count()).max().unwrap();
+            assert!(widest <= width, "wider than {width}:\n{text}");
+            assert!(text.contains("IfNotPresent"), "{text}");
+        }
+        let piped = report.table(None);
+        assert!(piped.lines().any(|l| l.chars().count() > 150), "{piped}");
     }
 }

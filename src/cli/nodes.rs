@@ -37,6 +37,7 @@ pub struct NodesArgs {
     /// Only the nodes matching this label selector (as `kubectl get nodes -l`).
     #[arg(long, short = 'l')]
     pub selector: Option<String>,
+    /// Output format: a table, a wider table, or JSON.
     #[arg(long, short, value_enum, default_value = "table")]
     pub output: NodesOutput,
     /// Wait until every selected node is warm; exit 1 naming the cold ones after --timeout.

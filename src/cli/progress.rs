@@ -5,9 +5,14 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::cli::format::{human_bytes, human_duration, pull_bytes, short_digest};
+use crate::cli::format::{fit, human_bytes, human_duration, pull_bytes, short_digest};
+use crate::cli::pull::reason;
 use crate::config::ImageSpec;
 use crate::puller::{PullBytes, PullEvent};
+
+mod lines;
+
+use lines::{LineState, Lines};
 
 /// Shows the events of one run.
 pub trait Progress: Send + Sync {
@@ -71,65 +76,104 @@ impl Progress for LogProgress {
     }
 }
 
-/// A line per image with a spinner and elapsed time, and an overall N/M bar.
+/// A line per image with a spinner and elapsed time, and an overall counter of the images
+/// present; fitted to the terminal (names cut to its width, ready lines collapsed into the
+/// counter when the list is taller than it).
 pub struct TerminalProgress {
     multi: MultiProgress,
     overall: ProgressBar,
     bars: Vec<ProgressBar>,
-    done: Mutex<Vec<bool>>,
+    lines: Mutex<Lines>,
     /// Each image's attempt in flight, for its progress line.
     attempts: Mutex<Vec<u32>>,
     /// Of the image column, measured once (not on every event).
     width: usize,
 }
 
+/// The terminal's rows and columns, when stderr is one.
+fn terminal_size() -> Option<(usize, usize)> {
+    console::Term::stderr()
+        .size_checked()
+        .map(|(rows, columns)| (rows as usize, columns as usize))
+}
+
+/// Room a line keeps beside the image name: the spinner, gaps, a message and the time.
+const LINE_ROOM: usize = 36;
+
 impl TerminalProgress {
     pub fn new(images: &[ImageSpec]) -> Self {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+        let columns = terminal_size().map_or(120, |(_, c)| c);
         let width = images
             .iter()
             .map(|i| short_digest(&i.reference.to_string()).chars().count())
             .max()
             .unwrap_or(10)
-            .min(70);
+            .min(70)
+            .min(columns.saturating_sub(LINE_ROOM).max(10));
+        let bar = if columns >= 100 { 30 } else { 16 };
         let overall = multi.add(
             ProgressBar::new(images.len() as u64).with_style(
-                ProgressStyle::with_template(
-                    "{prefix:.bold} [{bar:30}] {pos}/{len} images ready  {elapsed}",
-                )
+                ProgressStyle::with_template(&format!(
+                    "{{prefix:.bold}} [{{bar:{bar}}}] {{wide_msg}} {{elapsed}}"
+                ))
                 .expect("valid template")
                 .progress_chars("=> "),
             ),
         );
         overall.set_prefix("prepuller");
+        // Hidden until listed: a bar outside the MultiProgress would draw on its own.
         let bars = images
             .iter()
             .map(|spec| {
-                let bar = multi.add(ProgressBar::new_spinner().with_style(waiting_style(width)));
-                bar.set_prefix(short_digest(&spec.reference.to_string()));
+                let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden())
+                    .with_style(waiting_style(width));
+                bar.set_prefix(fit(&short_digest(&spec.reference.to_string()), width));
                 bar.set_message("checking");
                 bar
             })
             .collect();
         overall.enable_steady_tick(Duration::from_millis(200));
-        TerminalProgress {
+        let progress = TerminalProgress {
             multi,
             overall,
             bars,
-            done: Mutex::new(vec![false; images.len()]),
+            lines: Mutex::new(Lines::new(images.len())),
             attempts: Mutex::new(vec![0; images.len()]),
             width,
-        }
+        };
+        progress.update(None);
+        progress
     }
 
-    fn finish_bar(&self, index: usize, style: ProgressStyle, message: String) {
+    /// Sets image `index`'s state (if given), lists the lines that fit now, and counts.
+    fn update(&self, change: Option<(usize, LineState)>) {
+        let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((index, state)) = change {
+            lines.set(index, state);
+        }
+        // The counter's line, and one spare for the cursor.
+        let capacity = terminal_size().map_or(usize::MAX, |(rows, _)| rows.saturating_sub(2));
+        let (hide, show) = lines.relist(capacity.max(1));
+        for i in hide {
+            self.multi.remove(&self.bars[i]);
+        }
+        for i in show {
+            // After the counter and the listed lines above it, in list order.
+            let position = 1 + lines.listed_before(i);
+            self.multi.insert(position, self.bars[i].clone());
+            // A finished bar draws only when told.
+            self.bars[i].force_draw();
+        }
+        self.overall.set_position(lines.ready() as u64);
+        self.overall.set_message(lines.counter());
+    }
+
+    fn finish_bar(&self, index: usize, state: LineState, style: ProgressStyle, message: String) {
         let bar = &self.bars[index];
         bar.set_style(style);
         bar.finish_with_message(message);
-        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
-        if !std::mem::replace(&mut done[index], true) {
-            self.overall.inc(1);
-        }
+        self.update(Some((index, state)));
     }
 }
 
@@ -147,19 +191,19 @@ fn pulling_message(attempt: u32, bytes: Option<&PullBytes>) -> String {
 }
 
 fn waiting_style(width: usize) -> ProgressStyle {
-    ProgressStyle::with_template(&format!("  {{spinner}} {{prefix:{width}}}  {{msg}}"))
+    ProgressStyle::with_template(&format!("  {{spinner}} {{prefix:{width}}}  {{wide_msg}}"))
         .expect("valid template")
 }
 
 fn active_style(width: usize) -> ProgressStyle {
     ProgressStyle::with_template(&format!(
-        "  {{spinner:.cyan}} {{prefix:{width}}}  {{msg}} {{elapsed}}"
+        "  {{spinner:.cyan}} {{prefix:{width}}}  {{wide_msg}} {{elapsed}}"
     ))
     .expect("valid template")
 }
 
 fn done_style(width: usize, mark: &str) -> ProgressStyle {
-    ProgressStyle::with_template(&format!("  {mark} {{prefix:{width}}}  {{msg}}"))
+    ProgressStyle::with_template(&format!("  {mark} {{prefix:{width}}}  {{wide_msg}}"))
         .expect("valid template")
 }
 
@@ -169,6 +213,7 @@ impl Progress for TerminalProgress {
         match event {
             PullEvent::Present { index, size_bytes } => self.finish_bar(
                 *index,
+                LineState::Ready,
                 done_style(width, "✔"),
                 format!("present ({})", human_bytes(*size_bytes)),
             ),
@@ -183,6 +228,7 @@ impl Progress for TerminalProgress {
                 bar.reset_elapsed();
                 self.attempts.lock().unwrap_or_else(|e| e.into_inner())[*index] = *attempt;
                 bar.set_message(pulling_message(*attempt, None));
+                self.update(Some((*index, LineState::InFlight)));
             }
             PullEvent::Progress { index, bytes } => {
                 let attempt = self.attempts.lock().unwrap_or_else(|e| e.into_inner())[*index];
@@ -201,9 +247,10 @@ impl Progress for TerminalProgress {
                 bar.set_style(waiting_style(width));
                 bar.set_message(format!(
                     "{} — retry in {}",
-                    error.kind.summary(),
+                    reason::short(error.kind),
                     human_duration(*retry_in)
                 ));
+                self.update(Some((*index, LineState::Waiting)));
             }
             PullEvent::Pulled {
                 index,
@@ -212,6 +259,7 @@ impl Progress for TerminalProgress {
                 ..
             } => self.finish_bar(
                 *index,
+                LineState::Ready,
                 done_style(width, "✔"),
                 format!(
                     "pulled {} in {}",
@@ -223,8 +271,9 @@ impl Progress for TerminalProgress {
                 let mark = if images[*index].required { "✘" } else { "!" };
                 self.finish_bar(
                     *index,
+                    LineState::Failed,
                     done_style(width, mark),
-                    format!("failed: {}", error.kind.summary()),
+                    format!("failed: {}", reason::short(error.kind)),
                 );
             }
         }

@@ -81,9 +81,43 @@ impl ConfigError {
             column: location.map(|l| l.column() as usize),
             field,
             message: strip_location(&plain),
-            snippet: (snippet != plain).then_some(snippet),
+            snippet: (snippet != plain).then(|| code_frame(&snippet)).flatten(),
         }
         .into()
+    }
+
+    /// A file whose top level is not a mapping (empty, a list, a single value): what the
+    /// YAML reader says about it ("expected mapping start", "unexpected end of input") does
+    /// not tell what the file should hold.
+    pub(super) fn not_a_mapping(file: &Path, line: Option<usize>, found: TopLevel) -> Self {
+        let message = match found {
+            TopLevel::Empty => {
+                "the file is empty; it needs an `images:` list, e.g. `images: [nginx:1.25]`"
+            }
+            TopLevel::List => {
+                "the top level is a list; the file needs an `images:` list: write `images:` \
+                 on a line above the entries and indent them under it"
+            }
+            TopLevel::Value => {
+                "the top level is a single value; the file needs an `images:` list, \
+                 e.g. `images: [nginx:1.25]`"
+            }
+        };
+        ConfigErrorDetails {
+            file: file.to_path_buf(),
+            line,
+            column: line.map(|_| 1),
+            field: None,
+            message: message.to_string(),
+            snippet: None,
+        }
+        .into()
+    }
+
+    /// Appends what to check to the message.
+    pub(super) fn with_hint(mut self, hint: &str) -> Self {
+        self.0.message = format!("{} ({hint})", self.0.message);
+        self
     }
 
     /// One line: `file:line:column: field `x`: message`.
@@ -110,6 +144,36 @@ impl ConfigError {
             None => self.headline(),
         }
     }
+}
+
+/// What the top level of a file that is not a mapping holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum TopLevel {
+    /// Nothing but blank lines and comments.
+    Empty,
+    List,
+    Value,
+}
+
+/// The snippet without serde-saphyr's own first line (`error: line L column C: message`) and
+/// the message after the `^` marker: the headline says it, and it would be printed thrice.
+fn code_frame(snippet: &str) -> Option<String> {
+    let start = snippet.find(" --> ")?;
+    let lines: Vec<&str> = snippet[start..]
+        .trim_end()
+        .lines()
+        .map(|line| match line.find('^') {
+            Some(caret) if line[..caret].trim_end().ends_with('|') => {
+                let end = caret
+                    + line[caret..]
+                        .find(|c| c != '^')
+                        .unwrap_or(line.len() - caret);
+                &line[..end]
+            }
+            _ => line,
+        })
+        .collect();
+    Some(lines.join("\n"))
 }
 
 /// serde-saphyr puts "line L column C: " (or " at line L column C") into its plain messages;

@@ -18,6 +18,7 @@ use crate::credentials::Credentials;
 use crate::puller::PullSettings;
 use crate::runtime::{self, CriRuntime};
 
+pub(crate) mod reason;
 mod run;
 mod summary;
 
@@ -26,7 +27,7 @@ pub use summary::{ImageResult, Summary, SummaryRow};
 
 #[derive(clap::Args)]
 pub struct PullArgs {
-    /// The image list (YAML).
+    /// The image list: a YAML file, or a directory of *.yaml files (a mounted ConfigMap).
     #[arg(long, short)]
     pub config: PathBuf,
     #[command(flatten)]
@@ -170,7 +171,7 @@ pub async fn command(args: PullArgs) -> ExitCode {
                 return code;
             }
         }
-        Output::Table => print!("{}", summary.table()),
+        Output::Table => print!("{}", summary.table(super::format::stdout_width())),
     }
     let unfinished = summary.unfinished();
     if summary.timed_out {

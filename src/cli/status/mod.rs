@@ -33,6 +33,7 @@ pub struct StatusArgs {
     /// Connect over TCP instead (e.g. through a port-forward): http://host:port.
     #[arg(long)]
     pub addr: Option<String>,
+    /// Output format: a table for people, or JSON.
     #[arg(long, short, value_enum, default_value = "table")]
     pub output: StatusOutput,
     /// Then print events as they happen, until interrupted.
