@@ -128,6 +128,9 @@ perRegistryParallelism: 2
 pullTimeout: 2m
 backoff: {{initial: 1s, max: 10s}}
 resyncInterval: 10s   # the agent's pass; short so the demo shows a removed image coming back
+# The sandbox shares this machine's disk and no kubelet GC runs here: the disk guard (on by
+# default) is off, so the demo does not depend on how full the machine's disk is.
+diskGuard: {{enabled: false}}
 images:
   - {host}/demo/web:1.0
   - image: {host}/demo/api:2.3
