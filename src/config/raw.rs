@@ -12,8 +12,8 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_saphyr::Spanned;
 
 use super::credentials::SourceEntry;
-use super::image_registry::{FileImage, ImageRegistry, RegistryMirror};
 use super::disk_guard::RawDiskGuard;
+use super::image_registry::{FileImage, ImageRegistry, RegistryMirror};
 use super::node_selector::NodeSelector;
 use super::node_settings::RawNodeSettings;
 use super::{DEFAULT_REFRESH_INTERVAL, ImageSpec, PullPolicy, duration};

@@ -1,0 +1,138 @@
+//! The fleet simulation's parts, tested: the registry front (testkit/src/front.rs) counting per
+//! node and answering 429 windows, and a short fleet warm-up (3 nodes, each its own containerd
+//! and `prepuller agent`, through the front) that must end with every node warm.
+//! `make fleet-sim` (examples/fleet_sim.rs) runs the long scenarios.
+
+use std::time::{Duration, Instant};
+
+use testkit::front::{Front, NODE_HEADER, RateLimitStyle};
+use testkit::{Registry, http_client, push_image};
+
+const MB: usize = 1024 * 1024;
+
+async fn get(url: &str, node: &str, head: bool) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+    let client = http_client();
+    let req = if head {
+        client.head(url)
+    } else {
+        client.get(url)
+    };
+    let r = req
+        .header(NODE_HEADER, node)
+        .header(
+            "accept",
+            "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json",
+        )
+        .send()
+        .await
+        .unwrap();
+    let code = r.status().as_u16();
+    let headers = r.headers().clone();
+    (code, headers, r.bytes().await.unwrap().to_vec())
+}
+
+#[tokio::test]
+async fn front_counts_manifest_gets_heads_and_blob_bytes_per_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(dir.path());
+    let digest = push_image(&registry.host(), "team/app", "v1", 1, MB).await;
+    let front = Front::start(&registry.host());
+    let base = format!("http://{}/v2/team/app", front.host());
+
+    for node in ["n1", "n2", "n2"] {
+        let (code, _, _) = get(&format!("{base}/manifests/v1"), node, false).await;
+        assert_eq!(code, 200);
+    }
+    let (code, _, _) = get(&format!("{base}/manifests/v1"), "n1", true).await;
+    assert_eq!(code, 200);
+    let (_, _, manifest) = get(&format!("{base}/manifests/{digest}"), "n3", false).await;
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap();
+    let (code, _, body) = get(&format!("{base}/blobs/{layer}"), "n3", false).await;
+    assert_eq!(code, 200);
+
+    let stats = front.stats();
+    assert_eq!(stats.gets("n1", "team/app"), 1);
+    assert_eq!(stats.gets("n2", "team/app"), 2);
+    assert_eq!(stats.gets("n3", "team/app"), 1);
+    assert_eq!(
+        stats.manifest_heads[&("n1".to_string(), "team/app".to_string())],
+        1
+    );
+    assert_eq!(stats.blob_bytes["n3"], body.len() as u64);
+    assert!(body.len() >= MB / 2);
+    assert_eq!(stats.peak_pulling_nodes, 1);
+    assert_eq!(stats.pulling_now, 0);
+}
+
+#[tokio::test]
+async fn front_answers_429_in_each_registrys_style_for_a_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(dir.path());
+    push_image(&registry.host(), "app", "v1", 2, 1024).await;
+    let front = Front::start(&registry.host());
+    let url = format!("http://{}/v2/app/manifests/v1", front.host());
+
+    front.rate_limit(RateLimitStyle::DockerHub, Duration::from_secs(30));
+    let (code, headers, body) = get(&url, "n1", false).await;
+    assert_eq!(code, 429);
+    assert!(headers.get("retry-after").is_none());
+    assert!(String::from_utf8_lossy(&body).contains("TOOMANYREQUESTS"));
+    // Docker Hub does not count HEAD: it passes.
+    assert_eq!(get(&url, "n1", true).await.0, 200);
+
+    front.rate_limit(RateLimitStyle::Ghcr, Duration::from_secs(30));
+    let (code, headers, _) = get(&url, "n2", false).await;
+    assert_eq!(code, 429);
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=30).contains(&retry), "retry-after {retry}");
+    assert_eq!(get(&url, "n2", true).await.0, 429);
+
+    front.rate_limit(RateLimitStyle::Quay, Duration::from_millis(300));
+    let (code, headers, body) = get(&url, "n3", false).await;
+    assert_eq!(code, 429);
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(String::from_utf8_lossy(&body).contains("<html>"));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The window is over (opening it ended the earlier ones).
+    assert_eq!(get(&url, "n3", false).await.0, 200);
+
+    let stats = front.stats();
+    let answered: Vec<u64> = stats.windows.iter().map(|w| w.answered).collect();
+    assert_eq!(answered, [1, 2, 1]);
+    assert_eq!(stats.windows[1].nodes, ["n2"]);
+    // Only the GETs that reached the registry count as manifest GETs.
+    assert_eq!(stats.gets("n1", "app"), 0);
+    assert_eq!(stats.gets("n3", "app"), 1);
+}
+
+#[tokio::test]
+async fn front_throttles_total_bandwidth_and_sees_concurrent_pulls() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(dir.path());
+    let digest = push_image(&registry.host(), "big", "v1", 3, MB).await;
+    let front = Front::start(&registry.host());
+    let base = format!("http://{}/v2/big", front.host());
+    let (_, _, manifest) = get(&format!("{base}/manifests/{digest}"), "n1", false).await;
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    let blob = format!(
+        "{base}/blobs/{}",
+        manifest["layers"][0]["digest"].as_str().unwrap()
+    );
+
+    // Twice a half-MiB layer through a 2 MiB/s link: about half a second in total.
+    front.throttle(Some(2 * MB as u64));
+    let start = Instant::now();
+    let (a, b) = tokio::join!(get(&blob, "n1", false), get(&blob, "n2", false));
+    let took = start.elapsed();
+    assert_eq!((a.0, b.0), (200, 200));
+    assert!(took >= Duration::from_millis(400), "took {took:?}");
+    let stats = front.stats();
+    assert_eq!(stats.peak_pulling_nodes, 2);
+    assert_eq!(stats.blob_bytes["n1"], stats.blob_bytes["n2"]);
+}
