@@ -1,10 +1,15 @@
 //! The fleet simulation's parts, tested: the registry front (testkit/src/front.rs) counting per
 //! node and answering 429 windows, and a short fleet warm-up (3 nodes, each its own containerd
 //! and `prepuller agent`, through the front) that must end with every node warm.
-//! `make fleet-sim` (examples/fleet_sim.rs) runs the long scenarios.
+//! `make fleet-sim` (examples/fleet_sim.rs) runs the long scenarios. Also the fake API's Leases
+//! (tests/fake_api/leases.rs), which the fleet's coordination runs on.
+
+mod fake_api;
 
 use std::time::{Duration, Instant};
 
+use fake_api::FakeApi;
+use serde_json::{Value, json};
 use testkit::front::{Front, NODE_HEADER, RateLimitStyle};
 use testkit::{Registry, http_client, push_image};
 
@@ -135,4 +140,202 @@ async fn front_throttles_total_bandwidth_and_sees_concurrent_pulls() {
     let stats = front.stats();
     assert_eq!(stats.peak_pulling_nodes, 2);
     assert_eq!(stats.blob_bytes["n1"], stats.blob_bytes["n2"]);
+}
+
+const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/prepuller/leases";
+
+async fn api_call(
+    api: &FakeApi,
+    method: &str,
+    path: &str,
+    agent: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let client = http_client();
+    let mut req = client
+        .request(method.parse().unwrap(), format!("{}{path}", api.url))
+        .header("user-agent", agent);
+    if let Some(body) = body {
+        let ct = if method == "PATCH" {
+            "application/merge-patch+json"
+        } else {
+            "application/json"
+        };
+        req = req.header("content-type", ct).body(body.to_string());
+    }
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+fn lease(name: &str, holder: &str) -> Value {
+    json!({
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "prepuller"}},
+        "spec": {"holderIdentity": holder, "leaseDurationSeconds": 60},
+    })
+}
+
+#[tokio::test]
+async fn fake_api_leases_have_resource_version_preconditions_and_watches() {
+    let api = FakeApi::start().await;
+    // A watch from the start sees every change.
+    let watch = http_client()
+        .get(format!(
+            "{}{LEASES}?watch=true&resourceVersion=0&timeoutSeconds=3",
+            api.url
+        ))
+        .send()
+        .await
+        .unwrap();
+
+    let (code, created) = api_call(
+        &api,
+        "POST",
+        LEASES,
+        "node-1",
+        Some(lease("slot-0", "node-1")),
+    )
+    .await;
+    assert_eq!(code, 201);
+    let rv = created["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A second create of the same name: 409 AlreadyExists (the loser tries another slot).
+    let (code, body) = api_call(
+        &api,
+        "POST",
+        LEASES,
+        "node-2",
+        Some(lease("slot-0", "node-2")),
+    )
+    .await;
+    assert_eq!(
+        (code, body["reason"].as_str()),
+        (409, Some("AlreadyExists"))
+    );
+
+    // Update with the current resourceVersion wins; the same update again is stale: 409.
+    let mut take = lease("slot-0", "node-2");
+    take["metadata"]["resourceVersion"] = rv.clone().into();
+    let (code, updated) = api_call(
+        &api,
+        "PUT",
+        &format!("{LEASES}/slot-0"),
+        "node-2",
+        Some(take.clone()),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(updated["spec"]["holderIdentity"], "node-2");
+    assert_ne!(
+        updated["metadata"]["resourceVersion"].as_str(),
+        Some(rv.as_str())
+    );
+    let (code, body) = api_call(
+        &api,
+        "PUT",
+        &format!("{LEASES}/slot-0"),
+        "node-3",
+        Some(take),
+    )
+    .await;
+    assert_eq!((code, body["reason"].as_str()), (409, Some("Conflict")));
+    let stale = json!({"metadata": {"resourceVersion": rv}, "spec": {"holderIdentity": null}});
+    assert_eq!(
+        api_call(
+            &api,
+            "PATCH",
+            &format!("{LEASES}/slot-0"),
+            "node-3",
+            Some(stale)
+        )
+        .await
+        .0,
+        409
+    );
+
+    // List by label selector; another label matches nothing.
+    api_call(
+        &api,
+        "POST",
+        LEASES,
+        "node-1",
+        Some(lease("slot-1", "node-1")),
+    )
+    .await;
+    let (_, list) = api_call(
+        &api,
+        "GET",
+        &format!("{LEASES}?labelSelector=app.kubernetes.io/name%3Dprepuller"),
+        "x",
+        None,
+    )
+    .await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 2);
+    let (_, list) = api_call(
+        &api,
+        "GET",
+        &format!("{LEASES}?labelSelector=app%3Dother"),
+        "x",
+        None,
+    )
+    .await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        api_call(&api, "DELETE", &format!("{LEASES}/slot-1"), "node-1", None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        api_call(&api, "GET", &format!("{LEASES}/slot-1"), "x", None)
+            .await
+            .0,
+        404
+    );
+
+    let text = watch.text().await.unwrap();
+    let events: Vec<(String, String)> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_string(),
+                e["object"]["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        })
+        .collect();
+    let want = [
+        ("ADDED", "slot-0"),
+        ("MODIFIED", "slot-0"),
+        ("ADDED", "slot-1"),
+        ("DELETED", "slot-1"),
+    ];
+    assert_eq!(events, want.map(|(t, n)| (t.to_string(), n.to_string())));
+
+    // Writes per client, failed ones included (they cost the API server too).
+    let writes = api.writes_by_client();
+    assert_eq!(
+        (writes["node-1"], writes["node-2"], writes["node-3"]),
+        (3, 2, 2)
+    );
+
+    // Down: refused, state kept.
+    api.set_down(true);
+    assert_eq!(
+        api_call(&api, "GET", &format!("{LEASES}/slot-0"), "x", None)
+            .await
+            .0,
+        503
+    );
+    api.set_down(false);
+    assert_eq!(
+        api_call(&api, "GET", &format!("{LEASES}/slot-0"), "x", None)
+            .await
+            .0,
+        200
+    );
 }
