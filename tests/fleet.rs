@@ -9,9 +9,11 @@ mod fake_api;
 use std::time::{Duration, Instant};
 
 use fake_api::FakeApi;
+use fake_api::tls::TlsFakeApi;
 use serde_json::{Value, json};
+use testkit::fleet::Fleet;
 use testkit::front::{Front, NODE_HEADER, RateLimitStyle};
-use testkit::{Registry, http_client, push_image};
+use testkit::{Registry, http_client, images_prepulled_condition, push_image};
 
 const MB: usize = 1024 * 1024;
 
@@ -338,4 +340,87 @@ async fn fake_api_leases_have_resource_version_preconditions_and_watches() {
             .0,
         200
     );
+}
+
+/// The short fleet warm-up: 3 nodes, uncoordinated (today's behaviour), through the front.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_warm_up_through_the_front_and_each_fetches_every_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(&dir.path().join("registry"));
+    let repos = ["fleet/a:1", "fleet/b:1"];
+    for (i, repo_tag) in repos.iter().enumerate() {
+        let (repo, tag) = repo_tag.split_once(':').unwrap();
+        push_image(&registry.host(), repo, tag, 100 + i as u64, 2 * MB).await;
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = TlsFakeApi::serve(listener);
+    let mut fleet = Fleet::start(&registry.host(), 3);
+    for node in &fleet.nodes {
+        api.api.put_node(
+            json!({"metadata": {"name": node.name, "labels": {}}, "spec": {}, "status": {}}),
+        );
+    }
+    let mut config = String::from("resyncInterval: 1s\nbackoff: {initial: 1s, max: 2s}\nimages:\n");
+    for r in repos {
+        config.push_str(&format!("  - {}\n", fleet.image(r)));
+    }
+    let config_path = dir.path().join("config.yaml");
+    std::fs::write(&config_path, config).unwrap();
+    let kube_dir = dir.path().to_path_buf();
+    fleet.start_agents(
+        &config_path,
+        |node| api.kubeconfig_for(&kube_dir, node),
+        &[],
+    );
+
+    let warm = fleet.wait_warm(Duration::from_secs(90)).await;
+    let logs: Vec<String> = fleet
+        .nodes
+        .iter()
+        .filter_map(|n| n.agent.as_ref().map(|a| a.log()))
+        .collect();
+    assert!(
+        warm,
+        "not every node became warm: {:?}\n{}",
+        fleet.warm_times(),
+        logs.join("\n---\n")
+    );
+
+    // The Node condition follows (a separate write after the images are present).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for node in &fleet.nodes {
+        while images_prepulled_condition(&api.api.node(&node.name))["status"] != "True" {
+            assert!(
+                Instant::now() < deadline,
+                "{} not warm in the API: {:#}",
+                node.name,
+                api.api.node(&node.name)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    let stats = fleet.front.stats();
+    for node in &fleet.nodes {
+        for r in repos {
+            let repo = r.split_once(':').unwrap().0;
+            assert!(
+                stats.gets(&node.name, repo) >= 1,
+                "{}: no manifest GET of {repo}: {stats:?}",
+                node.name
+            );
+        }
+        // Both images' layers (4 × 1 MiB) reached this node, and nothing went to an unnamed client.
+        assert!(stats.blob_bytes[&node.name] >= 4 * MB as u64, "{stats:?}");
+    }
+    assert!(!stats.blob_bytes.contains_key("-"), "{stats:?}");
+    assert!((1..=3).contains(&stats.peak_pulling_nodes), "{stats:?}");
+    // Every node wrote to the API under its own name.
+    let writes = api.api.writes_by_client();
+    for node in &fleet.nodes {
+        assert!(
+            writes.get(&node.name).copied().unwrap_or(0) >= 1,
+            "{writes:?}"
+        );
+    }
 }
