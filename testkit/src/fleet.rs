@@ -146,22 +146,7 @@ impl Fleet {
     pub async fn wait_warm(&mut self, timeout: Duration) -> bool {
         let started = self.started.expect("start_agents first");
         loop {
-            let mut all = true;
-            for node in &mut self.nodes {
-                if node.warm_after.is_some() {
-                    continue;
-                }
-                let warm = match &node.agent {
-                    Some(agent) => matches!(agent.get("/readyz").await, Some((200, _))),
-                    None => false,
-                };
-                if warm {
-                    node.warm_after = Some(started.elapsed());
-                } else {
-                    all = false;
-                }
-            }
-            if all {
+            if self.poll_warm().await {
                 return true;
             }
             if started.elapsed() > timeout || self.exited_agent().is_some() {
@@ -169,6 +154,28 @@ impl Fleet {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// One look at every agent not yet warm; records the time of those now warm. True when
+    /// every node has been warm.
+    pub async fn poll_warm(&mut self) -> bool {
+        let started = self.started.expect("start_agents first");
+        let mut all = true;
+        for node in &mut self.nodes {
+            if node.warm_after.is_some() {
+                continue;
+            }
+            let warm = match &node.agent {
+                Some(agent) => matches!(agent.get("/readyz").await, Some((200, _))),
+                None => false,
+            };
+            if warm {
+                node.warm_after = Some(started.elapsed());
+            } else {
+                all = false;
+            }
+        }
+        all
     }
 
     /// Reads the CPU each running agent has used so far into `agent_cpu` (call before drop).
