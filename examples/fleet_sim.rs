@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use testkit::fleet::Fleet;
 use testkit::front::RateLimitStyle;
-use testkit::{Registry, http_client, log_tail, push_image};
+use testkit::{Registry, http_client, images_prepulled_condition, log_tail, push_image};
 use tokio::io::AsyncBufReadExt;
 
 const MB: usize = 1024 * 1024;
@@ -158,6 +158,19 @@ impl FakeApiProc {
     }
 }
 
+/// Every Node's `ImagesPrePulled` condition is `True` in the API.
+async fn api_warm(api: &FakeApiProc, names: &[String]) -> bool {
+    for n in names {
+        let node = api
+            .call(reqwest::Method::GET, &format!("/nodes/{n}"), None)
+            .await;
+        if images_prepulled_condition(&node)["status"] != "True" {
+            return false;
+        }
+    }
+    true
+}
+
 /// One row of the table.
 struct Row {
     name: &'static str,
@@ -226,14 +239,14 @@ async fn run(scenario: &Scenario, registry: &Registry, k: usize) -> Row {
                 Action::Restart(i) => fleet.restart_agent(i, &config_path, &kubeconfigs[i], &[]),
             }
         }
-        let all = fleet.poll_warm().await;
-        if all && events.is_empty() {
+        // Done when every agent is warm and every Node says so in the API (its writes done).
+        if fleet.poll_warm().await && events.is_empty() && api_warm(&api, &names).await {
             break;
         }
         if let Some((node, log)) = fleet.exited_agent() {
             let error = log
                 .lines()
-                .find(|l| l.starts_with("Error:"))
+                .find(|l| l.to_ascii_lowercase().starts_with("error:"))
                 .unwrap_or_else(|| log.lines().last().unwrap_or(""))
                 .trim()
                 .to_string();
@@ -246,7 +259,10 @@ async fn run(scenario: &Scenario, registry: &Registry, k: usize) -> Row {
                 Some(_) if error.contains("invalid config") => {
                     format!("the agent refuses the `fleet:` config: {error}")
                 }
-                _ => format!("FAILED: the agent of {node} exited: {error}"),
+                _ => {
+                    eprintln!("{log}");
+                    format!("FAILED: the agent of {node} exited: {error}")
+                }
             });
             break;
         }
