@@ -42,6 +42,10 @@ enum Action {
     Kill(usize),
     /// Node i's agent started again (the DaemonSet's restart).
     Restart(usize),
+    /// SIGKILL of the agent of a node pulling now (a slot holder, when there are slots).
+    KillPulling,
+    /// That node's agent started again.
+    RestartKilled,
 }
 
 struct Scenario {
@@ -95,10 +99,15 @@ fn scenarios() -> Vec<Scenario> {
             Some("{maxConcurrentNodes: 4}"),
             vec![],
         ),
+        // Restarted only after its Lease (60 s) has expired: the same node name would take its
+        // own slot back at once, which is not what is measured.
         s(
             "maxConcurrentNodes 1, SIGKILL of the holder",
             Some("{maxConcurrentNodes: 1}"),
-            vec![(at(3), Action::Kill(0)), (at(5), Action::Restart(0))],
+            vec![
+                (at(3), Action::KillPulling),
+                (at(78), Action::RestartKilled),
+            ],
         ),
     ]
 }
@@ -184,6 +193,18 @@ struct Row {
     writes_per_node: f64,
     lease_writes_per_node: f64,
     cpu_per_agent: Duration,
+    /// After a slot holder's SIGKILL, until another node started pulling.
+    recovery: Option<Duration>,
+}
+
+/// N of `{maxConcurrentNodes: N}`.
+fn budget_of(fleet: &str) -> Option<usize> {
+    let rest = &fleet[fleet.find("maxConcurrentNodes:")? + "maxConcurrentNodes:".len()..];
+    rest.trim_start()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 async fn run(scenario: &Scenario, registry: &Registry, k: usize) -> Row {
@@ -223,6 +244,7 @@ async fn run(scenario: &Scenario, registry: &Registry, k: usize) -> Row {
     let started = Instant::now();
     let mut events = scenario.events.clone();
     let mut skipped = None;
+    let mut killed: Option<(usize, Instant)> = None;
     loop {
         while let Some(&(at, action)) = events.first() {
             if started.elapsed() < at {
@@ -237,6 +259,17 @@ async fn run(scenario: &Scenario, registry: &Registry, k: usize) -> Row {
                 Action::ApiUp => drop(api.call(reqwest::Method::POST, "/up", None).await),
                 Action::Kill(i) => fleet.kill_agent(i).await,
                 Action::Restart(i) => fleet.restart_agent(i, &config_path, &kubeconfigs[i], &[]),
+                Action::KillPulling => {
+                    let pulling = fleet.front.pulling_nodes();
+                    let i = names.iter().position(|n| pulling.contains(n)).unwrap_or(0);
+                    fleet.kill_agent(i).await;
+                    killed = Some((i, Instant::now()));
+                }
+                Action::RestartKilled => {
+                    if let Some((i, _)) = killed {
+                        fleet.restart_agent(i, &config_path, &kubeconfigs[i], &[]);
+                    }
+                }
             }
         }
         // Done when every agent is warm and every Node says so in the API (its writes done).
@@ -297,6 +330,25 @@ async fn run(scenario: &Scenario, registry: &Registry, k: usize) -> Row {
         })
         .collect();
     let times = fleet.warm_times();
+    // Slot recovery: from the SIGKILL to the first blob GET of a node that had not pulled yet.
+    let recovery = killed.and_then(|(_, at)| {
+        stats
+            .pull_spans
+            .values()
+            .map(|(first, _)| *first)
+            .filter(|first| *first > at)
+            .min()
+            .map(|first| first - at)
+    });
+    if skipped.is_none()
+        && let Some(budget) = scenario.fleet.and_then(budget_of)
+        && stats.peak_pulling_nodes > budget
+    {
+        skipped = Some(format!(
+            "FAILED: {} nodes pulled at once, over the budget of {budget}",
+            stats.peak_pulling_nodes
+        ));
+    }
     let cpu: Duration = fleet.nodes.iter().filter_map(|n| n.agent_cpu).sum();
     let mut child = api.child;
     let _ = child.start_kill();
@@ -315,6 +367,7 @@ async fn run(scenario: &Scenario, registry: &Registry, k: usize) -> Row {
         writes_per_node: writes(false),
         lease_writes_per_node: writes(true),
         cpu_per_agent: cpu / k as u32,
+        recovery,
     }
 }
 
@@ -330,12 +383,12 @@ fn print_table(rows: &[Row], k: usize) {
         UPLINK / MB as u64
     );
     println!(
-        "| scenario | warm p50 | warm max | peak pulling nodes | manifest GETs per node·image (mean/max) | 429s per window | API writes per node (Lease) | agent CPU |"
+        "| scenario | warm p50 | warm max | peak pulling nodes | manifest GETs per node·image (mean/max) | 429s per window | API writes per node (Lease) | agent CPU | slot recovery after SIGKILL |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         if let Some(why) = &r.skipped {
-            println!("| {} | skipped: {why} | | | | | | |", r.name);
+            println!("| {} | skipped: {why} | | | | | | | |", r.name);
             continue;
         }
         let max = if r.warm_nodes == k {
@@ -353,7 +406,7 @@ fn print_table(rows: &[Row], k: usize) {
                 .join(", ")
         };
         println!(
-            "| {} | {} | {max} | {} | {:.2} / {} | {windows} | {:.1} ({:.1}) | {:.2} s |",
+            "| {} | {} | {max} | {} | {:.2} / {} | {windows} | {:.1} ({:.1}) | {:.2} s | {} |",
             r.name,
             secs(r.warm_p50),
             r.peak_pulling,
@@ -362,6 +415,7 @@ fn print_table(rows: &[Row], k: usize) {
             r.writes_per_node,
             r.lease_writes_per_node,
             r.cpu_per_agent.as_secs_f64(),
+            secs(r.recovery),
         );
     }
 }
@@ -423,10 +477,10 @@ async fn main() {
         .map(|r| r.name)
         .collect();
     if !failed.is_empty() {
-        eprintln!(
-            "fleet-sim: not every node became warm in: {}",
-            failed.join("; ")
-        );
+        eprintln!("fleet-sim: failed: {}", failed.join("; "));
+        // exit() runs no destructors: stop the registry and remove the directory first.
+        drop(registry);
+        drop(dir);
         std::process::exit(1);
     }
 }

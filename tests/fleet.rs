@@ -70,6 +70,10 @@ async fn front_counts_manifest_gets_heads_and_blob_bytes_per_node() {
     assert!(body.len() >= MB / 2);
     assert_eq!(stats.peak_pulling_nodes, 1);
     assert_eq!(stats.pulling_now, 0);
+    // Only n3 pulled (fetched a blob); its span ends after it begins.
+    assert_eq!(stats.pull_spans.keys().collect::<Vec<_>>(), ["n3"]);
+    let (first, last) = stats.pull_spans["n3"];
+    assert!(last > first);
 }
 
 #[tokio::test]

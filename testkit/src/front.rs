@@ -70,6 +70,8 @@ pub struct FrontStats {
     pub peak_pulling_nodes: usize,
     /// Nodes with a blob GET in flight now.
     pub pulling_now: usize,
+    /// By node: when its first blob GET arrived and when its last blob transfer ended.
+    pub pull_spans: BTreeMap<String, (Instant, Instant)>,
     pub windows: Vec<Window>,
 }
 
@@ -192,6 +194,16 @@ impl Front {
         stats
     }
 
+    /// The nodes with a blob GET in flight now.
+    pub fn pulling_nodes(&self) -> Vec<String> {
+        let s = self.state.lock().unwrap();
+        s.in_flight
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(node, _)| node.clone())
+            .collect()
+    }
+
     /// Forgets everything counted so far (windows, counts, the peak); keeps the throttle.
     pub fn reset(&self) {
         self.state.lock().unwrap().stats = FrontStats::default();
@@ -259,6 +271,9 @@ struct InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         let mut s = self.state.lock().unwrap();
+        if let Some(span) = s.stats.pull_spans.get_mut(&self.node) {
+            span.1 = Instant::now();
+        }
         if let Some(n) = s.in_flight.get_mut(&self.node) {
             *n = n.saturating_sub(1);
         }
@@ -312,6 +327,7 @@ fn serve_one(mut client: TcpStream, upstream: &str, state: &Mutex<State>) -> std
             None
         } else if blob && method == "GET" {
             *s.in_flight.entry(node.clone()).or_default() += 1;
+            s.stats.pull_spans.entry(node.clone()).or_insert((now, now));
             let pulling = s.in_flight.values().filter(|n| **n > 0).count();
             s.stats.peak_pulling_nodes = s.stats.peak_pulling_nodes.max(pulling);
             Some(InFlight {
