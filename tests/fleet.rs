@@ -346,9 +346,18 @@ async fn fake_api_leases_have_resource_version_preconditions_and_watches() {
     );
 }
 
-/// The short fleet warm-up: 3 nodes, uncoordinated (today's behaviour), through the front.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_nodes_warm_up_through_the_front_and_each_fetches_every_image() {
+/// A fleet of `k` nodes behind the front, its API (TLS, one token per node) with the Nodes, and
+/// every agent started with `extra` config (a `fleet:` block, say) and two 2 MiB images.
+struct Warmup {
+    // Field order is drop order: agents and containerds before the registry and the dir.
+    fleet: Fleet,
+    api: TlsFakeApi,
+    repos: [&'static str; 2],
+    _registry: Registry,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_warmup(k: usize, extra: &str) -> Warmup {
     let dir = tempfile::tempdir().unwrap();
     let registry = Registry::start(&dir.path().join("registry"));
     let repos = ["fleet/a:1", "fleet/b:1"];
@@ -358,13 +367,14 @@ async fn three_nodes_warm_up_through_the_front_and_each_fetches_every_image() {
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api = TlsFakeApi::serve(listener);
-    let mut fleet = Fleet::start(&registry.host(), 3);
+    let mut fleet = Fleet::start(&registry.host(), k);
     for node in &fleet.nodes {
         api.api.put_node(
             json!({"metadata": {"name": node.name, "labels": {}}, "spec": {}, "status": {}}),
         );
     }
-    let mut config = String::from("resyncInterval: 1s\nbackoff: {initial: 1s, max: 2s}\nimages:\n");
+    let mut config =
+        format!("resyncInterval: 1s\nbackoff: {{initial: 1s, max: 2s}}\n{extra}images:\n");
     for r in repos {
         config.push_str(&format!("  - {}\n", fleet.image(r)));
     }
@@ -376,7 +386,21 @@ async fn three_nodes_warm_up_through_the_front_and_each_fetches_every_image() {
         |node| api.kubeconfig_for(&kube_dir, node),
         &[],
     );
+    Warmup {
+        fleet,
+        api,
+        repos,
+        _registry: registry,
+        _dir: dir,
+    }
+}
 
+/// The short fleet warm-up: 3 nodes, uncoordinated (today's behaviour), through the front.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_warm_up_through_the_front_and_each_fetches_every_image() {
+    // Bound whole: destructuring with `..` would drop the registry at once.
+    let mut w = start_warmup(3, "").await;
+    let (fleet, api, repos) = (&mut w.fleet, &w.api, w.repos);
     let warm = fleet.wait_warm(Duration::from_secs(90)).await;
     let logs: Vec<String> = fleet
         .nodes
