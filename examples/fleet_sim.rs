@@ -329,6 +329,18 @@ async fn run(scenario: &Scenario, registry: &Registry, k: usize) -> Row {
                 .map(|(i, _)| stats.gets(n, i.split_once(':').unwrap().0))
         })
         .collect();
+    for n in &names {
+        for (image, _) in IMAGES {
+            let repo = image.split_once(':').unwrap().0;
+            if stats.gets(n, repo) == 0 {
+                let key = (n.clone(), repo.to_string());
+                eprintln!(
+                    "fleet-sim: {n} has {repo} without a manifest GET reaching the registry ({} HEADs)",
+                    stats.manifest_heads.get(&key).copied().unwrap_or(0)
+                );
+            }
+        }
+    }
     let times = fleet.warm_times();
     // Slot recovery: from the SIGKILL to the first blob GET of a node that had not pulled yet.
     let recovery = killed.and_then(|(_, at)| {
