@@ -8,7 +8,7 @@ APT_PACKAGES := containerd docker-registry protobuf-compiler skopeo umoci nginx 
 # The commands those packages provide, checked to decide whether setup has work to do.
 NEEDED_COMMANDS := containerd ctr docker-registry protoc skopeo umoci nginx htpasswd curl promtool
 
-.PHONY: setup test demo demo-down build lint bench deploy-check alerts-check image image-check acceptance fuzz fuzz-smoke
+.PHONY: setup test demo demo-down build lint bench deploy-check alerts-check image image-check acceptance fuzz fuzz-smoke fleet-sim
 
 ## setup: install what the build, the tests and the demo need (apt packages, rustfmt, clippy,
 ## and for the deploy checks: .venv/ with kubernetes-validate, kubectl if the machine has none)
@@ -43,6 +43,14 @@ lint: setup
 test: lint
 	$(CARGO) test --lib --bins --tests --examples
 	@$(MAKE) --no-print-directory deploy-check alerts-check image-check acceptance fuzz-smoke
+
+## fleet-sim: the fleet simulation (examples/fleet_sim.rs; not part of `make test`): FLEET_NODES
+## (default 6) containerd + agent pairs behind a measuring registry front and the fake API as
+## its own process, through each scenario; prints the table of figures (README, Fleet simulation)
+FLEET_NODES ?= 6
+fleet-sim: setup
+	$(CARGO) build -q --bin prepuller --example fake_apiserver --example fleet_sim
+	target/debug/examples/fleet_sim --nodes $(FLEET_NODES) $(if $(FLEET_ONLY),--only "$(FLEET_ONLY)")
 
 # Fuzzing (fuzz/): libFuzzer through cargo-fuzz, which needs a nightly toolchain.
 HAS_NIGHTLY = rustup toolchain list 2>/dev/null | grep -q '^nightly'

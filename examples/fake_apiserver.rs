@@ -11,7 +11,13 @@
 //!   PUT /secrets            body: a Secret (JSON)
 //!   GET /nodes/{name}       the stored Node
 //!   GET /events             the stored Events
-//!   GET /requests           the request log: [{method, path, query, contentType, body, status}]
+//!   GET /requests           the request log: [{method, path, query, contentType, body, status,
+//!                           client}]
+//!   GET /leases             the stored Leases
+//!   POST /kubeconfigs/{c}   writes DIR/kubeconfig-{c}, whose token names client `c` in the log;
+//!                           answers {"kubeconfig": path}
+//!   POST /down, POST /up    the API refuses everything (503, new connections closed) / serves
+//!                           again, state kept: an API server outage
 //!
 //! Once both listen it prints one JSON line on stdout, `{"server", "control", "kubeconfig"}`, and
 //! serves until killed.
@@ -26,7 +32,7 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use fake_api::FakeApi;
 use fake_api::tls::TlsFakeApi;
 use serde_json::{Value, json};
@@ -71,7 +77,15 @@ async fn main() -> ExitCode {
         .route("/nodes/{name}", get(node))
         .route("/events", get(events))
         .route("/requests", get(requests))
+        .route("/leases", get(leases))
+        .route("/down", post(down))
+        .route("/up", post(up))
         .with_state(tls.api.clone());
+    let tls = std::sync::Arc::new(tls);
+    let kubeconfigs = Router::new()
+        .route("/kubeconfigs/{client}", post(kubeconfig_for))
+        .with_state((tls.clone(), dir.clone()));
+    let router = router.merge(kubeconfigs);
     println!(
         "{}",
         json!({"server": tls.api.url, "control": control, "kubeconfig": kubeconfig})
@@ -127,8 +141,38 @@ async fn requests(State(api): State<FakeApi>) -> Response {
             json!({
                 "method": r.method, "path": r.path, "query": r.query,
                 "contentType": r.content_type, "body": r.body, "status": r.status,
+                "client": r.client,
             })
         })
         .collect();
     axum::Json(log).into_response()
+}
+
+async fn leases(State(api): State<FakeApi>) -> Response {
+    axum::Json(api.leases()).into_response()
+}
+
+async fn down(State(api): State<FakeApi>) -> Response {
+    api.set_down(true);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn up(State(api): State<FakeApi>) -> Response {
+    api.set_down(false);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn kubeconfig_for(
+    State((tls, dir)): State<(std::sync::Arc<TlsFakeApi>, PathBuf)>,
+    Path(client): Path<String>,
+) -> Response {
+    if client.is_empty()
+        || !client
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        return (StatusCode::BAD_REQUEST, "a client is [A-Za-z0-9-]+\n").into_response();
+    }
+    let path = tls.kubeconfig_for(&dir, &client);
+    axum::Json(json!({"kubeconfig": path})).into_response()
 }

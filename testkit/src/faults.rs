@@ -196,7 +196,7 @@ impl StallProxy {
 }
 
 /// Reads up to the end of an HTTP head; returns the head and any bytes read past it.
-fn read_head(s: &mut TcpStream) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
+pub(crate) fn read_head(s: &mut TcpStream) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {

@@ -16,6 +16,8 @@ mod configmap;
 mod containerd;
 pub mod faults;
 mod fixtures;
+pub mod fleet;
+pub mod front;
 pub mod hostile;
 mod http;
 mod images;

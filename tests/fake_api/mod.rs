@@ -19,7 +19,11 @@
 //!   `reportingInstance`, the `deprecated*` fields) or sets a `series` with a count below 2
 //!   or no `lastObservedTime` is 422 Invalid.
 //!
-//! Every request is logged, so tests can count writes. `tls` serves the same API over TLS with a
+//! - Leases (`coordination.k8s.io/v1`, [`leases`]): get, list, watch, create, update (PUT, 409
+//!   when `metadata.resourceVersion` is not current), delete, with label selectors.
+//!
+//! Every request is logged with its client (the TLS server's per-client token, else the user
+//! agent), so tests can count writes per node. [`FakeApi::set_down`] makes it unreachable. `tls` serves the same API over TLS with a
 //! bearer token, for the acceptance tests' separate process (`examples/fake_apiserver.rs`).
 
 #![allow(dead_code)]
@@ -40,6 +44,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
+pub mod leases;
 pub mod tls;
 
 #[derive(Debug, Clone)]
@@ -50,7 +55,12 @@ pub struct Request {
     pub content_type: String,
     pub body: Value,
     pub status: u16,
+    /// Who asked: [`CLIENT_HEADER`] (set by the TLS server from the token), else the user agent.
+    pub client: String,
 }
+
+/// Set on a request by the TLS server when its token names a client (`<token>.<client>`).
+pub const CLIENT_HEADER: &str = "x-fake-api-client";
 
 impl Request {
     pub fn is_write(&self) -> bool {
@@ -67,7 +77,11 @@ const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
 struct Inner {
     rv: u64,
     nodes: BTreeMap<String, Value>,
-    /// Node changes in order, `(resourceVersion, type, object)`, from `compacted` on.
+    /// Leases by "namespace/name".
+    leases: BTreeMap<String, Value>,
+    /// While true every request is refused (see [`FakeApi::set_down`]).
+    down: bool,
+    /// Node and Lease changes in order, `(resourceVersion, type, object)`, from `compacted` on.
     history: Vec<(u64, &'static str, Value)>,
     /// A watch from a resourceVersion below this is answered 410.
     compacted: u64,
@@ -125,6 +139,21 @@ impl FakeApi {
                 patch(patch_event),
             )
             .route("/api/v1/namespaces/{ns}/secrets/{name}", get(get_secret))
+            .route(
+                "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases",
+                get(leases::list_or_watch).post(leases::create),
+            )
+            .route(
+                "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}",
+                get(leases::get)
+                    .put(leases::update)
+                    .patch(leases::patch)
+                    .delete(leases::delete),
+            )
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                refuse_when_down,
+            ))
             .with_state(self.clone())
     }
 
@@ -208,6 +237,19 @@ impl FakeApi {
         inner.secrets.insert(key, secret);
     }
 
+    /// Down: every request is answered 503 and the open watches end (the TLS server also
+    /// closes new connections unanswered); up again: state and resourceVersions as they were.
+    pub fn set_down(&self, down: bool) {
+        self.inner.lock().unwrap().down = down;
+        if down {
+            let _ = self.changes.send(Value::Null);
+        }
+    }
+
+    pub fn is_down(&self) -> bool {
+        self.inner.lock().unwrap().down
+    }
+
     pub fn conflict_on_next_taint_patch(&self, other_taint: Value) {
         self.inner.lock().unwrap().conflict_with = Some(other_taint);
     }
@@ -238,8 +280,33 @@ impl FakeApi {
                 .to_string(),
             body: body.clone(),
             status,
+            client: client_of(headers),
         });
     }
+}
+
+fn client_of(headers: &HeaderMap) -> String {
+    headers
+        .get(CLIENT_HEADER)
+        .or_else(|| headers.get("user-agent"))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+async fn refuse_when_down(
+    State(api): State<FakeApi>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if api.is_down() {
+        return status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "the fake API server is down".into(),
+        );
+    }
+    next.run(req).await
 }
 
 /// Records a Node change and sends it to the watchers (under the lock, so that a watch that
@@ -292,7 +359,7 @@ async fn list_or_watch(
             .is_none_or(|name| n["metadata"]["name"] == name.as_str())
     };
     if matches!(q.get("watch").map(String::as_str), Some("true" | "1")) {
-        return watch(api, &q, &uri, selected);
+        return watch(api, &q, &uri, &headers, "Node", selected);
     }
     let inner = api.inner.lock().unwrap();
     let items: Vec<Value> = inner
@@ -318,8 +385,11 @@ fn watch(
     api: FakeApi,
     q: &BTreeMap<String, String>,
     uri: &Uri,
+    headers: &HeaderMap,
+    kind: &'static str,
     selected: impl Fn(&Value) -> bool + Send + 'static,
 ) -> Response {
+    let selected = move |o: &Value| o["kind"] == kind && selected(o);
     let asked = q
         .get("timeoutSeconds")
         .and_then(|t| t.parse().ok())
@@ -335,11 +405,14 @@ fn watch(
         let changes = api.changes.subscribe();
         // The server's resourceVersions are numbers; clients must not assume so.
         let first: Vec<Value> = match since {
-            "" | "0" => inner
-                .nodes
-                .values()
-                .map(|n| json!({"type": "ADDED", "object": n}))
-                .collect(),
+            "" | "0" => if kind == "Lease" {
+                &inner.leases
+            } else {
+                &inner.nodes
+            }
+            .values()
+            .map(|n| json!({"type": "ADDED", "object": n}))
+            .collect(),
             rv => match rv.parse::<u64>() {
                 Ok(rv) if rv >= inner.compacted => inner
                     .history
@@ -364,6 +437,7 @@ fn watch(
             content_type: String::new(),
             body: Value::Null,
             status: if expired { 410 } else { 200 },
+            client: client_of(headers),
         });
         (first, changes, timeout, expired)
     };
@@ -381,7 +455,7 @@ fn watch(
         let bookmark = |inner: &Arc<Mutex<Inner>>| {
             let rv = inner.lock().unwrap().rv;
             line(json!({"type": "BOOKMARK", "object": {
-                "kind": "Node", "apiVersion": "v1",
+                "kind": kind, "apiVersion": "v1",
                 "metadata": {"resourceVersion": rv.to_string()},
             }}))
         };

@@ -2,7 +2,8 @@
 //! localhost signed by a CA made here (rcgen), and a bearer token required on every request
 //! (401 without it, logged like any request). The kubeconfig carries both, as a real one does
 //! (`certificate-authority-data`, `token`), so a client must do real TLS to get in: the
-//! acceptance tests check that the shipped binary can.
+//! acceptance tests check that the shipped binary can. A token `<token>.<client>` (see
+//! [`TlsFakeApi::kubeconfig_for`]) names the client in the request log: one per simulated node.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -63,11 +64,21 @@ impl TlsFakeApi {
                     let expected = expected.clone();
                     let api = logger.clone();
                     async move {
+                        let mut req = req;
                         let header = req
                             .headers()
                             .get(AUTHORIZATION)
-                            .and_then(|v| v.to_str().ok());
-                        if header == Some(expected.as_str()) {
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("");
+                        let client = match header.strip_prefix(expected.as_str()) {
+                            Some("") => Some(None),
+                            Some(rest) => rest.strip_prefix('.').map(|c| Some(c.to_string())),
+                            None => None,
+                        };
+                        if let Some(client) = client {
+                            if let Some(c) = client.and_then(|c| c.parse().ok()) {
+                                req.headers_mut().insert(super::CLIENT_HEADER, c);
+                            }
                             return next.run(req).await;
                         }
                         api.log(req.method(), req.uri(), req.headers(), &Value::Null, 401);
@@ -81,12 +92,17 @@ impl TlsFakeApi {
 
         // Handshakes run concurrently, off the accept loop, so one stalled client blocks no other.
         let (tx, rx) = mpsc::channel(64);
+        let switch = api.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, peer)) = listener.accept().await else {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
+                if switch.is_down() {
+                    drop(tcp); // closed unanswered, as a server that is not there
+                    continue;
+                }
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
@@ -108,13 +124,23 @@ impl TlsFakeApi {
 
     /// A kubeconfig for this server (mode 0600: it holds the token), for `KUBECONFIG`.
     pub fn kubeconfig(&self, dir: &Path) -> PathBuf {
-        let path = dir.join("kubeconfig");
+        self.write_kubeconfig(&dir.join("kubeconfig"), &self.token)
+    }
+
+    /// A kubeconfig whose token names `client` in the request log: `<dir>/kubeconfig-<client>`.
+    pub fn kubeconfig_for(&self, dir: &Path, client: &str) -> PathBuf {
+        let token = format!("{}.{client}", self.token);
+        self.write_kubeconfig(&dir.join(format!("kubeconfig-{client}")), &token)
+    }
+
+    fn write_kubeconfig(&self, path: &Path, token: &str) -> PathBuf {
+        let path = path.to_path_buf();
         let ca = base64::engine::general_purpose::STANDARD.encode(&self.ca_pem);
         std::fs::write(
             &path,
             format!(
                 "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\nusers:\n- name: fake\n  user:\n    token: {}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\n",
-                self.api.url, self.token
+                self.api.url, token
             ),
         )
         .expect("write kubeconfig");

@@ -1,0 +1,454 @@
+//! The fleet simulation's parts, tested: the registry front (testkit/src/front.rs) counting per
+//! node and answering 429 windows, and a short fleet warm-up (3 nodes, each its own containerd
+//! and `prepuller agent`, through the front) that must end with every node warm.
+//! `make fleet-sim` (examples/fleet_sim.rs) runs the long scenarios. Also the fake API's Leases
+//! (tests/fake_api/leases.rs), which the fleet's coordination runs on.
+
+mod fake_api;
+
+use std::time::{Duration, Instant};
+
+use fake_api::FakeApi;
+use fake_api::tls::TlsFakeApi;
+use serde_json::{Value, json};
+use testkit::fleet::Fleet;
+use testkit::front::{Front, NODE_HEADER, RateLimitStyle};
+use testkit::{Registry, http_client, images_prepulled_condition, push_image};
+
+const MB: usize = 1024 * 1024;
+
+async fn get(url: &str, node: &str, head: bool) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+    let client = http_client();
+    let req = if head {
+        client.head(url)
+    } else {
+        client.get(url)
+    };
+    let r = req
+        .header(NODE_HEADER, node)
+        .header(
+            "accept",
+            "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json",
+        )
+        .send()
+        .await
+        .unwrap();
+    let code = r.status().as_u16();
+    let headers = r.headers().clone();
+    (code, headers, r.bytes().await.unwrap().to_vec())
+}
+
+#[tokio::test]
+async fn front_counts_manifest_gets_heads_and_blob_bytes_per_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(dir.path());
+    let digest = push_image(&registry.host(), "team/app", "v1", 1, MB).await;
+    let front = Front::start(&registry.host());
+    let base = format!("http://{}/v2/team/app", front.host());
+
+    for node in ["n1", "n2", "n2"] {
+        let (code, _, _) = get(&format!("{base}/manifests/v1"), node, false).await;
+        assert_eq!(code, 200);
+    }
+    let (code, _, _) = get(&format!("{base}/manifests/v1"), "n1", true).await;
+    assert_eq!(code, 200);
+    let (_, _, manifest) = get(&format!("{base}/manifests/{digest}"), "n3", false).await;
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap();
+    let (code, _, body) = get(&format!("{base}/blobs/{layer}"), "n3", false).await;
+    assert_eq!(code, 200);
+
+    let stats = front.stats();
+    assert_eq!(stats.gets("n1", "team/app"), 1);
+    assert_eq!(stats.gets("n2", "team/app"), 2);
+    assert_eq!(stats.gets("n3", "team/app"), 1);
+    assert_eq!(
+        stats.manifest_heads[&("n1".to_string(), "team/app".to_string())],
+        1
+    );
+    assert_eq!(stats.blob_bytes["n3"], body.len() as u64);
+    assert!(body.len() >= MB / 2);
+    assert_eq!(stats.peak_pulling_nodes, 1);
+    assert_eq!(stats.pulling_now, 0);
+    // Only n3 pulled (fetched a blob); its span ends after it begins.
+    assert_eq!(stats.pull_spans.keys().collect::<Vec<_>>(), ["n3"]);
+    let (first, last) = stats.pull_spans["n3"];
+    assert!(last > first);
+}
+
+#[tokio::test]
+async fn front_answers_429_in_each_registrys_style_for_a_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(dir.path());
+    push_image(&registry.host(), "app", "v1", 2, 1024).await;
+    let front = Front::start(&registry.host());
+    let url = format!("http://{}/v2/app/manifests/v1", front.host());
+
+    front.rate_limit(RateLimitStyle::DockerHub, Duration::from_secs(30));
+    let (code, headers, body) = get(&url, "n1", false).await;
+    assert_eq!(code, 429);
+    assert!(headers.get("retry-after").is_none());
+    assert!(String::from_utf8_lossy(&body).contains("TOOMANYREQUESTS"));
+    // Docker Hub does not count HEAD: it passes.
+    assert_eq!(get(&url, "n1", true).await.0, 200);
+
+    front.rate_limit(RateLimitStyle::Ghcr, Duration::from_secs(30));
+    let (code, headers, _) = get(&url, "n2", false).await;
+    assert_eq!(code, 429);
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=30).contains(&retry), "retry-after {retry}");
+    assert_eq!(get(&url, "n2", true).await.0, 429);
+
+    front.rate_limit(RateLimitStyle::Quay, Duration::from_millis(300));
+    let (code, headers, body) = get(&url, "n3", false).await;
+    assert_eq!(code, 429);
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(String::from_utf8_lossy(&body).contains("<html>"));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The window is over (opening it ended the earlier ones).
+    assert_eq!(get(&url, "n3", false).await.0, 200);
+
+    let stats = front.stats();
+    let answered: Vec<u64> = stats.windows.iter().map(|w| w.answered).collect();
+    assert_eq!(answered, [1, 2, 1]);
+    assert_eq!(stats.windows[1].nodes, ["n2"]);
+    // Only the GETs that reached the registry count as manifest GETs.
+    assert_eq!(stats.gets("n1", "app"), 0);
+    assert_eq!(stats.gets("n3", "app"), 1);
+}
+
+#[tokio::test]
+async fn front_throttles_total_bandwidth_and_sees_concurrent_pulls() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(dir.path());
+    let digest = push_image(&registry.host(), "big", "v1", 3, MB).await;
+    let front = Front::start(&registry.host());
+    let base = format!("http://{}/v2/big", front.host());
+    let (_, _, manifest) = get(&format!("{base}/manifests/{digest}"), "n1", false).await;
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    let blob = format!(
+        "{base}/blobs/{}",
+        manifest["layers"][0]["digest"].as_str().unwrap()
+    );
+
+    // Twice a half-MiB layer through a 2 MiB/s link: about half a second in total.
+    front.throttle(Some(2 * MB as u64));
+    let start = Instant::now();
+    let (a, b) = tokio::join!(get(&blob, "n1", false), get(&blob, "n2", false));
+    let took = start.elapsed();
+    assert_eq!((a.0, b.0), (200, 200));
+    assert!(took >= Duration::from_millis(400), "took {took:?}");
+    let stats = front.stats();
+    assert_eq!(stats.peak_pulling_nodes, 2);
+    assert_eq!(stats.blob_bytes["n1"], stats.blob_bytes["n2"]);
+}
+
+const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/prepuller/leases";
+
+async fn api_call(
+    api: &FakeApi,
+    method: &str,
+    path: &str,
+    agent: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let client = http_client();
+    let mut req = client
+        .request(method.parse().unwrap(), format!("{}{path}", api.url))
+        .header("user-agent", agent);
+    if let Some(body) = body {
+        let ct = if method == "PATCH" {
+            "application/merge-patch+json"
+        } else {
+            "application/json"
+        };
+        req = req.header("content-type", ct).body(body.to_string());
+    }
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+fn lease(name: &str, holder: &str) -> Value {
+    json!({
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "prepuller"}},
+        "spec": {"holderIdentity": holder, "leaseDurationSeconds": 60},
+    })
+}
+
+#[tokio::test]
+async fn fake_api_leases_have_resource_version_preconditions_and_watches() {
+    let api = FakeApi::start().await;
+    // A watch from the start sees every change.
+    let watch = http_client()
+        .get(format!(
+            "{}{LEASES}?watch=true&resourceVersion=0&timeoutSeconds=3",
+            api.url
+        ))
+        .send()
+        .await
+        .unwrap();
+
+    let (code, created) = api_call(
+        &api,
+        "POST",
+        LEASES,
+        "node-1",
+        Some(lease("slot-0", "node-1")),
+    )
+    .await;
+    assert_eq!(code, 201);
+    let rv = created["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A second create of the same name: 409 AlreadyExists (the loser tries another slot).
+    let (code, body) = api_call(
+        &api,
+        "POST",
+        LEASES,
+        "node-2",
+        Some(lease("slot-0", "node-2")),
+    )
+    .await;
+    assert_eq!(
+        (code, body["reason"].as_str()),
+        (409, Some("AlreadyExists"))
+    );
+
+    // Update with the current resourceVersion wins; the same update again is stale: 409.
+    let mut take = lease("slot-0", "node-2");
+    take["metadata"]["resourceVersion"] = rv.clone().into();
+    let (code, updated) = api_call(
+        &api,
+        "PUT",
+        &format!("{LEASES}/slot-0"),
+        "node-2",
+        Some(take.clone()),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(updated["spec"]["holderIdentity"], "node-2");
+    assert_ne!(
+        updated["metadata"]["resourceVersion"].as_str(),
+        Some(rv.as_str())
+    );
+    let (code, body) = api_call(
+        &api,
+        "PUT",
+        &format!("{LEASES}/slot-0"),
+        "node-3",
+        Some(take),
+    )
+    .await;
+    assert_eq!((code, body["reason"].as_str()), (409, Some("Conflict")));
+    let stale = json!({"metadata": {"resourceVersion": rv}, "spec": {"holderIdentity": null}});
+    assert_eq!(
+        api_call(
+            &api,
+            "PATCH",
+            &format!("{LEASES}/slot-0"),
+            "node-3",
+            Some(stale)
+        )
+        .await
+        .0,
+        409
+    );
+
+    // List by label selector; another label matches nothing.
+    api_call(
+        &api,
+        "POST",
+        LEASES,
+        "node-1",
+        Some(lease("slot-1", "node-1")),
+    )
+    .await;
+    let (_, list) = api_call(
+        &api,
+        "GET",
+        &format!("{LEASES}?labelSelector=app.kubernetes.io/name%3Dprepuller"),
+        "x",
+        None,
+    )
+    .await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 2);
+    let (_, list) = api_call(
+        &api,
+        "GET",
+        &format!("{LEASES}?labelSelector=app%3Dother"),
+        "x",
+        None,
+    )
+    .await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        api_call(&api, "DELETE", &format!("{LEASES}/slot-1"), "node-1", None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        api_call(&api, "GET", &format!("{LEASES}/slot-1"), "x", None)
+            .await
+            .0,
+        404
+    );
+
+    let text = watch.text().await.unwrap();
+    let events: Vec<(String, String)> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_string(),
+                e["object"]["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        })
+        .collect();
+    let want = [
+        ("ADDED", "slot-0"),
+        ("MODIFIED", "slot-0"),
+        ("ADDED", "slot-1"),
+        ("DELETED", "slot-1"),
+    ];
+    assert_eq!(events, want.map(|(t, n)| (t.to_string(), n.to_string())));
+
+    // Writes per client, failed ones included (they cost the API server too).
+    let writes = api.writes_by_client();
+    assert_eq!(
+        (writes["node-1"], writes["node-2"], writes["node-3"]),
+        (3, 2, 2)
+    );
+
+    // Down: refused, state kept.
+    api.set_down(true);
+    assert_eq!(
+        api_call(&api, "GET", &format!("{LEASES}/slot-0"), "x", None)
+            .await
+            .0,
+        503
+    );
+    api.set_down(false);
+    assert_eq!(
+        api_call(&api, "GET", &format!("{LEASES}/slot-0"), "x", None)
+            .await
+            .0,
+        200
+    );
+}
+
+/// A fleet of `k` nodes behind the front, its API (TLS, one token per node) with the Nodes, and
+/// every agent started with `extra` config (a `fleet:` block, say) and two 2 MiB images.
+struct Warmup {
+    // Field order is drop order: agents and containerds before the registry and the dir.
+    fleet: Fleet,
+    api: TlsFakeApi,
+    repos: [&'static str; 2],
+    _registry: Registry,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_warmup(k: usize, extra: &str) -> Warmup {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(&dir.path().join("registry"));
+    let repos = ["fleet/a:1", "fleet/b:1"];
+    for (i, repo_tag) in repos.iter().enumerate() {
+        let (repo, tag) = repo_tag.split_once(':').unwrap();
+        push_image(&registry.host(), repo, tag, 100 + i as u64, 2 * MB).await;
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = TlsFakeApi::serve(listener);
+    let mut fleet = Fleet::start(&registry.host(), k);
+    for node in &fleet.nodes {
+        api.api.put_node(
+            json!({"metadata": {"name": node.name, "labels": {}}, "spec": {}, "status": {}}),
+        );
+    }
+    let mut config =
+        format!("resyncInterval: 1s\nbackoff: {{initial: 1s, max: 2s}}\n{extra}images:\n");
+    for r in repos {
+        config.push_str(&format!("  - {}\n", fleet.image(r)));
+    }
+    let config_path = dir.path().join("config.yaml");
+    std::fs::write(&config_path, config).unwrap();
+    let kube_dir = dir.path().to_path_buf();
+    fleet.start_agents(
+        &config_path,
+        |node| api.kubeconfig_for(&kube_dir, node),
+        &[],
+    );
+    Warmup {
+        fleet,
+        api,
+        repos,
+        _registry: registry,
+        _dir: dir,
+    }
+}
+
+/// The short fleet warm-up: 3 nodes, uncoordinated (today's behaviour), through the front.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_warm_up_through_the_front_and_each_fetches_every_image() {
+    // Bound whole: destructuring with `..` would drop the registry at once.
+    let mut w = start_warmup(3, "").await;
+    let (fleet, api, repos) = (&mut w.fleet, &w.api, w.repos);
+    let warm = fleet.wait_warm(Duration::from_secs(90)).await;
+    let logs: Vec<String> = fleet
+        .nodes
+        .iter()
+        .filter_map(|n| n.agent.as_ref().map(|a| a.log()))
+        .collect();
+    assert!(
+        warm,
+        "not every node became warm: {:?}\n{}",
+        fleet.warm_times(),
+        logs.join("\n---\n")
+    );
+
+    // The Node condition follows (a separate write after the images are present).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for node in &fleet.nodes {
+        while images_prepulled_condition(&api.api.node(&node.name))["status"] != "True" {
+            assert!(
+                Instant::now() < deadline,
+                "{} not warm in the API: {:#}",
+                node.name,
+                api.api.node(&node.name)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    let stats = fleet.front.stats();
+    for node in &fleet.nodes {
+        for r in repos {
+            let repo = r.split_once(':').unwrap().0;
+            assert!(
+                stats.gets(&node.name, repo) >= 1,
+                "{}: no manifest GET of {repo}: {stats:?}",
+                node.name
+            );
+        }
+        // Both images' layers (4 × 1 MiB) reached this node, and nothing went to an unnamed client.
+        assert!(stats.blob_bytes[&node.name] >= 4 * MB as u64, "{stats:?}");
+    }
+    assert!(!stats.blob_bytes.contains_key("-"), "{stats:?}");
+    assert!((1..=3).contains(&stats.peak_pulling_nodes), "{stats:?}");
+    // Every node wrote to the API under its own name.
+    let writes = api.api.writes_by_client();
+    for node in &fleet.nodes {
+        assert!(
+            writes.get(&node.name).copied().unwrap_or(0) >= 1,
+            "{writes:?}"
+        );
+    }
+}
