@@ -1,0 +1,429 @@
+//! The coordinator on a stateful in-process fake of the Lease API (resourceVersions, 409s, a
+//! change feed for watches), with paused time.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::config::{FleetSettings, OnUnavailable};
+
+const R: &str = "registry.example.com";
+
+#[derive(Default)]
+struct Store {
+    leases: BTreeMap<String, Lease>,
+    rv: u64,
+}
+
+#[derive(Default)]
+struct Shared {
+    store: Mutex<Store>,
+    changes: tokio::sync::Notify,
+    writes: AtomicUsize,
+    reads: AtomicUsize,
+    /// Every call fails: `Some(true)` 403, `Some(false)` unreachable.
+    down: Mutex<Option<bool>>,
+    /// Writes from these nodes fail as unreachable.
+    cut_off: Mutex<Vec<String>>,
+    /// Before the next write, this holder takes the Lease written to: the write then conflicts.
+    steal_next: Mutex<Option<String>>,
+}
+
+#[derive(Clone)]
+struct Fake {
+    shared: Arc<Shared>,
+    node: String,
+}
+
+impl Fake {
+    fn fail(&self, verb: &'static str, write: bool) -> Result<(), ApiError> {
+        match *self.shared.down.lock().unwrap() {
+            Some(true) => {
+                return Err(ApiError::Forbidden {
+                    verb,
+                    message: "no".into(),
+                });
+            }
+            Some(false) => {
+                return Err(ApiError::Unavailable {
+                    verb,
+                    message: "connection refused".into(),
+                });
+            }
+            None => {}
+        }
+        if write && self.shared.cut_off.lock().unwrap().contains(&self.node) {
+            return Err(ApiError::Unavailable {
+                verb,
+                message: "connection refused".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn write(&self, lease: &Lease, create: bool) -> Result<Lease, ApiError> {
+        self.fail("update", true)?;
+        self.shared.writes.fetch_add(1, Ordering::Relaxed);
+        let name = lease.metadata.name.clone().unwrap();
+        let mut store = self.shared.store.lock().unwrap();
+        if let Some(thief) = self.shared.steal_next.lock().unwrap().take() {
+            let mut stolen = lease.clone();
+            stolen.spec.as_mut().unwrap().holder_identity = Some(thief);
+            store.rv += 1;
+            stolen.metadata.resource_version = Some(store.rv.to_string());
+            store.leases.insert(name.clone(), stolen);
+        }
+        match (store.leases.get(&name), create) {
+            (Some(_), true) => return Err(ApiError::Conflict),
+            (None, false) => return Err(ApiError::Conflict),
+            (Some(old), false)
+                if old.metadata.resource_version != lease.metadata.resource_version =>
+            {
+                return Err(ApiError::Conflict);
+            }
+            _ => {}
+        }
+        store.rv += 1;
+        let mut written = lease.clone();
+        written.metadata.resource_version = Some(store.rv.to_string());
+        store.leases.insert(name, written.clone());
+        self.shared.changes.notify_waiters();
+        Ok(written)
+    }
+
+    fn holders(&self) -> Vec<String> {
+        let store = self.shared.store.lock().unwrap();
+        store
+            .leases
+            .values()
+            .filter(|l| !l.metadata.name.as_deref().unwrap().ends_with("breaker"))
+            .filter_map(|l| l.spec.as_ref()?.holder_identity.clone())
+            .collect()
+    }
+}
+
+impl LeaseApi for Fake {
+    async fn list(&self, selector: &str) -> Result<(Vec<Lease>, String), ApiError> {
+        self.fail("list", false)?;
+        self.shared.reads.fetch_add(1, Ordering::Relaxed);
+        let key = selector.rsplit('=').next().unwrap().to_string();
+        let store = self.shared.store.lock().unwrap();
+        let items = store
+            .leases
+            .values()
+            .filter(|l| l.metadata.labels.as_ref().unwrap()[REGISTRY_LABEL] == key)
+            .cloned()
+            .collect();
+        Ok((items, store.rv.to_string()))
+    }
+
+    async fn get(&self, name: &str) -> Result<Option<Lease>, ApiError> {
+        self.fail("get", false)?;
+        self.shared.reads.fetch_add(1, Ordering::Relaxed);
+        Ok(self.shared.store.lock().unwrap().leases.get(name).cloned())
+    }
+
+    async fn create(&self, lease: &Lease) -> Result<Lease, ApiError> {
+        self.write(lease, true)
+    }
+
+    async fn replace(&self, lease: &Lease) -> Result<Lease, ApiError> {
+        self.write(lease, false)
+    }
+
+    async fn changed(&self, _selector: &str, rv: &str) -> Result<(), ApiError> {
+        self.fail("watch", false)?;
+        let rv: u64 = rv.parse().unwrap();
+        loop {
+            let notified = self.shared.changes.notified();
+            if self.shared.store.lock().unwrap().rv > rv {
+                return Ok(());
+            }
+            notified.await;
+        }
+    }
+}
+
+fn settings(n: u32, on_unavailable: OnUnavailable) -> FleetSettings {
+    FleetSettings {
+        max_concurrent_nodes: n,
+        registries: BTreeMap::new(),
+        on_unavailable,
+        lease_duration: Duration::from_secs(60),
+    }
+}
+
+fn node(
+    shared: &Arc<Shared>,
+    name: &str,
+    s: &FleetSettings,
+    clock: Clock,
+) -> Arc<Coordinator<Fake>> {
+    let api = Fake {
+        shared: shared.clone(),
+        node: name.into(),
+    };
+    Arc::new(Coordinator::new(
+        api,
+        name,
+        s.clone(),
+        clock,
+        CancellationToken::new(),
+    ))
+}
+
+/// Whole seconds from now until `t` (the breaker's instants go through RFC 3339 text).
+fn left(t: Instant) -> u64 {
+    (t - Instant::now()).as_secs_f64().round() as u64
+}
+
+async fn slot(c: &Coordinator<Fake>) -> Slot {
+    match c.acquire(R).await.unwrap() {
+        Grant::Slot(s) => s,
+        Grant::Uncoordinated => panic!("uncoordinated"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn never_more_than_n_nodes_pull_and_every_node_gets_its_turn() {
+    let shared = Arc::new(Shared::default());
+    let s = settings(2, OnUnavailable::Proceed);
+    let pulling = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let c = node(&shared, &format!("node-{i}"), &s, Clock::new());
+        let (pulling, peak) = (pulling.clone(), peak.clone());
+        tasks.push(tokio::spawn(async move {
+            let slot = slot(&c).await;
+            let now = pulling.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(90)).await;
+            pulling.fetch_sub(1, Ordering::SeqCst);
+            c.release(slot).await;
+        }));
+    }
+    let start = Instant::now();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(peak.load(Ordering::SeqCst), 2);
+    // Five rounds of two nodes, each handing over at once (release + watch), not on expiry.
+    assert!(
+        start.elapsed() < Duration::from_secs(5 * 90 + 5),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        Fake {
+            shared,
+            node: String::new()
+        }
+        .holders()
+        .is_empty()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_conflict_sends_the_node_to_another_slot() {
+    let shared = Arc::new(Shared::default());
+    let c = node(
+        &shared,
+        "node-a",
+        &settings(2, OnUnavailable::Proceed),
+        Clock::new(),
+    );
+    *shared.steal_next.lock().unwrap() = Some("node-b".into());
+    let s = slot(&c).await;
+    let mut holders = Fake {
+        shared: shared.clone(),
+        node: String::new(),
+    }
+    .holders();
+    holders.sort();
+    assert_eq!(holders, ["node-a", "node-b"]);
+    assert_eq!(s.of, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_holders_slot_is_free_after_the_lease_duration_whatever_its_clock() {
+    for ahead in [true, false] {
+        let shared = Arc::new(Shared::default());
+        let s = settings(1, OnUnavailable::Proceed);
+        // The dead node's clock is an hour off: its renew times say nothing to the others.
+        let a = node(
+            &shared,
+            "node-a",
+            &s,
+            Clock::skewed(Duration::from_secs(3600), ahead),
+        );
+        let held = slot(&a).await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(held); // SIGKILL: no release, no more renewals
+        let b = node(&shared, "node-b", &s, Clock::new());
+        let start = Instant::now();
+        let got = slot(&b).await;
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_secs(60) && waited <= Duration::from_secs(61),
+            "ahead={ahead}: {waited:?}"
+        );
+        assert!(got.held());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_live_holder_keeps_its_slot_even_with_a_skewed_clock() {
+    let shared = Arc::new(Shared::default());
+    let s = settings(1, OnUnavailable::Proceed);
+    let a = node(
+        &shared,
+        "node-a",
+        &s,
+        Clock::skewed(Duration::from_secs(3600), false),
+    );
+    let held = slot(&a).await;
+    let b = node(&shared, "node-b", &s, Clock::new());
+    let waiting = tokio::spawn(async move { slot(&b).await });
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert!(!waiting.is_finished(), "node-b took a slot node-a renews");
+    assert!(held.held());
+    a.release(held).await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(waiting.is_finished(), "the release did not wake node-b");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_holder_whose_renewal_fails_gives_up_the_slot() {
+    let shared = Arc::new(Shared::default());
+    let a = node(
+        &shared,
+        "node-a",
+        &settings(1, OnUnavailable::Proceed),
+        Clock::new(),
+    );
+    let held = slot(&a).await;
+    shared.cut_off.lock().unwrap().push("node-a".into());
+    tokio::time::sleep(Duration::from_secs(19)).await;
+    assert!(held.held(), "nothing failed yet");
+    // Retried while the Lease lasts, then given up before another node may take it.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(!held.held());
+
+    // A conflict (someone took it) loses it at the next renewal.
+    let shared = Arc::new(Shared::default());
+    let a = node(
+        &shared,
+        "node-a",
+        &settings(1, OnUnavailable::Proceed),
+        Clock::new(),
+    );
+    let held = slot(&a).await;
+    *shared.steal_next.lock().unwrap() = Some("node-b".into());
+    tokio::time::sleep(Duration::from_secs(21)).await;
+    assert!(!held.held());
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_nodes_429_pauses_every_node_and_windows_double() {
+    let shared = Arc::new(Shared::default());
+    let s = settings(2, OnUnavailable::Proceed);
+    let a = node(&shared, "node-a", &s, Clock::new());
+    let b = node(&shared, "node-b", &s, Clock::new());
+    let until = a.record_rate_limit(R, None).await;
+    assert_eq!(left(until), 60);
+    let writes = shared.writes.load(Ordering::Relaxed);
+    // node-b, hitting a 429 in the same window, writes nothing and keeps the window.
+    assert_eq!(left(b.record_rate_limit(R, None).await), left(until));
+    assert_eq!(shared.writes.load(Ordering::Relaxed), writes);
+    // A third node waits for the window before taking a slot.
+    let c = node(&shared, "node-c", &s, Clock::new());
+    let start = Instant::now();
+    let _slot = slot(&c).await;
+    assert_eq!(start.elapsed().as_secs_f64().round(), 60.0);
+    // The next 429 right after doubles; Retry-After wins over doubling.
+    assert_eq!(left(b.record_rate_limit(R, None).await), 120);
+    tokio::time::sleep(2 * BREAKER_FIRST + Duration::from_secs(1)).await;
+    let d = Duration::from_secs(7);
+    assert_eq!(left(a.record_rate_limit(R, Some(d)).await), 7);
+    assert_eq!(left(c.check_breaker(R).await.unwrap().unwrap()), 7);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_the_api_a_node_proceeds_or_waits_as_configured() {
+    for (down, on) in [
+        (true, OnUnavailable::Proceed),
+        (false, OnUnavailable::Proceed),
+        (true, OnUnavailable::Wait),
+    ] {
+        let shared = Arc::new(Shared::default());
+        *shared.down.lock().unwrap() = Some(down);
+        let a = node(&shared, "node-a", &settings(1, on), Clock::new());
+        if on == OnUnavailable::Proceed {
+            let start = Instant::now();
+            assert!(matches!(a.acquire(R).await, Some(Grant::Uncoordinated)));
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{:?}",
+                start.elapsed()
+            );
+            continue;
+        }
+        let a2 = a.clone();
+        let waiting = tokio::spawn(async move { slot(&a2).await });
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert!(
+            !waiting.is_finished(),
+            "pulled without the API under onUnavailable: wait"
+        );
+        *shared.down.lock().unwrap() = None;
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        assert!(waiting.is_finished(), "the API came back; still waiting");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_fleet_makes_no_api_calls_and_a_waiter_writes_nothing() {
+    let shared = Arc::new(Shared::default());
+    let s = settings(1, OnUnavailable::Proceed);
+    let a = node(&shared, "node-a", &s, Clock::new());
+    let b = node(&shared, "node-b", &s, Clock::new());
+    // Warm-up: node-a pulls for 10 minutes while node-b waits for it.
+    let held = slot(&a).await;
+    let b2 = b.clone();
+    let waiting = tokio::spawn(async move { slot(&b2).await });
+    tokio::time::sleep(Duration::from_secs(590)).await;
+    let writes = shared.writes.load(Ordering::Relaxed);
+    // 1 create + 29 renewals (every 20 s): node-b wrote nothing while it waited.
+    assert_eq!(writes, 30, "writes during the warm-up");
+    a.release(held).await;
+    let got = waiting.await.unwrap();
+    b.release(got).await;
+    let (writes, reads) = (
+        shared.writes.load(Ordering::Relaxed),
+        shared.reads.load(Ordering::Relaxed),
+    );
+    // Steady state: an hour of nothing to pull costs no call at all.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(shared.writes.load(Ordering::Relaxed), writes);
+    assert_eq!(shared.reads.load(Ordering::Relaxed), reads);
+}
+
+#[test]
+fn names_are_stable_dns_labels() {
+    assert_eq!(slot_name(R, 3), format!("prepuller-{}-3", registry_key(R)));
+    assert_eq!(registry_key(R).len(), 16);
+    assert_ne!(registry_key("docker.io"), registry_key("quay.io"));
+    // Pinned: every node and every version must compute the same names.
+    assert_eq!(
+        registry_key("docker.io"),
+        format!("{:016x}", fnv64(&["docker.io"]))
+    );
+    assert_eq!(fnv64(&[""]), 0xaf63_bd4c_8601_b7df);
+}
