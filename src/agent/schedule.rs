@@ -78,6 +78,8 @@ pub(super) struct Schedule<R> {
     queue: PullQueue<Pending>,
     /// Holds back pulls the image filesystem has no room for (see [`super::disk`]).
     disk: DiskGuard,
+    /// The cluster-wide pull budget, handed to every puller (see `crate::fleet`).
+    fleet: Option<Arc<dyn crate::fleet::FleetBudget>>,
 }
 
 impl<R: Runtime> Schedule<R> {
@@ -89,7 +91,18 @@ impl<R: Runtime> Schedule<R> {
             tracks: HashMap::new(),
             queue: PullQueue::new(false),
             disk: DiskGuard::default(),
+            fleet: None,
         }
+    }
+
+    pub(super) fn set_fleet(&mut self, fleet: Option<Arc<dyn crate::fleet::FleetBudget>>) {
+        self.puller.set_fleet(fleet.clone());
+        self.fleet = fleet;
+    }
+
+    /// Notified when the fleet budget granted a slot.
+    pub(super) fn fleet_changed(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.fleet.as_ref().map(|f| f.changed())
     }
 
     /// Where the host's `/` is mounted, to find the image filesystem the runtime names.
@@ -123,6 +136,7 @@ impl<R: Runtime> Schedule<R> {
                 PullSettings::from(config),
                 ctx.credentials_for(config),
             ));
+            self.puller.set_fleet(self.fleet.clone());
         } else if credentials_changed {
             self.puller.set_credentials(ctx.credentials_for(config));
         }

@@ -6,9 +6,12 @@
 //!   classified (conflict, forbidden, unavailable).
 //! - `slots`: the `Coordinator`: acquire a slot (`prepuller-<registry-hash>-<i>`), renew it
 //!   while pulling, release it; wait on a watch of the registry's Leases.
+//! - `gate`: `FleetGate`, what the puller asks (`FleetBudget`): may a pull start now; slots
+//!   acquired in the background and released when nothing is left to pull from the registry.
 //! - `breaker`: `backoffUntil` on a per-registry Lease after a 429.
 
 mod breaker;
+mod gate;
 mod lease;
 mod slots;
 
@@ -16,6 +19,7 @@ mod slots;
 mod tests;
 
 pub use breaker::{BREAKER_FIRST, BREAKER_MAX};
+pub use gate::{FleetAdmit, FleetBudget, FleetGate, FleetRegistry, FleetState};
 pub use lease::{ApiError, KubeLeases, LeaseApi};
 pub use slots::{Clock, Coordinator, Grant, Slot};
 

@@ -383,7 +383,8 @@ async fn without_the_api_a_node_proceeds_or_waits_as_configured() {
             "pulled without the API under onUnavailable: wait"
         );
         *shared.down.lock().unwrap() = None;
-        tokio::time::sleep(Duration::from_secs(61)).await;
+        // The back-off's longest delay is 60 s, plus up to as much jitter.
+        tokio::time::sleep(Duration::from_secs(121)).await;
         assert!(waiting.is_finished(), "the API came back; still waiting");
     }
 }
@@ -426,4 +427,82 @@ fn names_are_stable_dns_labels() {
         format!("{:016x}", fnv64(&["docker.io"]))
     );
     assert_eq!(fnv64(&[""]), 0xaf63_bd4c_8601_b7df);
+}
+
+/// Three nodes' pullers (the fake runtime, 10 s per pull) on one slot: never two nodes pulling
+/// at once, every image pulled, each slot handed over by release rather than by expiry.
+#[tokio::test(start_paused = true)]
+async fn pullers_on_one_slot_take_turns_and_all_end_warm() {
+    use crate::config::Config;
+    use crate::puller::{PullEvent, PullSettings, Puller};
+    use crate::runtime::fake::FakeRuntime;
+
+    let config = Config::parse(
+        "parallelism: 2\nimages: [registry.example.com/a:1, registry.example.com/b:1]",
+        std::path::Path::new("t.yaml"),
+    )
+    .unwrap();
+    let shared = Arc::new(Shared::default());
+    let s = settings(1, OnUnavailable::Proceed);
+    let active = Arc::new(Mutex::new((0usize, 0usize))); // (nodes pulling now, peak)
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        let rt = Arc::new(FakeRuntime::new());
+        rt.set_pull_delay(Duration::from_secs(10));
+        let puller = Arc::new(Puller::new(rt.clone(), PullSettings::from(&config)));
+        let c = node(&shared, &format!("node-{i}"), &s, Clock::new());
+        puller.set_fleet(Some(Arc::new(FleetGate::new(c))));
+        let (images, active) = (config.images.clone(), active.clone());
+        tasks.push(tokio::spawn(async move {
+            let running = Mutex::new(0usize);
+            let outcomes = puller
+                .run(
+                    &images,
+                    &[],
+                    &|e| {
+                        let mut running = running.lock().unwrap();
+                        let mut active = active.lock().unwrap();
+                        match e {
+                            PullEvent::Started { .. } => {
+                                *running += 1;
+                                if *running == 1 {
+                                    active.0 += 1;
+                                    active.1 = active.1.max(active.0);
+                                }
+                            }
+                            PullEvent::Pulled { .. } | PullEvent::AttemptFailed { .. } => {
+                                *running -= 1;
+                                if *running == 0 {
+                                    active.0 -= 1;
+                                }
+                            }
+                            _ => {}
+                        }
+                    },
+                    &CancellationToken::new(),
+                )
+                .await;
+            outcomes.iter().all(|o| o.is_present())
+        }));
+    }
+    let start = Instant::now();
+    for t in tasks {
+        assert!(t.await.unwrap(), "a node did not end warm");
+    }
+    assert_eq!(active.lock().unwrap().1, 1, "two nodes pulled at once");
+    // 3 turns of 10 s (both images in parallel on the node), no lease-duration waits.
+    assert!(
+        start.elapsed() < Duration::from_secs(35),
+        "{:?}",
+        start.elapsed()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        Fake {
+            shared,
+            node: String::new()
+        }
+        .holders()
+        .is_empty()
+    );
 }
