@@ -101,6 +101,17 @@ impl<R: Runtime> Schedule<R> {
     }
 
     /// Notified when the fleet budget granted a slot.
+    /// Shows this node's slots in the status (and so on the Node), when they changed.
+    fn project_fleet(&self, ctx: &Context<R>) {
+        let Some(fleet) = &self.fleet else { return };
+        let now = Some(crate::status::FleetStatus {
+            registries: fleet.registries(),
+        });
+        if ctx.hub.inspect(|s| s.fleet != now) {
+            ctx.hub.update(|s| s.fleet = now);
+        }
+    }
+
     pub(super) fn fleet_changed(&self) -> Option<Arc<tokio::sync::Notify>> {
         self.fleet.as_ref().map(|f| f.changed())
     }
@@ -322,6 +333,7 @@ impl<R: Runtime> Schedule<R> {
         let mut on_event = recorder(ctx, &self.names);
         self.queue
             .start_due(&self.puller, &config.images, &mut on_event);
+        self.project_fleet(ctx);
     }
 
     /// An attempt ended: its events are recorded; returns the image if it left the queue.

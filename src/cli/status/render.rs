@@ -220,6 +220,7 @@ mod tests {
             ],
             shutting_down: false,
             disk: None,
+            fleet: None,
         }
     }
 

@@ -302,6 +302,8 @@ impl TryFrom<pb::Status> for AgentStatus {
                 .collect::<Result<_, _>>()?,
             shutting_down: s.shutting_down,
             disk: s.disk.map(Into::into),
+            // Not carried by the node-local API yet: /status has it.
+            fleet: None,
         })
     }
 }
@@ -400,6 +402,7 @@ mod tests {
                 .chain(ImageState::ALL.iter().map(|&s| bare_image(s)))
                 .collect(),
             shutting_down: true,
+            fleet: None,
             disk: Some(crate::status::DiskStatus {
                 mountpoint: Some(
                     "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs".into(),
