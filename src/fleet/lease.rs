@@ -55,8 +55,11 @@ pub trait LeaseApi: Clone + Send + Sync + 'static {
     fn create(&self, lease: &Lease) -> impl Future<Output = Result<Lease, ApiError>> + Send;
     /// A PUT with `metadata.resourceVersion` as precondition: `Conflict` when it moved on.
     fn replace(&self, lease: &Lease) -> impl Future<Output = Result<Lease, ApiError>> + Send;
-    /// Resolves at the first change of a Lease matching `selector` after `resource_version`
-    /// (or when the watch ends: the caller lists again either way).
+    /// Resolves when a Lease matching `selector` may have become free after
+    /// `resource_version`: released (no holder) or deleted, or the watch ended. Renewals do
+    /// not wake a waiting node: with 50 holders renewing every 20 s they would make every
+    /// waiter list again several times a second; a holder that stops renewing is found by
+    /// the waiter's expiry timer instead.
     fn changed(
         &self,
         selector: &str,
@@ -121,12 +124,21 @@ impl LeaseApi for KubeLeases {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             match event.map_err(|e| ApiError::from_kube("watch", e))? {
+                WatchEvent::Added(l) | WatchEvent::Modified(l) if !released(&l) => continue,
                 WatchEvent::Bookmark(_) => continue,
-                // 410 Gone and the like: list again.
-                WatchEvent::Error(_) => return Ok(()),
+                // Released, deleted, or 410 Gone and the like: list again.
                 _ => return Ok(()),
             }
         }
         Ok(())
     }
+}
+
+/// The Lease has no holder: a slot released (or a breaker Lease without one).
+pub(super) fn released(lease: &Lease) -> bool {
+    lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.holder_identity.as_deref())
+        .is_none_or(str::is_empty)
 }

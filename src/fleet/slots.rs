@@ -16,6 +16,10 @@ use super::lease::{ApiError, LeaseApi};
 use super::{FLEET_LABEL, REGISTRY_ANNOTATION, REGISTRY_LABEL, fnv64, registry_selector};
 use crate::config::{FleetSettings, OnUnavailable};
 
+/// Longest wait of a woken waiter before it looks again (see `acquire`).
+const HERD_SPREAD: Duration = Duration::from_secs(5);
+/// Writes that may meet a 409 in one round before the node lists again.
+const CONFLICT_TRIES: usize = 2;
 /// Tries of a transient API error before `onUnavailable` applies.
 const UNAVAILABLE_TRIES: usize = 3;
 
@@ -141,6 +145,8 @@ enum Round {
         expiry: Option<Instant>,
     },
     Paused(Instant),
+    /// Other nodes took the slots this list showed free: look again after a spread.
+    Contended,
 }
 
 impl<A: LeaseApi> Coordinator<A> {
@@ -202,6 +208,14 @@ impl<A: LeaseApi> Coordinator<A> {
                     }
                     continue;
                 }
+                Ok(Round::Contended) => {
+                    let spread = (self.lease_duration() / 12).min(HERD_SPREAD);
+                    tokio::select! {
+                        _ = tokio::time::sleep(spread.mul_f64(fastrand::f64())) => {}
+                        _ = self.cancel.cancelled() => return None,
+                    }
+                    continue;
+                }
                 Ok(Round::Busy { rv, expiry }) => {
                     failures = 0;
                     // No timer when nothing can expire: the watch alone wakes us.
@@ -211,11 +225,19 @@ impl<A: LeaseApi> Coordinator<A> {
                             None => std::future::pending().await,
                         }
                     };
-                    tokio::select! {
+                    let woken = tokio::select! {
                         r = self.api.changed(&selector, &rv) => r.err(),
                         _ = expiry => None,
                         _ = self.cancel.cancelled() => return None,
+                    };
+                    // Every waiter sees the same release: spread their tries, so that one takes
+                    // the slot and the others see it taken instead of all meeting 409s.
+                    let spread = (self.lease_duration() / 12).min(HERD_SPREAD);
+                    tokio::select! {
+                        _ = tokio::time::sleep(spread.mul_f64(fastrand::f64())) => {}
+                        _ = self.cancel.cancelled() => return None,
                     }
+                    woken
                 }
                 Err(e) => Some(e),
             };
@@ -307,6 +329,7 @@ impl<A: LeaseApi> Coordinator<A> {
             return Ok(Round::Paused(until));
         }
         let mut expiry: Option<Instant> = None;
+        let mut conflicts = 0;
         // Each node tries the slots in its own order, so that nodes do not all race for slot 0.
         let mut order: Vec<u32> = (0..n).collect();
         order.sort_by_key(|i| fnv64(&[&self.node, registry, &i.to_string()]));
@@ -327,7 +350,14 @@ impl<A: LeaseApi> Coordinator<A> {
             };
             match written {
                 Ok(lease) => return Ok(Round::Got(self.hold(registry, i, n, lease))),
-                Err(ApiError::Conflict) => continue,
+                // One more slot after a 409; past that the list is stale: list again rather
+                // than write against every slot it showed free.
+                Err(ApiError::Conflict) => {
+                    conflicts += 1;
+                    if conflicts >= CONFLICT_TRIES {
+                        return Ok(Round::Contended);
+                    }
+                }
                 Err(e) => return Err(e),
             }
         }
