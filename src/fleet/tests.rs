@@ -252,7 +252,9 @@ async fn a_conflict_sends_the_node_to_another_slot() {
         Clock::new(),
     );
     *shared.steal_next.lock().unwrap() = Some("node-b".into());
+    let start = Instant::now();
     let s = slot(&c).await;
+    assert_eq!(start.elapsed(), Duration::ZERO, "not taken at once on the other slot");
     let mut holders = Fake {
         shared: shared.clone(),
         node: String::new(),
