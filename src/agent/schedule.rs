@@ -404,6 +404,11 @@ impl<R: Runtime> Schedule<R> {
     /// Stops every pull; in-flight ones get `grace` to notice.
     pub(super) async fn shutdown(&mut self, grace: std::time::Duration) {
         self.queue.shutdown(grace).await;
+        if let Some(fleet) = &self.fleet {
+            // Bounded: the exit stays within the pod's grace; an unreleased slot expires.
+            let release = fleet.release_all();
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(300), release).await;
+        }
     }
 }
 

@@ -55,6 +55,9 @@ pub trait FleetBudget: Send + Sync {
     /// Notified when `take_granted` has something.
     fn changed(&self) -> Arc<Notify>;
     fn registries(&self) -> Vec<FleetRegistry>;
+    /// At shutdown: gives every held slot back (one write each), so that waiting nodes need
+    /// not wait for it to expire.
+    fn release_all(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
 }
 
 enum Standing {
@@ -180,6 +183,27 @@ impl<A: LeaseApi> FleetBudget for FleetGate<A> {
 
     fn changed(&self) -> Arc<Notify> {
         self.notify.clone()
+    }
+
+    fn release_all(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        let slots: Vec<Slot> = {
+            let mut inner = self.inner.lock().unwrap();
+            inner
+                .registries
+                .drain()
+                .filter_map(|(_, s)| match s {
+                    Standing::Held(slot) => Some(slot),
+                    Standing::Acquiring(task) => {
+                        task.abort();
+                        None
+                    }
+                    Standing::Uncoordinated => None,
+                })
+                .collect()
+        };
+        Box::pin(async move {
+            futures::future::join_all(slots.into_iter().map(|s| self.coordinator.release(s))).await;
+        })
     }
 
     fn registries(&self) -> Vec<FleetRegistry> {

@@ -254,7 +254,11 @@ async fn a_conflict_sends_the_node_to_another_slot() {
     *shared.steal_next.lock().unwrap() = Some("node-b".into());
     let start = Instant::now();
     let s = slot(&c).await;
-    assert_eq!(start.elapsed(), Duration::ZERO, "not taken at once on the other slot");
+    assert_eq!(
+        start.elapsed(),
+        Duration::ZERO,
+        "not taken at once on the other slot"
+    );
     let mut holders = Fake {
         shared: shared.clone(),
         node: String::new(),
@@ -578,4 +582,23 @@ async fn simulated_fleet_warm_up_api_writes() {
         wall.elapsed().as_secs_f64(),
     );
     assert!(peak.load(Ordering::SeqCst) <= 50);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stopping_node_gives_its_slots_back() {
+    let shared = Arc::new(Shared::default());
+    let s = settings(1, OnUnavailable::Proceed);
+    let gate = FleetGate::new(node(&shared, "node-a", &s, Clock::new()));
+    assert_eq!(gate.admit(R), FleetAdmit::Wait);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(gate.take_granted(), [R]);
+    assert_eq!(gate.admit(R), FleetAdmit::Go);
+    let fake = Fake {
+        shared: shared.clone(),
+        node: String::new(),
+    };
+    assert_eq!(fake.holders(), ["node-a"]);
+    gate.release_all().await;
+    assert!(fake.holders().is_empty());
+    assert!(gate.registries().is_empty());
 }
