@@ -12,6 +12,8 @@
 //! and [`watch`] turns file changes into wake-ups.
 
 mod disk;
+#[cfg(test)]
+mod fleet_tests;
 mod project;
 mod reload;
 mod schedule;
