@@ -16,6 +16,8 @@ mod lease;
 mod slots;
 
 #[cfg(test)]
+mod kube_tests;
+#[cfg(test)]
 mod tests;
 
 pub use breaker::{BREAKER_FIRST, BREAKER_MAX};
