@@ -42,6 +42,51 @@ pub enum FleetState {
     Uncoordinated,
 }
 
+impl FleetState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FleetState::Waiting => "waiting",
+            FleetState::Holding => "holding",
+            FleetState::Uncoordinated => "uncoordinated",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<FleetState> {
+        [
+            FleetState::Waiting,
+            FleetState::Holding,
+            FleetState::Uncoordinated,
+        ]
+        .into_iter()
+        .find(|f| f.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for FleetRegistry {
+    /// `pulling (slot 2/5 of registry.example.com)`, `waiting for a slot of …`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.state, self.slot) {
+            (FleetState::Holding, Some(slot)) => write!(
+                f,
+                "pulling (slot {slot}/{} of {})",
+                self.slots, self.registry
+            ),
+            (FleetState::Uncoordinated, _) => {
+                write!(
+                    f,
+                    "pulling {} uncoordinated (the API is unavailable)",
+                    self.registry
+                )
+            }
+            _ => write!(
+                f,
+                "waiting for a slot of {} ({} slots)",
+                self.registry, self.slots
+            ),
+        }
+    }
+}
+
 /// The budget as the puller sees it (object-safe: the puller is not generic over the API).
 pub trait FleetBudget: Send + Sync {
     /// May a pull from `registry` start now? `Wait` also starts acquiring a slot.
