@@ -44,6 +44,8 @@ ALLOWED_RULES = {
     ("", "nodes/status"): {"patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("", "secrets"): {"get"},  # and only with resourceNames, checked below
+    # The fleet pull budget's Leases, only in the agent's namespace (a Role), checked below.
+    ("coordination.k8s.io", "leases"): {"get", "list", "watch", "create", "update"},
 }
 
 # Host paths the agent may read besides the CRI socket, each of one type and mounted read-only:
@@ -205,6 +207,8 @@ def check_daemonset(report, where, docs):
     env = {e["name"]: e for e in ctr.get("env", [])}
     c(env.get("NODE_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "spec.nodeName",
       "env NODE_NAME must come from the downward API fieldRef spec.nodeName")
+    c(env.get("POD_NAMESPACE", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.namespace",
+      "env POD_NAMESPACE must come from the downward API fieldRef metadata.namespace (where the fleet Leases are)")
     listen = arg_value(args, "--listen") or "0.0.0.0:8080"
     listen_port = int(listen.rsplit(":", 1)[1])
     ports = {p.get("name"): p for p in ctr.get("ports", [])}
@@ -280,6 +284,8 @@ def check_rbac(report, where, docs):
                     verbs = set(rule.get("verbs", []))
                     c(allowed is not None and verbs <= allowed,
                       f"{rn}: {sorted(verbs)} on {group or 'core'}/{resource} is more than the agent needs (allowed: {sorted(allowed) if allowed else 'nothing'})")
+                    if resource == "leases":
+                        c(role["kind"] == "Role", f"{rn}: leases must be granted by a namespaced Role in the agent's namespace, never cluster-wide")
                     if resource == "secrets":
                         c(role["kind"] == "Role", f"{rn}: secrets must be granted by a namespaced Role, never cluster-wide")
                         c(not verbs & {"list", "watch"}, f"{rn}: list/watch of secrets reads every secret in the namespace")
@@ -482,6 +488,12 @@ MUTATIONS = [
      lambda d: _rule(d, "Role", "prepuller-pull-secrets")[0]["verbs"].extend(["list", "watch"])),
     ("get on every secret (resourceNames dropped)", "resourceNames",
      lambda d: _rule(d, "Role", "prepuller-pull-secrets")[0].pop("resourceNames")),
+    ("cluster-wide leases", "never cluster-wide",
+     lambda d: _rule(d, "ClusterRole", "prepuller").append({"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get"]})),
+    ("delete on leases", "more than the agent needs",
+     lambda d: _rule(d, "Role", "prepuller-fleet")[0]["verbs"].append("delete")),
+    ("POD_NAMESPACE not from metadata.namespace", "POD_NAMESPACE",
+     lambda d: _container(d).update(env=[e for e in _container(d)["env"] if e["name"] != "POD_NAMESPACE"])),
     ("binding to the default service account", "service account only",
      lambda d: find(d, "ClusterRoleBinding")[0]["subjects"][0].update(name="default")),
     ("the kubelet's plugin directory mounted writable", "must be mounted read-only",

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod credentials;
+pub mod fleet;
 pub mod k8s;
 pub mod manifests;
 pub mod puller;

@@ -12,6 +12,8 @@
 //! and [`watch`] turns file changes into wake-ups.
 
 mod disk;
+#[cfg(test)]
+mod fleet_tests;
 mod project;
 mod reload;
 mod schedule;
@@ -142,6 +144,12 @@ impl<R: Runtime> Agent<R> {
         self
     }
 
+    /// Pulls start only while the fleet budget admits their registry (`fleet:`).
+    pub fn with_fleet(mut self, fleet: Option<Arc<dyn crate::fleet::FleetBudget>>) -> Self {
+        self.schedule.set_fleet(fleet);
+        self
+    }
+
     /// Runs until `cancel`, then stops every pull and returns within about two seconds.
     pub async fn run(mut self, cancel: CancellationToken) {
         if self.ctx.node.is_some() {
@@ -152,6 +160,7 @@ impl<R: Runtime> Agent<R> {
         }
         let mut config_changes = Watch::config(self.reloader.path());
         let mut next_pass = Instant::now();
+        let fleet = self.schedule.fleet_changed();
         loop {
             #[cfg(test)]
             self.turns
@@ -173,6 +182,9 @@ impl<R: Runtime> Agent<R> {
                     self.schedule.start_due(&self.ctx, &self.config);
                 }
                 _ = sleep_until_some(wake), if wake.is_some() => {
+                    self.schedule.start_due(&self.ctx, &self.config);
+                }
+                _ = crate::puller::fleet_changed(&fleet) => {
                     self.schedule.start_due(&self.ctx, &self.config);
                 }
                 Some(()) = self.credentials.changed() => {

@@ -135,6 +135,12 @@ impl<R: Runtime> Agent<R> {
         };
         self.schedule
             .follow(&self.ctx, &config, credentials_changed);
+        if matches!(applying, Applying::Reload) && config.fleet != self.config.fleet {
+            // The budget's Leases and their sizes are set up once, at the start.
+            tracing::warn!(
+                "fleet: changed; it applies when the agent restarts (kubectl -n NAMESPACE rollout restart daemonset/prepuller)"
+            );
+        }
         if sources_changed {
             self.credentials.follow_credentials(&config.credentials);
         }

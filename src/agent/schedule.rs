@@ -78,6 +78,8 @@ pub(super) struct Schedule<R> {
     queue: PullQueue<Pending>,
     /// Holds back pulls the image filesystem has no room for (see [`super::disk`]).
     disk: DiskGuard,
+    /// The cluster-wide pull budget, handed to every puller (see `crate::fleet`).
+    fleet: Option<Arc<dyn crate::fleet::FleetBudget>>,
 }
 
 impl<R: Runtime> Schedule<R> {
@@ -89,7 +91,29 @@ impl<R: Runtime> Schedule<R> {
             tracks: HashMap::new(),
             queue: PullQueue::new(false),
             disk: DiskGuard::default(),
+            fleet: None,
         }
+    }
+
+    pub(super) fn set_fleet(&mut self, fleet: Option<Arc<dyn crate::fleet::FleetBudget>>) {
+        self.puller.set_fleet(fleet.clone());
+        self.fleet = fleet;
+    }
+
+    /// Notified when the fleet budget granted a slot.
+    /// Shows this node's slots in the status (and so on the Node), when they changed.
+    fn project_fleet(&self, ctx: &Context<R>) {
+        let Some(fleet) = &self.fleet else { return };
+        let now = Some(crate::status::FleetStatus {
+            registries: fleet.registries(),
+        });
+        if ctx.hub.inspect(|s| s.fleet != now) {
+            ctx.hub.update(|s| s.fleet = now);
+        }
+    }
+
+    pub(super) fn fleet_changed(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.fleet.as_ref().map(|f| f.changed())
     }
 
     /// Where the host's `/` is mounted, to find the image filesystem the runtime names.
@@ -123,6 +147,7 @@ impl<R: Runtime> Schedule<R> {
                 PullSettings::from(config),
                 ctx.credentials_for(config),
             ));
+            self.puller.set_fleet(self.fleet.clone());
         } else if credentials_changed {
             self.puller.set_credentials(ctx.credentials_for(config));
         }
@@ -312,6 +337,7 @@ impl<R: Runtime> Schedule<R> {
         let mut on_event = recorder(ctx, &self.names);
         self.queue
             .start_due(&self.puller, &config.images, &mut on_event);
+        self.project_fleet(ctx);
     }
 
     /// An attempt ended: its events are recorded; returns the image if it left the queue.
@@ -382,6 +408,11 @@ impl<R: Runtime> Schedule<R> {
     /// Stops every pull; in-flight ones get `grace` to notice.
     pub(super) async fn shutdown(&mut self, grace: std::time::Duration) {
         self.queue.shutdown(grace).await;
+        if let Some(fleet) = &self.fleet {
+            // Bounded: the exit stays within the pod's grace; an unreleased slot expires.
+            let release = fleet.release_all();
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(300), release).await;
+        }
     }
 }
 

@@ -36,6 +36,10 @@ pub struct AgentArgs {
     /// runtime's paths as they are (an agent running on the host).
     #[arg(long, env = "PREPULLER_HOST_ROOT")]
     pub host_root: Option<PathBuf>,
+    /// Namespace of the fleet pull budget's Leases (`fleet:`); the DaemonSet sets it from the
+    /// pod's namespace. Default: the client's (the service account's) namespace.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: Option<String>,
 }
 
 /// Runs `prepuller agent` until a signal.
@@ -47,6 +51,7 @@ pub async fn run(args: AgentArgs) -> ExitCode {
         api_socket,
         node_name,
         host_root,
+        namespace,
     } = args;
     let config = match load_config(&config_path) {
         Ok(c) => c,
@@ -76,6 +81,7 @@ pub async fn run(args: AgentArgs) -> ExitCode {
         }
     };
     let node_settings = config.node.clone();
+    let fleet_settings = config.fleet.clone();
     let hub = Arc::new(StatusHub::new(
         node_name.clone(),
         config_path.display().to_string(),
@@ -106,9 +112,17 @@ pub async fn run(args: AgentArgs) -> ExitCode {
     let connected = until_cancelled(&cancel, crate::k8s::connect()).await;
     let secrets = connected.as_ref().and_then(cluster::secret_reader);
     let client = cluster::node_client(connected);
+    let fleet = cluster::fleet_budget(
+        fleet_settings,
+        client.clone(),
+        namespace,
+        node_name.as_deref(),
+        cancel.clone(),
+    );
     let mut agent = Agent::new(cri, hub.clone(), metrics, config_path, config)
         .with_secret_reader(secrets)
-        .with_host_root(host_root);
+        .with_host_root(host_root)
+        .with_fleet(fleet);
     let mut reporter = None;
     let node = client.and_then(|c| crate::k8s::setup(c, node_name.as_deref(), hub, node_settings));
     if let Some((r, link)) = node {

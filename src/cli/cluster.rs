@@ -41,3 +41,30 @@ pub fn secret_reader(connected: &Connected) -> Option<Arc<dyn SecretReader>> {
         }
     }
 }
+
+/// The fleet pull budget, when `fleet:` is set and there is a cluster and a node name to hold
+/// slots as; says why not otherwise. `fleet:` changes apply at the next start.
+pub fn fleet_budget(
+    settings: Option<crate::config::FleetSettings>,
+    client: Option<kube::Client>,
+    namespace: Option<String>,
+    node_name: Option<&str>,
+    cancel: tokio_util::sync::CancellationToken,
+) -> Option<Arc<dyn crate::fleet::FleetBudget>> {
+    use crate::fleet::{Clock, Coordinator, FleetGate, KubeLeases};
+    let settings = settings?;
+    let (Some(client), Some(node)) = (client, node_name) else {
+        tracing::warn!(
+            "fleet: is set, but without a Kubernetes API and a node name (NODE_NAME) there is no fleet to coordinate with; pulling on this node's own budget"
+        );
+        return None;
+    };
+    let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_string());
+    tracing::info!(
+        namespace,
+        "fleet pull budget: pull slots are Leases in this namespace"
+    );
+    let api = KubeLeases::new(client, &namespace);
+    let coordinator = Coordinator::new(api, node, settings, Clock::new(), cancel);
+    Some(Arc::new(FleetGate::new(Arc::new(coordinator))))
+}

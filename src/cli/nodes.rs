@@ -95,6 +95,23 @@ impl NodeRow {
         self.status == "True"
     }
 
+    /// The reason, with the fleet pull budget's part of the message (`fleet:`): `pulling
+    /// (slot 2/5 of registry.example.com)` or `waiting for a slot`.
+    fn reason_cell(&self) -> String {
+        let reason = self.reason.clone().unwrap_or_default();
+        if reason == "WaitingForPullSlot" {
+            return format!("{reason}: waiting for a slot");
+        }
+        let slots = self.message.as_deref().and_then(|m| {
+            let rest = m.split_once("; pulling (slot ")?.1;
+            Some(rest.split_once("):")?.0)
+        });
+        match slots {
+            Some(slots) => format!("{reason}: pulling (slot {slots})"),
+            None => reason,
+        }
+    }
+
     /// `node-b (PullFailed: …)`, for the error of `--wait`.
     fn why_cold(&self) -> String {
         match (&self.reason, &self.message) {
@@ -151,7 +168,7 @@ impl Fleet {
             let mut row = vec![
                 r.name.clone(),
                 r.status.clone(),
-                r.reason.clone().unwrap_or_default(),
+                r.reason_cell(),
                 ago(r.last_transition_time.as_deref()),
                 if r.startup_taint { "yes" } else { "no" }.to_string(),
             ];
@@ -306,5 +323,36 @@ mod tests {
         assert_eq!(json["warm"], 1);
         assert_eq!(json["nodes"][1]["startupTaint"], true);
         assert_eq!(json["nodes"][2]["status"], "Unknown");
+    }
+
+    #[test]
+    fn the_table_shows_the_fleet_slot_or_the_wait_for_one() {
+        let mut pulling = node("a", Some(("False", "PullingImages")), true);
+        pulling
+            .status
+            .as_mut()
+            .unwrap()
+            .conditions
+            .as_mut()
+            .unwrap()[1]
+            .message = Some(
+            "0/2 required images present; pulling (slot 2/5 of registry.example.com): r/a:1".into(),
+        );
+        let fleet = Fleet::new(
+            &[
+                pulling,
+                node("b", Some(("False", "WaitingForPullSlot")), true),
+            ],
+            DEFAULT_STARTUP_TAINT,
+        );
+        let table = fleet.render(NodesOutput::Table);
+        assert!(
+            table.contains("PullingImages: pulling (slot 2/5 of registry.example.com)"),
+            "{table}"
+        );
+        assert!(
+            table.contains("WaitingForPullSlot: waiting for a slot"),
+            "{table}"
+        );
     }
 }

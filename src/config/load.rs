@@ -96,6 +96,7 @@ pub(super) fn parse_file(text: &str, source: &Path) -> Result<FileParts, ConfigE
             node_readiness: raw.node_readiness,
             global_image_registry: raw.global.and_then(|g| g.image_registry),
             disk_guard: raw.disk_guard,
+            fleet: raw.fleet,
         },
         image_registry: raw.image_registry,
         credentials: raw.credentials.into_iter().map(|c| c.0).collect(),

@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::credentials::CredentialSource;
 use super::disk_guard::RawDiskGuard;
 use super::error::ConfigError;
+use super::fleet::RawFleet;
 use super::image_registry::{ImageRegistry, Scope};
 use super::load::FileParts;
 use super::node_selector::Labels;
@@ -119,6 +120,7 @@ pub(super) struct RawSettings {
     /// `global.imageRegistry`: one value for every file of a directory.
     pub global_image_registry: Option<ImageRegistry>,
     pub disk_guard: Option<RawDiskGuard>,
+    pub fleet: Option<RawFleet>,
 }
 
 /// Takes `theirs` into `mine` unless both are set and differ.
@@ -210,7 +212,8 @@ impl RawSettings {
             &other.disk_guard,
             file,
             files,
-        )
+        )?;
+        absorb_one("fleet", &mut self.fleet, &other.fleet, file, files)
     }
 
     fn validate(
@@ -295,6 +298,7 @@ impl RawSettings {
             anonymous_fallback: self.anonymous_fallback.unwrap_or(false),
             node: RawNodeSettings::effective(self.node_readiness.as_ref()),
             disk_guard: RawDiskGuard::effective(self.disk_guard.as_ref()),
+            fleet: RawFleet::effective(self.fleet.as_ref()),
             skipped_sets: Vec::new(),
         })
     }

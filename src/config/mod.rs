@@ -13,6 +13,7 @@ mod credentials;
 mod disk_guard;
 pub mod duration;
 mod error;
+mod fleet;
 mod image_registry;
 mod load;
 mod merge;
@@ -37,6 +38,9 @@ pub use disk_guard::{
 };
 pub use duration::DurationError;
 pub use error::{ConfigError, ConfigErrorDetails};
+pub use fleet::{
+    DEFAULT_LEASE_DURATION, FleetError, FleetSettings, MAX_CONCURRENT_NODES, OnUnavailable,
+};
 pub use image_registry::ImageRegistry;
 pub use node_selector::{Labels, NameError, NodeSelector, Operator, Requirement, SelectorError};
 pub use node_settings::{
@@ -130,6 +134,8 @@ pub struct Config {
     pub node: NodeSettings,
     /// When the image filesystem is too full to pull (`diskGuard`).
     pub disk_guard: DiskGuardSettings,
+    /// The cluster-wide pull budget (`fleet`); `None`: each node pulls on its own.
+    pub fleet: Option<FleetSettings>,
     /// Files whose `nodeSelector` does not select this node: their images are not pulled here.
     pub skipped_sets: Vec<SkippedSet>,
 }

@@ -13,6 +13,7 @@ use serde_saphyr::Spanned;
 
 use super::credentials::SourceEntry;
 use super::disk_guard::RawDiskGuard;
+use super::fleet::RawFleet;
 use super::image_registry::{FileImage, ImageRegistry, RegistryMirror};
 use super::node_selector::NodeSelector;
 use super::node_settings::RawNodeSettings;
@@ -32,6 +33,7 @@ pub(super) struct RawConfig {
     pub backoff: Option<RawBackoff>,
     pub node_readiness: Option<RawNodeSettings>,
     pub disk_guard: Option<RawDiskGuard>,
+    pub fleet: Option<RawFleet>,
     /// This file's images are only for the nodes it selects.
     pub node_selector: Option<NodeSelector>,
     pub images: Vec<Spanned<ImageEntry>>,

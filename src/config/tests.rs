@@ -495,3 +495,45 @@ fn disk_guard_defaults_follow_the_kubelet_and_bad_thresholds_are_refused() {
         assert!(e.message.contains(says), "{yaml}: {}", e.render());
     }
 }
+
+#[test]
+fn fleet_is_off_unless_written_and_bad_values_are_refused_at_their_line() {
+    assert_eq!(parse("images: [nginx:1.25]").unwrap().fleet, None);
+    let c = parse(
+        "fleet:\n  maxConcurrentNodes: 2\n  registries:\n    registry.example.com: {maxConcurrentNodes: 5}\n  onUnavailable: wait\n  leaseDuration: 30s\nimages: [nginx:1.25]",
+    )
+    .unwrap();
+    let f = c.fleet.unwrap();
+    assert_eq!(f.slots_for("registry.example.com"), 5);
+    assert_eq!(f.slots_for("docker.io"), 2);
+    assert_eq!(f.on_unavailable, OnUnavailable::Wait);
+    assert_eq!(f.lease_duration, Duration::from_secs(30));
+    let f = parse("fleet: {}\nimages: []").unwrap().fleet.unwrap();
+    assert_eq!(
+        (f.max_concurrent_nodes, f.on_unavailable, f.lease_duration),
+        (1, OnUnavailable::Proceed, DEFAULT_LEASE_DURATION)
+    );
+    for (yaml, says) in [
+        ("{maxConcurrentNodes: 0}", "from 1 to 1000, not 0"),
+        (
+            "{registries: {\"Registry.Example.com/x\": {maxConcurrentNodes: 2}}}",
+            "is not a registry host",
+        ),
+        (
+            "{registries: {quay.io: {maxConcurrentNodes: 0}}}",
+            "registries.\"quay.io\".maxConcurrentNodes",
+        ),
+        ("{leaseDuration: 1s}", "leaseDuration must be from 10s"),
+        ("{onUnavailable: fail}", "fail"),
+        ("{maxConcurentNodes: 2}", "maxConcurentNodes"),
+    ] {
+        let e = parse(&format!("images: []\nfleet: {yaml}\n")).unwrap_err();
+        assert!(
+            e.field.as_deref().is_some_and(|f| f.starts_with("fleet")),
+            "{}",
+            e.render()
+        );
+        assert_eq!(e.line, Some(2), "{}", e.render());
+        assert!(e.message.contains(says), "{yaml}: {}", e.render());
+    }
+}

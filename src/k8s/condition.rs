@@ -22,6 +22,8 @@ pub mod reason {
     /// The disk guard holds back required images (the image filesystem is full, or the
     /// kubelet's image GC keeps removing them).
     pub const DISK_PRESSURE: &str = "DiskPressure";
+    /// Every registry this node still pulls from is at its fleet budget (`fleet:`).
+    pub const WAITING_FOR_PULL_SLOT: &str = "WaitingForPullSlot";
 }
 
 /// This boot of the machine: the startup taint is removed at most once per boot.
@@ -156,11 +158,41 @@ pub fn desired(s: &AgentStatus) -> Desired {
         .take(NAMED)
         .map(|i| i.normalized.as_str())
         .collect();
+    // The fleet budget: which slots this node pulls on, or which registries it waits for.
+    // The text changes with the slot, not with each retry: one Node write per change.
+    let mut slots = String::new();
+    if let Some(fleet) = &s.fleet {
+        use crate::fleet::FleetState;
+        let held: Vec<String> = fleet
+            .registries
+            .iter()
+            .filter_map(|r| Some(format!("slot {}/{} of {}", r.slot?, r.slots, r.registry)))
+            .collect();
+        let waiting: Vec<&str> = fleet
+            .registries
+            .iter()
+            .filter(|r| r.state == FleetState::Waiting)
+            .map(|r| r.registry.as_str())
+            .collect();
+        if held.is_empty() && !waiting.is_empty() {
+            return Desired {
+                status: false,
+                reason: reason::WAITING_FOR_PULL_SLOT,
+                message: format!(
+                    "{counts}; waiting for a slot of the fleet pull budget for {}",
+                    waiting.join(", ")
+                ),
+            };
+        }
+        if !held.is_empty() {
+            slots = format!(" ({})", held.join(", "));
+        }
+    }
     Desired {
         status: false,
         reason: reason::PULLING,
         message: format!(
-            "{counts}; pulling: {}{}",
+            "{counts}; pulling{slots}: {}{}",
             named.join(", "),
             more(missing.len())
         ),

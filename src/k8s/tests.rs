@@ -834,3 +834,40 @@ async fn watch_events_older_than_a_write_are_skipped_without_comparing_resource_
     assert_eq!(observed_version(&r), Some("rv-0".into()));
     quiet(&mut handle, r.reconcile()).await;
 }
+
+#[test]
+fn the_condition_says_a_node_waits_for_a_fleet_slot_or_which_slot_it_pulls_on() {
+    use crate::fleet::{FleetRegistry, FleetState};
+    use crate::status::FleetStatus;
+    let hub = hub(&[ImageState::Pulling; 2]);
+    let reg = |state, slot| FleetRegistry {
+        registry: "r.example".into(),
+        state,
+        slot,
+        slots: 5,
+    };
+    hub.update(|s| {
+        s.fleet = Some(FleetStatus {
+            registries: vec![reg(FleetState::Waiting, None)],
+        })
+    });
+    let d = desired(&hub.snapshot());
+    assert_eq!((d.status, d.reason), (false, reason::WAITING_FOR_PULL_SLOT));
+    assert_eq!(
+        d.message,
+        "0/2 required images present; waiting for a slot of the fleet pull budget for r.example"
+    );
+    hub.update(|s| {
+        s.fleet = Some(FleetStatus {
+            registries: vec![reg(FleetState::Holding, Some(2))],
+        })
+    });
+    let d = desired(&hub.snapshot());
+    assert_eq!(d.reason, reason::PULLING);
+    assert!(
+        d.message
+            .starts_with("0/2 required images present; pulling (slot 2/5 of r.example): "),
+        "{}",
+        d.message
+    );
+}

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{BackoffSettings, Config, ImageSpec};
 use crate::credentials::Credentials;
+use crate::fleet::FleetBudget;
 use crate::runtime::{ImageInfo, Runtime};
 
 mod attempt;
@@ -40,8 +41,8 @@ use gate::Gates;
 use plan::Plan;
 pub use plan::PresentImages;
 pub use progress::{POLL_EVERY, ProgressSink, ProgressUpdate, PullBytes};
-pub use queue::sleep_until_some;
 pub(crate) use queue::{Finished, PullQueue};
+pub use queue::{fleet_changed, sleep_until_some};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PullSettings {
@@ -157,6 +158,8 @@ pub struct Puller<R> {
     /// Swapped when the credential sources change; each attempt reads it afresh.
     credentials: Mutex<Arc<Credentials>>,
     gates: Gates,
+    /// The cluster-wide pull budget (`fleet:`), when the agent coordinates with other nodes.
+    fleet: Mutex<Option<Arc<dyn FleetBudget>>>,
 }
 
 impl<R: Runtime> Puller<R> {
@@ -175,7 +178,17 @@ impl<R: Runtime> Puller<R> {
             credentials: Mutex::new(credentials),
             gates: Gates::new(settings.parallelism, settings.per_registry_parallelism),
             settings,
+            fleet: Mutex::new(None),
         }
+    }
+
+    /// Pulls start only while the fleet budget admits their registry (see `crate::fleet`).
+    pub fn set_fleet(&self, fleet: Option<Arc<dyn FleetBudget>>) {
+        *self.fleet.lock().unwrap_or_else(|e| e.into_inner()) = fleet;
+    }
+
+    pub fn fleet(&self) -> Option<Arc<dyn FleetBudget>> {
+        self.fleet.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn settings(&self) -> &PullSettings {
@@ -264,6 +277,7 @@ impl<R: Runtime> Puller<R> {
             }
         }));
         let mut emit = |_: usize, _: &(), e: PullEvent| on_event(e);
+        let fleet = self.fleet().map(|f| f.changed());
         loop {
             queue.start_due(self, images, &mut emit);
             if queue.is_empty() {
@@ -295,7 +309,11 @@ impl<R: Runtime> Puller<R> {
                     }
                 }
                 _ = sleep_until_some(wake), if wake.is_some() => {}
+                _ = fleet_changed(&fleet) => {}
             }
+        }
+        if let Some(f) = self.fleet() {
+            f.retain(&|_| false);
         }
         outcomes
     }

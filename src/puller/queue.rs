@@ -9,7 +9,7 @@
 //! [`PullQueue::next_wake`], which is always in the future.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ use super::gate::{Admission, trips_breaker};
 use super::progress::{ProgressPoller, ProgressSink};
 use super::{AttemptEnd, ImageOutcome, PullError, PullEvent, PullResult, Puller, Stage};
 use crate::config::ImageSpec;
+use crate::fleet::FleetAdmit;
 use crate::runtime::{ErrorKind, Runtime};
 
 /// What the queue keeps for one image: a few dozen bytes, plus the caller's `K`.
@@ -187,6 +188,23 @@ impl<K> PullQueue<K> {
             }
         }
         let now = Instant::now();
+        let fleet = puller.fleet();
+        if let Some(fleet) = &fleet {
+            // A slot is kept while its registry has pulls running, waiting, or due within a
+            // lease duration; an image in a long back-off does not hold one meanwhile.
+            let horizon = now + crate::config::DEFAULT_LEASE_DURATION;
+            let needed: HashSet<&str> = self
+                .records
+                .values()
+                .filter(|r| r.running.is_some() || !r.due || r.not_before <= horizon)
+                .filter_map(|r| specs.get(r.n))
+                .map(|s| s.reference.domain())
+                .collect();
+            fleet.retain(&|r| needed.contains(r));
+            for registry in fleet.take_granted() {
+                self.unpark(&registry, usize::MAX);
+            }
+        }
         while let Some(&Reverse((at, id))) = self.due.peek() {
             if at > now {
                 break;
@@ -203,6 +221,26 @@ impl<K> PullQueue<K> {
                 self.due.pop();
                 continue;
             };
+            if let Some(fleet) = &fleet {
+                match fleet.admit(spec.reference.domain()) {
+                    FleetAdmit::Go => {}
+                    FleetAdmit::NotBefore(until) => {
+                        self.due.pop();
+                        self.schedule(id, until);
+                        continue;
+                    }
+                    // Parked until the slot arrives (`take_granted` above).
+                    FleetAdmit::Wait => {
+                        self.due.pop();
+                        r.due = false;
+                        self.parked
+                            .entry(spec.reference.domain().to_string())
+                            .or_default()
+                            .push_back(id);
+                        continue;
+                    }
+                }
+            }
             let gate = puller.gates.gate(spec.reference.domain());
             let admitted = match puller.gates.try_admit(&gate) {
                 Admission::Full => break, // stays due: an attempt ending wakes the caller
@@ -322,6 +360,12 @@ impl<K> PullQueue<K> {
                 return Some(f);
             }
             Some(Err(error)) => {
+                if error.kind == ErrorKind::RateLimited
+                    && let Some(fleet) = puller.fleet()
+                {
+                    // The CRI does not pass the registry's Retry-After on.
+                    fleet.rate_limited(&registry, None);
+                }
                 // The host as a whole is paused: wait for the breaker, not for this image's
                 // own back-off, so that a successful probe resumes every image.
                 let now = Instant::now();
@@ -431,6 +475,14 @@ impl<K> PullQueue<K> {
 pub async fn sleep_until_some(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the fleet budget granted a slot (never without a budget).
+pub async fn fleet_changed(changed: &Option<Arc<tokio::sync::Notify>>) {
+    match changed {
+        Some(n) => n.notified().await,
         None => std::future::pending().await,
     }
 }

@@ -88,6 +88,11 @@ struct ImageLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct FleetLabels {
+    registry: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct HeldLabels {
     reason: HoldReason,
     required: bool,
@@ -244,6 +249,8 @@ struct State {
     /// where known.
     fetching_done: u64,
     fetching_total: u64,
+    /// With `fleet:`: the registries waiting for a slot, and the slots held.
+    fleet: Option<(Vec<(String, bool)>, i64)>,
 }
 
 impl Collector for StateGauges {
@@ -277,6 +284,16 @@ impl Collector for StateGauges {
                     .map(|p| p / 100.0),
                 fetching_done,
                 fetching_total,
+                fleet: s.fleet.as_ref().map(|f| {
+                    use crate::fleet::FleetState;
+                    let waiting = f
+                        .registries
+                        .iter()
+                        .map(|r| (r.registry.clone(), r.state == FleetState::Waiting))
+                        .collect();
+                    let held = f.registries.iter().filter(|r| r.slot.is_some()).count();
+                    (waiting, i64::try_from(held).unwrap_or(i64::MAX))
+                }),
             }
         });
 
@@ -352,7 +369,25 @@ impl Collector for StateGauges {
             Some(&Unit::Bytes),
             MetricType::Gauge,
         )?)?;
-
+        // Absent unless `fleet:` is set.
+        if let Some((registries, held)) = state.fleet {
+            ConstGauge::new(held).encode(encoder.encode_descriptor(
+                "fleet_slots_held",
+                "Pull slots of the fleet budget this node holds (one per registry it pulls from).",
+                None,
+                MetricType::Gauge,
+            )?)?;
+            let mut family = encoder.encode_descriptor(
+                "fleet_waiting",
+                "1 while this node waits for a pull slot of the registry (fleet.maxConcurrentNodes nodes already pull from it).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (registry, waiting) in registries {
+                let labels = FleetLabels { registry };
+                ConstGauge::new(i64::from(waiting)).encode(family.encode_family(&labels)?)?;
+            }
+        }
         Ok(())
     }
 }
@@ -574,6 +609,36 @@ mod tests {
         run.sort_unstable();
         lines.append(&mut run);
         lines
+    }
+
+    #[test]
+    fn fleet_gauges_show_the_wait_per_registry_and_only_with_fleet_set() {
+        use crate::fleet::{FleetRegistry, FleetState};
+        let (_hub, m) = metrics_of(status());
+        assert!(!m.render().contains("prepuller_fleet"));
+        let mut s = status();
+        let reg = |registry: &str, state, slot| FleetRegistry {
+            registry: registry.into(),
+            state,
+            slot,
+            slots: 2,
+        };
+        s.fleet = Some(crate::status::FleetStatus {
+            registries: vec![
+                reg("a.example", FleetState::Waiting, None),
+                reg("b.example", FleetState::Holding, Some(1)),
+            ],
+        });
+        let (_hub, m) = metrics_of(s);
+        let text = m.render();
+        assert_eq!(
+            value(&text, "prepuller_fleet_slots_held"),
+            Some(1.0),
+            "{text}"
+        );
+        let waiting = |r| labelled(&text, "prepuller_fleet_waiting", &[("registry", r)]);
+        assert_eq!(waiting("a.example"), Some(1.0), "{text}");
+        assert_eq!(waiting("b.example"), Some(0.0), "{text}");
     }
 
     /// The whole exposition of a fixed hub, as the agent's `/metrics` has always rendered it:

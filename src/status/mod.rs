@@ -13,8 +13,8 @@ mod model;
 
 pub use hub::StatusHub;
 pub use model::{
-    AgentEvent, AgentEventKind, AgentStatus, ConfigStatus, DiskStatus, ErrorClass, HeldBack,
-    HoldReason, ImageState, ImageStatus, RuntimeStatus, now_rfc3339, rfc3339,
+    AgentEvent, AgentEventKind, AgentStatus, ConfigStatus, DiskStatus, ErrorClass, FleetStatus,
+    HeldBack, HoldReason, ImageState, ImageStatus, RuntimeStatus, now_rfc3339, rfc3339,
 };
 #[cfg(test)]
 pub(crate) use model::{test_full_image, test_image, test_runtime};

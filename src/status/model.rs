@@ -268,6 +268,17 @@ pub struct AgentStatus {
     pub shutting_down: bool,
     /// The disk guard's view of the image filesystem; `None` before its first check.
     pub disk: Option<DiskStatus>,
+    /// The cluster-wide pull budget as this node stands with it; absent when `fleet:` is off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetStatus>,
+}
+
+/// This node's slots of the fleet pull budget: per registry it has pulls for, holding a slot,
+/// waiting for one, or pulling uncoordinated (the API is unavailable).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FleetStatus {
+    pub registries: Vec<crate::fleet::FleetRegistry>,
 }
 
 impl AgentStatus {

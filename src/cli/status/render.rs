@@ -8,9 +8,18 @@ use crate::cli::format::{human_bytes, human_duration, pull_bytes, short_digest};
 use crate::status::grpc::WatchedEvent;
 use crate::status::{AgentEvent, AgentEventKind, AgentStatus, ImageStatus};
 
-/// One line: node, readiness, runtime and config; a second line with the last config error.
+/// One line: node, readiness, runtime and config; a second line with the last config error;
+/// with `fleet:`, a line with the node's pull slots.
 pub fn header(s: &AgentStatus) -> String {
     let mut text = summary_line(s);
+    if let Some(fleet) = s.fleet.as_ref().filter(|f| !f.registries.is_empty()) {
+        let slots: Vec<String> = fleet.registries.iter().map(|r| r.to_string()).collect();
+        text.push_str(&format!(
+            "
+fleet pull budget: {}",
+            slots.join("; ")
+        ));
+    }
     if let Some(e) = &s.config.last_error {
         text.push_str(&format!(
             "\nlast config rejected (the previous one stays in force): {e}"
@@ -237,6 +246,7 @@ mod tests {
             ],
             shutting_down: false,
             disk: None,
+            fleet: None,
         }
     }
 
@@ -325,6 +335,32 @@ mod tests {
         for column in ["IMAGE", "STATE", "REQUIRED", "SIZE", "ATTEMPTS", "NOTE"] {
             assert!(text.contains(column), "{text}");
         }
+    }
+
+    #[test]
+    fn the_header_shows_the_fleet_slots() {
+        use crate::fleet::{FleetRegistry, FleetState};
+        let mut s = sample();
+        assert!(!header(&s).contains("fleet"));
+        let reg = |registry: &str, state, slot| FleetRegistry {
+            registry: registry.into(),
+            state,
+            slot,
+            slots: 5,
+        };
+        s.fleet = Some(crate::status::FleetStatus {
+            registries: vec![
+                reg("registry.example.com", FleetState::Holding, Some(2)),
+                reg("docker.io", FleetState::Waiting, None),
+            ],
+        });
+        assert!(
+            header(&s).ends_with(
+                "\nfleet pull budget: pulling (slot 2/5 of registry.example.com); waiting for a slot of docker.io (5 slots)"
+            ),
+            "{}",
+            header(&s)
+        );
     }
 
     #[test]

@@ -121,6 +121,18 @@ impl From<AgentStatus> for pb::Status {
             shutting_down: s.shutting_down,
             images: s.images.into_iter().map(Into::into).collect(),
             disk: s.disk.map(Into::into),
+            fleet: s.fleet.map(|f| pb::FleetStatus {
+                registries: f
+                    .registries
+                    .into_iter()
+                    .map(|r| pb::FleetRegistry {
+                        registry: r.registry,
+                        state: r.state.as_str().to_owned(),
+                        slot: r.slot,
+                        slots: r.slots,
+                    })
+                    .collect(),
+            }),
         }
     }
 }
@@ -319,6 +331,20 @@ impl TryFrom<pb::Status> for AgentStatus {
                 .collect::<Result<_, _>>()?,
             shutting_down: s.shutting_down,
             disk: s.disk.map(Into::into),
+            // A state this client does not know reads as waiting.
+            fleet: s.fleet.map(|f| crate::status::FleetStatus {
+                registries: f
+                    .registries
+                    .into_iter()
+                    .map(|r| crate::fleet::FleetRegistry {
+                        state: crate::fleet::FleetState::parse(&r.state)
+                            .unwrap_or(crate::fleet::FleetState::Waiting),
+                        registry: r.registry,
+                        slot: r.slot,
+                        slots: r.slots,
+                    })
+                    .collect(),
+            }),
         })
     }
 }
@@ -423,6 +449,21 @@ mod tests {
                 .chain(ImageState::ALL.iter().map(|&s| bare_image(s)))
                 .collect(),
             shutting_down: true,
+            fleet: Some(crate::status::FleetStatus {
+                registries: [
+                    (crate::fleet::FleetState::Holding, Some(2)),
+                    (crate::fleet::FleetState::Waiting, None),
+                    (crate::fleet::FleetState::Uncoordinated, None),
+                ]
+                .into_iter()
+                .map(|(state, slot)| crate::fleet::FleetRegistry {
+                    registry: format!("{}.example", state.as_str()),
+                    state,
+                    slot,
+                    slots: 5,
+                })
+                .collect(),
+            }),
             disk: Some(crate::status::DiskStatus {
                 mountpoint: Some(
                     "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs".into(),

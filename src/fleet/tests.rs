@@ -1,0 +1,604 @@
+//! The coordinator on a stateful in-process fake of the Lease API (resourceVersions, 409s, a
+//! change feed for watches), with paused time.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::config::{FleetSettings, OnUnavailable};
+
+const R: &str = "registry.example.com";
+
+#[derive(Default)]
+struct Store {
+    leases: BTreeMap<String, Lease>,
+    rv: u64,
+    /// The resourceVersion of the last write that left a Lease without holder (what wakes
+    /// a watch, as `KubeLeases::changed` filters it).
+    released_rv: u64,
+}
+
+#[derive(Default)]
+struct Shared {
+    store: Mutex<Store>,
+    changes: tokio::sync::Notify,
+    writes: AtomicUsize,
+    /// Writes refused with a 409 (counted in `writes` too: each is a request).
+    conflicts: AtomicUsize,
+    reads: AtomicUsize,
+    /// Every call fails: `Some(true)` 403, `Some(false)` unreachable.
+    down: Mutex<Option<bool>>,
+    /// Writes from these nodes fail as unreachable.
+    cut_off: Mutex<Vec<String>>,
+    /// Before the next write, this holder takes the Lease written to: the write then conflicts.
+    steal_next: Mutex<Option<String>>,
+}
+
+#[derive(Clone)]
+struct Fake {
+    shared: Arc<Shared>,
+    node: String,
+}
+
+impl Fake {
+    fn fail(&self, verb: &'static str, write: bool) -> Result<(), ApiError> {
+        match *self.shared.down.lock().unwrap() {
+            Some(true) => {
+                return Err(ApiError::Forbidden {
+                    verb,
+                    message: "no".into(),
+                });
+            }
+            Some(false) => {
+                return Err(ApiError::Unavailable {
+                    verb,
+                    message: "connection refused".into(),
+                });
+            }
+            None => {}
+        }
+        if write && self.shared.cut_off.lock().unwrap().contains(&self.node) {
+            return Err(ApiError::Unavailable {
+                verb,
+                message: "connection refused".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn write(&self, lease: &Lease, create: bool) -> Result<Lease, ApiError> {
+        self.fail("update", true)?;
+        self.shared.writes.fetch_add(1, Ordering::Relaxed);
+        let name = lease.metadata.name.clone().unwrap();
+        let mut store = self.shared.store.lock().unwrap();
+        if let Some(thief) = self.shared.steal_next.lock().unwrap().take() {
+            let mut stolen = lease.clone();
+            stolen.spec.as_mut().unwrap().holder_identity = Some(thief);
+            store.rv += 1;
+            stolen.metadata.resource_version = Some(store.rv.to_string());
+            store.leases.insert(name.clone(), stolen);
+        }
+        let conflict = match (store.leases.get(&name), create) {
+            (Some(_), true) | (None, false) => true,
+            (Some(old), false) => old.metadata.resource_version != lease.metadata.resource_version,
+            (None, true) => false,
+        };
+        if conflict {
+            self.shared.conflicts.fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::Conflict);
+        }
+        store.rv += 1;
+        if super::lease::released(lease) {
+            store.released_rv = store.rv;
+        }
+        let mut written = lease.clone();
+        written.metadata.resource_version = Some(store.rv.to_string());
+        store.leases.insert(name, written.clone());
+        self.shared.changes.notify_waiters();
+        Ok(written)
+    }
+
+    fn holders(&self) -> Vec<String> {
+        let store = self.shared.store.lock().unwrap();
+        store
+            .leases
+            .values()
+            .filter(|l| !l.metadata.name.as_deref().unwrap().ends_with("breaker"))
+            .filter_map(|l| l.spec.as_ref()?.holder_identity.clone())
+            .collect()
+    }
+}
+
+impl LeaseApi for Fake {
+    async fn list(&self, selector: &str) -> Result<(Vec<Lease>, String), ApiError> {
+        // A round trip: other nodes' calls interleave, as over the network.
+        tokio::task::yield_now().await;
+        self.fail("list", false)?;
+        self.shared.reads.fetch_add(1, Ordering::Relaxed);
+        let key = selector.rsplit('=').next().unwrap().to_string();
+        let store = self.shared.store.lock().unwrap();
+        let items = store
+            .leases
+            .values()
+            .filter(|l| l.metadata.labels.as_ref().unwrap()[REGISTRY_LABEL] == key)
+            .cloned()
+            .collect();
+        Ok((items, store.rv.to_string()))
+    }
+
+    async fn get(&self, name: &str) -> Result<Option<Lease>, ApiError> {
+        self.fail("get", false)?;
+        self.shared.reads.fetch_add(1, Ordering::Relaxed);
+        Ok(self.shared.store.lock().unwrap().leases.get(name).cloned())
+    }
+
+    async fn create(&self, lease: &Lease) -> Result<Lease, ApiError> {
+        tokio::task::yield_now().await;
+        self.write(lease, true)
+    }
+
+    async fn replace(&self, lease: &Lease) -> Result<Lease, ApiError> {
+        tokio::task::yield_now().await;
+        self.write(lease, false)
+    }
+
+    async fn changed(&self, _selector: &str, rv: &str) -> Result<(), ApiError> {
+        self.fail("watch", false)?;
+        let rv: u64 = rv.parse().unwrap();
+        loop {
+            let notified = self.shared.changes.notified();
+            if self.shared.store.lock().unwrap().released_rv > rv {
+                return Ok(());
+            }
+            notified.await;
+        }
+    }
+}
+
+fn settings(n: u32, on_unavailable: OnUnavailable) -> FleetSettings {
+    FleetSettings {
+        max_concurrent_nodes: n,
+        registries: BTreeMap::new(),
+        on_unavailable,
+        lease_duration: Duration::from_secs(60),
+    }
+}
+
+fn node(
+    shared: &Arc<Shared>,
+    name: &str,
+    s: &FleetSettings,
+    clock: Clock,
+) -> Arc<Coordinator<Fake>> {
+    let api = Fake {
+        shared: shared.clone(),
+        node: name.into(),
+    };
+    Arc::new(Coordinator::new(
+        api,
+        name,
+        s.clone(),
+        clock,
+        CancellationToken::new(),
+    ))
+}
+
+/// Whole seconds from now until `t` (the breaker's instants go through RFC 3339 text).
+fn left(t: Instant) -> u64 {
+    (t - Instant::now()).as_secs_f64().round() as u64
+}
+
+async fn slot(c: &Coordinator<Fake>) -> Slot {
+    match c.acquire(R).await.unwrap() {
+        Grant::Slot(s) => s,
+        Grant::Uncoordinated => panic!("uncoordinated"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn never_more_than_n_nodes_pull_and_every_node_gets_its_turn() {
+    let shared = Arc::new(Shared::default());
+    let s = settings(2, OnUnavailable::Proceed);
+    let pulling = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let c = node(&shared, &format!("node-{i}"), &s, Clock::new());
+        let (pulling, peak) = (pulling.clone(), peak.clone());
+        tasks.push(tokio::spawn(async move {
+            let slot = slot(&c).await;
+            let now = pulling.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(90)).await;
+            pulling.fetch_sub(1, Ordering::SeqCst);
+            c.release(slot).await;
+        }));
+    }
+    let start = Instant::now();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(peak.load(Ordering::SeqCst), 2);
+    // Five rounds of two nodes, each handed over on release (watch + at most 5 s of spread),
+    // not on expiry (60 s).
+    assert!(
+        start.elapsed() <= Duration::from_secs(5 * 95),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        Fake {
+            shared,
+            node: String::new()
+        }
+        .holders()
+        .is_empty()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_conflict_sends_the_node_to_another_slot() {
+    let shared = Arc::new(Shared::default());
+    let c = node(
+        &shared,
+        "node-a",
+        &settings(2, OnUnavailable::Proceed),
+        Clock::new(),
+    );
+    *shared.steal_next.lock().unwrap() = Some("node-b".into());
+    let start = Instant::now();
+    let s = slot(&c).await;
+    assert_eq!(
+        start.elapsed(),
+        Duration::ZERO,
+        "not taken at once on the other slot"
+    );
+    let mut holders = Fake {
+        shared: shared.clone(),
+        node: String::new(),
+    }
+    .holders();
+    holders.sort();
+    assert_eq!(holders, ["node-a", "node-b"]);
+    assert_eq!(s.of, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_holders_slot_is_free_after_the_lease_duration_whatever_its_clock() {
+    for ahead in [true, false] {
+        let shared = Arc::new(Shared::default());
+        let s = settings(1, OnUnavailable::Proceed);
+        // The dead node's clock is an hour off: its renew times say nothing to the others.
+        let a = node(
+            &shared,
+            "node-a",
+            &s,
+            Clock::skewed(Duration::from_secs(3600), ahead),
+        );
+        let held = slot(&a).await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(held); // SIGKILL: no release, no more renewals
+        let b = node(&shared, "node-b", &s, Clock::new());
+        let start = Instant::now();
+        let got = slot(&b).await;
+        let waited = start.elapsed();
+        assert!(
+            // The issue's bound: usable again within the lease duration + 5 s (the spread).
+            waited >= Duration::from_secs(60) && waited <= Duration::from_secs(65),
+            "ahead={ahead}: {waited:?}"
+        );
+        assert!(got.held());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_live_holder_keeps_its_slot_even_with_a_skewed_clock() {
+    let shared = Arc::new(Shared::default());
+    let s = settings(1, OnUnavailable::Proceed);
+    let a = node(
+        &shared,
+        "node-a",
+        &s,
+        Clock::skewed(Duration::from_secs(3600), false),
+    );
+    let held = slot(&a).await;
+    let b = node(&shared, "node-b", &s, Clock::new());
+    let waiting = tokio::spawn(async move { slot(&b).await });
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert!(!waiting.is_finished(), "node-b took a slot node-a renews");
+    assert!(held.held());
+    a.release(held).await;
+    // The waiter looks again within the 5 s spread, not after an expiry.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(waiting.is_finished(), "the release did not wake node-b");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_holder_whose_renewal_fails_gives_up_the_slot() {
+    let shared = Arc::new(Shared::default());
+    let a = node(
+        &shared,
+        "node-a",
+        &settings(1, OnUnavailable::Proceed),
+        Clock::new(),
+    );
+    let held = slot(&a).await;
+    shared.cut_off.lock().unwrap().push("node-a".into());
+    tokio::time::sleep(Duration::from_secs(19)).await;
+    assert!(held.held(), "nothing failed yet");
+    // Retried while the Lease lasts, then given up before another node may take it.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(!held.held());
+
+    // A conflict (someone took it) loses it at the next renewal.
+    let shared = Arc::new(Shared::default());
+    let a = node(
+        &shared,
+        "node-a",
+        &settings(1, OnUnavailable::Proceed),
+        Clock::new(),
+    );
+    let held = slot(&a).await;
+    *shared.steal_next.lock().unwrap() = Some("node-b".into());
+    tokio::time::sleep(Duration::from_secs(21)).await;
+    assert!(!held.held());
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_nodes_429_pauses_every_node_and_windows_double() {
+    let shared = Arc::new(Shared::default());
+    let s = settings(2, OnUnavailable::Proceed);
+    let a = node(&shared, "node-a", &s, Clock::new());
+    let b = node(&shared, "node-b", &s, Clock::new());
+    let until = a.record_rate_limit(R, None).await;
+    assert_eq!(left(until), 60);
+    let writes = shared.writes.load(Ordering::Relaxed);
+    // node-b, hitting a 429 in the same window, writes nothing and keeps the window.
+    assert_eq!(left(b.record_rate_limit(R, None).await), left(until));
+    assert_eq!(shared.writes.load(Ordering::Relaxed), writes);
+    // A third node waits for the window before taking a slot.
+    let c = node(&shared, "node-c", &s, Clock::new());
+    let start = Instant::now();
+    let _slot = slot(&c).await;
+    assert_eq!(start.elapsed().as_secs_f64().round(), 60.0);
+    // The next 429 right after doubles; Retry-After wins over doubling.
+    assert_eq!(left(b.record_rate_limit(R, None).await), 120);
+    tokio::time::sleep(2 * BREAKER_FIRST + Duration::from_secs(1)).await;
+    let d = Duration::from_secs(7);
+    assert_eq!(left(a.record_rate_limit(R, Some(d)).await), 7);
+    assert_eq!(left(c.check_breaker(R).await.unwrap().unwrap()), 7);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_the_api_a_node_proceeds_or_waits_as_configured() {
+    for (down, on) in [
+        (true, OnUnavailable::Proceed),
+        (false, OnUnavailable::Proceed),
+        (true, OnUnavailable::Wait),
+    ] {
+        let shared = Arc::new(Shared::default());
+        *shared.down.lock().unwrap() = Some(down);
+        let a = node(&shared, "node-a", &settings(1, on), Clock::new());
+        if on == OnUnavailable::Proceed {
+            let start = Instant::now();
+            assert!(matches!(a.acquire(R).await, Some(Grant::Uncoordinated)));
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{:?}",
+                start.elapsed()
+            );
+            continue;
+        }
+        let a2 = a.clone();
+        let waiting = tokio::spawn(async move { slot(&a2).await });
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert!(
+            !waiting.is_finished(),
+            "pulled without the API under onUnavailable: wait"
+        );
+        *shared.down.lock().unwrap() = None;
+        // The back-off's longest delay is 60 s, plus up to as much jitter.
+        tokio::time::sleep(Duration::from_secs(121)).await;
+        assert!(waiting.is_finished(), "the API came back; still waiting");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_fleet_makes_no_api_calls_and_a_waiter_writes_nothing() {
+    let shared = Arc::new(Shared::default());
+    let s = settings(1, OnUnavailable::Proceed);
+    let a = node(&shared, "node-a", &s, Clock::new());
+    let b = node(&shared, "node-b", &s, Clock::new());
+    // Warm-up: node-a pulls for 10 minutes while node-b waits for it.
+    let held = slot(&a).await;
+    let b2 = b.clone();
+    let waiting = tokio::spawn(async move { slot(&b2).await });
+    tokio::time::sleep(Duration::from_secs(590)).await;
+    let writes = shared.writes.load(Ordering::Relaxed);
+    // 1 create + 29 renewals (every 20 s): node-b wrote nothing while it waited.
+    assert_eq!(writes, 30, "writes during the warm-up");
+    a.release(held).await;
+    let got = waiting.await.unwrap();
+    b.release(got).await;
+    let (writes, reads) = (
+        shared.writes.load(Ordering::Relaxed),
+        shared.reads.load(Ordering::Relaxed),
+    );
+    // Steady state: an hour of nothing to pull costs no call at all.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(shared.writes.load(Ordering::Relaxed), writes);
+    assert_eq!(shared.reads.load(Ordering::Relaxed), reads);
+}
+
+#[test]
+fn names_are_stable_dns_labels() {
+    assert_eq!(slot_name(R, 3), format!("prepuller-{}-3", registry_key(R)));
+    assert_eq!(registry_key(R).len(), 16);
+    assert_ne!(registry_key("docker.io"), registry_key("quay.io"));
+    // Pinned: every node and every version must compute the same names.
+    assert_eq!(
+        registry_key("docker.io"),
+        format!("{:016x}", fnv64(&["docker.io"]))
+    );
+    assert_eq!(fnv64(&[""]), 0xaf63_bd4c_8601_b7df);
+}
+
+/// Three nodes' pullers (the fake runtime, 10 s per pull) on one slot: never two nodes pulling
+/// at once, every image pulled, each slot handed over by release rather than by expiry.
+#[tokio::test(start_paused = true)]
+async fn pullers_on_one_slot_take_turns_and_all_end_warm() {
+    use crate::config::Config;
+    use crate::puller::{PullEvent, PullSettings, Puller};
+    use crate::runtime::fake::FakeRuntime;
+
+    let config = Config::parse(
+        "parallelism: 2\nimages: [registry.example.com/a:1, registry.example.com/b:1]",
+        std::path::Path::new("t.yaml"),
+    )
+    .unwrap();
+    let shared = Arc::new(Shared::default());
+    let s = settings(1, OnUnavailable::Proceed);
+    let active = Arc::new(Mutex::new((0usize, 0usize))); // (nodes pulling now, peak)
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        let rt = Arc::new(FakeRuntime::new());
+        rt.set_pull_delay(Duration::from_secs(10));
+        let puller = Arc::new(Puller::new(rt.clone(), PullSettings::from(&config)));
+        let c = node(&shared, &format!("node-{i}"), &s, Clock::new());
+        puller.set_fleet(Some(Arc::new(FleetGate::new(c))));
+        let (images, active) = (config.images.clone(), active.clone());
+        tasks.push(tokio::spawn(async move {
+            let running = Mutex::new(0usize);
+            let outcomes = puller
+                .run(
+                    &images,
+                    &[],
+                    &|e| {
+                        let mut running = running.lock().unwrap();
+                        let mut active = active.lock().unwrap();
+                        match e {
+                            PullEvent::Started { .. } => {
+                                *running += 1;
+                                if *running == 1 {
+                                    active.0 += 1;
+                                    active.1 = active.1.max(active.0);
+                                }
+                            }
+                            PullEvent::Pulled { .. } | PullEvent::AttemptFailed { .. } => {
+                                *running -= 1;
+                                if *running == 0 {
+                                    active.0 -= 1;
+                                }
+                            }
+                            _ => {}
+                        }
+                    },
+                    &CancellationToken::new(),
+                )
+                .await;
+            outcomes.iter().all(|o| o.is_present())
+        }));
+    }
+    let start = Instant::now();
+    for t in tasks {
+        assert!(t.await.unwrap(), "a node did not end warm");
+    }
+    assert_eq!(active.lock().unwrap().1, 1, "two nodes pulled at once");
+    // 3 turns of 10 s (both images in parallel on the node) and at most 5 s of spread per
+    // handover: no lease-duration (60 s) waits.
+    assert!(
+        start.elapsed() <= Duration::from_secs(3 * 15),
+        "{:?}",
+        start.elapsed()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        Fake {
+            shared,
+            node: String::new()
+        }
+        .holders()
+        .is_empty()
+    );
+}
+
+/// The README's figure: `FLEET_SIM_NODES` nodes (default 500) warm up on one registry with
+/// `maxConcurrentNodes: 50`, each pulling for 30 to 90 s (paused time), on the real coordination
+/// code against the fake API; prints API writes/s during the warm-up and at steady state.
+/// `cargo test --release --lib fleet::tests::simulated_fleet -- --ignored --nocapture`
+#[tokio::test(start_paused = true)]
+#[ignore = "a simulation printing figures, not a check"]
+async fn simulated_fleet_warm_up_api_writes() {
+    let nodes: usize = std::env::var("FLEET_SIM_NODES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(500);
+    let shared = Arc::new(Shared::default());
+    let s = settings(50, OnUnavailable::Proceed);
+    let pulling = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let wall = std::time::Instant::now();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..nodes {
+        let c = node(&shared, &format!("node-{i}"), &s, Clock::new());
+        let (pulling, peak) = (pulling.clone(), peak.clone());
+        tasks.push(tokio::spawn(async move {
+            let slot = slot(&c).await;
+            let now = pulling.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(now, Ordering::SeqCst);
+            // 30 to 90 s, so that renewals and releases do not come in lockstep.
+            tokio::time::sleep(Duration::from_secs(30 + fastrand::u64(0..=60))).await;
+            pulling.fetch_sub(1, Ordering::SeqCst);
+            c.release(slot).await;
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let warm_up = start.elapsed();
+    let (writes, reads, conflicts) = (
+        shared.writes.load(Ordering::Relaxed),
+        shared.reads.load(Ordering::Relaxed),
+        shared.conflicts.load(Ordering::Relaxed),
+    );
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    let idle_writes = shared.writes.load(Ordering::Relaxed) - writes;
+    println!(
+        "fleet sim: {nodes} nodes, maxConcurrentNodes 50, pulls of 30-90 s: warm in {:.0} s (virtual), \
+         peak {} pulling; {writes} writes ({conflicts} of them 409s), {:.1} writes/s, {:.2} writes per node; \
+         {reads} reads ({:.1}/s); steady state: {idle_writes} writes in an hour; simulated in {:.1} s",
+        warm_up.as_secs_f64(),
+        peak.load(Ordering::SeqCst),
+        writes as f64 / warm_up.as_secs_f64(),
+        writes as f64 / nodes as f64,
+        reads as f64 / warm_up.as_secs_f64(),
+        wall.elapsed().as_secs_f64(),
+    );
+    assert!(peak.load(Ordering::SeqCst) <= 50);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stopping_node_gives_its_slots_back() {
+    let shared = Arc::new(Shared::default());
+    let s = settings(1, OnUnavailable::Proceed);
+    let gate = FleetGate::new(node(&shared, "node-a", &s, Clock::new()));
+    assert_eq!(gate.admit(R), FleetAdmit::Wait);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(gate.take_granted(), [R]);
+    assert_eq!(gate.admit(R), FleetAdmit::Go);
+    let fake = Fake {
+        shared: shared.clone(),
+        node: String::new(),
+    };
+    assert_eq!(fake.holders(), ["node-a"]);
+    gate.release_all().await;
+    assert!(fake.holders().is_empty());
+    assert!(gate.registries().is_empty());
+}
