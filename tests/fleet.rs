@@ -541,6 +541,21 @@ async fn budget_of_one_node_pulls_one_node_at_a_time_and_all_end_warm() {
     for pair in spans.windows(2) {
         assert!(pair[0].1 <= pair[1].0, "pull spans overlap: {spans:?}");
     }
+    // The nodes that waited said so on their Node, once each (not once per retry).
+    let requests = w.api.api.requests();
+    let waited: Vec<usize> = (w.fleet.nodes.iter())
+        .map(|n| {
+            (requests.iter())
+                .filter(|r| r.is_write() && r.path.ends_with(&format!("/nodes/{}/status", n.name)))
+                .filter(|r| r.body.to_string().contains("WaitingForPullSlot"))
+                .count()
+        })
+        .collect();
+    assert!(
+        waited.iter().sum::<usize>() >= 1,
+        "nobody waited: {waited:?}"
+    );
+    assert!(waited.iter().all(|&c| c <= 1), "{waited:?}");
     // One slot, held by one node at a time, ends released.
     let slots: Vec<Value> = (w.api.api.leases().into_iter())
         .filter(|l| l["metadata"]["labels"]["prepuller.dev/fleet"] == "slot")
@@ -591,6 +606,7 @@ async fn killed_slot_holder_s_slot_is_used_again_within_lease_duration_plus_5s()
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let recovery = next.saturating_duration_since(killed);
+    eprintln!("slot recovery after the SIGKILL of {holder}: {recovery:?}");
     assert!(
         recovery <= Duration::from_secs(15),
         "the slot came back after {recovery:?}, past 10 s + 5 s"
