@@ -3,7 +3,7 @@
 //! fake Kubernetes API as its own process (examples/fake_apiserver.rs), and scenarios run one
 //! after the other, each on a fresh fleet and a fresh API. Prints one table row per scenario.
 //!
-//!   cargo run --example fleet_sim -- [--nodes K] [--only NAME[,NAME…]]
+//!   cargo run --example fleet_sim -- [--nodes K] [--only NAME[;NAME…]]
 //!
 //! Needs `prepuller` and `examples/fake_apiserver` built beside it (`make fleet-sim` builds
 //! both). Scenarios that set `fleet:` in the agent's config are reported as skipped while the
@@ -388,6 +388,12 @@ async fn run(scenario: &Scenario, registry: &Registry, k: usize) -> Row {
             }
         }
     }
+    for w in &stats.windows {
+        eprintln!(
+            "fleet-sim: 429 window ({:?}): {} answered to {:?}",
+            w.style, w.answered, w.nodes
+        );
+    }
     let times = fleet.warm_times();
     // Slot recovery: from the SIGKILL to the first blob GET of a node that had not pulled yet.
     let recovery = killed.and_then(|(_, at)| {
@@ -493,12 +499,12 @@ async fn main() {
                 only = Some(
                     it.next()
                         .expect("--only NAME")
-                        .split(',')
+                        .split(';')
                         .map(str::to_string)
                         .collect(),
                 )
             }
-            other => panic!("usage: fleet_sim [--nodes K] [--only NAME,…] (unknown {other})"),
+            other => panic!("usage: fleet_sim [--nodes K] [--only NAME;…] (unknown {other})"),
         }
     }
     let dir = tempfile::Builder::new()
