@@ -3,7 +3,7 @@
 //! fake Kubernetes API as its own process (examples/fake_apiserver.rs), and scenarios run one
 //! after the other, each on a fresh fleet and a fresh API. Prints one table row per scenario.
 //!
-//!   cargo run --example fleet_sim -- [--nodes K] [--only NAME[,NAME…]]
+//!   cargo run --example fleet_sim -- [--nodes K] [--only NAME[;NAME…]]
 //!
 //! Needs `prepuller` and `examples/fake_apiserver` built beside it (`make fleet-sim` builds
 //! both). Scenarios that set `fleet:` in the agent's config are reported as skipped while the
@@ -99,13 +99,30 @@ fn scenarios() -> Vec<Scenario> {
             Some("{maxConcurrentNodes: 4}"),
             vec![],
         ),
+        s(
+            "maxConcurrentNodes 2, 429 window 20 s (Docker Hub)",
+            Some("{maxConcurrentNodes: 2}"),
+            vec![(at(3), Action::RateLimit(RateLimitStyle::DockerHub, 20))],
+        ),
+        s(
+            "maxConcurrentNodes 2, 429 window 20 s (GHCR, retry-after)",
+            Some("{maxConcurrentNodes: 2}"),
+            vec![(at(3), Action::RateLimit(RateLimitStyle::Ghcr, 20))],
+        ),
+        // `onUnavailable: proceed` (the default): the nodes that find no API pull
+        // uncoordinated, so the peak may pass the budget here.
+        s(
+            "maxConcurrentNodes 2, API server down 30 s",
+            Some("{maxConcurrentNodes: 2}"),
+            vec![(at(1), Action::ApiDown), (at(31), Action::ApiUp)],
+        ),
         // Restarted only after its Lease (60 s) has expired: the same node name would take its
         // own slot back at once, which is not what is measured.
         s(
             "maxConcurrentNodes 1, SIGKILL of the holder",
             Some("{maxConcurrentNodes: 1}"),
             vec![
-                (at(3), Action::KillPulling),
+                (at(1), Action::KillPulling),
                 (at(78), Action::RestartKilled),
             ],
         ),
@@ -178,6 +195,17 @@ async fn api_warm(api: &FakeApiProc, names: &[String]) -> bool {
         }
     }
     true
+}
+
+/// Holders of the fleet's pull slots (the Leases labelled `prepuller.dev/fleet=slot`).
+async fn slot_holders(api: &FakeApiProc) -> Vec<String> {
+    let leases = api.call(reqwest::Method::GET, "/leases", None).await;
+    (leases.as_array().into_iter().flatten())
+        .filter(|l| l["metadata"]["labels"]["prepuller.dev/fleet"] == "slot")
+        .filter_map(|l| l["spec"]["holderIdentity"].as_str())
+        .filter(|h| !h.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// One row of the table.
@@ -260,9 +288,28 @@ async fn run(scenario: &Scenario, registry: &Registry, k: usize) -> Row {
                 Action::Kill(i) => fleet.kill_agent(i).await,
                 Action::Restart(i) => fleet.restart_agent(i, &config_path, &kubeconfigs[i], &[]),
                 Action::KillPulling => {
-                    let pulling = fleet.front.pulling_nodes();
-                    let i = names.iter().position(|n| pulling.contains(n)).unwrap_or(0);
+                    // A node pulling now and, with slots, holding one (not one between its
+                    // release and the end of its last blob GET): up to 10 s for one.
+                    let until = Instant::now() + Duration::from_secs(10);
+                    let i = loop {
+                        let pulling = fleet.front.pulling_nodes();
+                        let holders = slot_holders(&api).await;
+                        let found = names.iter().position(|n| {
+                            pulling.contains(n) && (scenario.fleet.is_none() || holders.contains(n))
+                        });
+                        if let Some(i) = found {
+                            break i;
+                        }
+                        if Instant::now() > until {
+                            eprintln!(
+                                "fleet-sim: no slot holder pulling (holders {holders:?}, pulling {pulling:?}); killing node 0"
+                            );
+                            break 0;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    };
                     fleet.kill_agent(i).await;
+                    eprintln!("fleet-sim: SIGKILL of {}", names[i]);
                     killed = Some((i, Instant::now()));
                 }
                 Action::RestartKilled => {
@@ -341,6 +388,12 @@ async fn run(scenario: &Scenario, registry: &Registry, k: usize) -> Row {
             }
         }
     }
+    for w in &stats.windows {
+        eprintln!(
+            "fleet-sim: 429 window ({:?}): {} answered to {:?}",
+            w.style, w.answered, w.nodes
+        );
+    }
     let times = fleet.warm_times();
     // Slot recovery: from the SIGKILL to the first blob GET of a node that had not pulled yet.
     let recovery = killed.and_then(|(_, at)| {
@@ -354,6 +407,7 @@ async fn run(scenario: &Scenario, registry: &Registry, k: usize) -> Row {
     });
     if skipped.is_none()
         && let Some(budget) = scenario.fleet.and_then(budget_of)
+        && !(scenario.events.iter()).any(|(_, a)| matches!(a, Action::ApiDown))
         && stats.peak_pulling_nodes > budget
     {
         skipped = Some(format!(
@@ -445,12 +499,12 @@ async fn main() {
                 only = Some(
                     it.next()
                         .expect("--only NAME")
-                        .split(',')
+                        .split(';')
                         .map(str::to_string)
                         .collect(),
                 )
             }
-            other => panic!("usage: fleet_sim [--nodes K] [--only NAME,…] (unknown {other})"),
+            other => panic!("usage: fleet_sim [--nodes K] [--only NAME;…] (unknown {other})"),
         }
     }
     let dir = tempfile::Builder::new()

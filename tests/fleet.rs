@@ -358,6 +358,21 @@ struct Warmup {
 }
 
 async fn start_warmup(k: usize, extra: &str) -> Warmup {
+    start_warmup_throttled(k, extra, None).await
+}
+
+/// [`start_warmup`] with the front's total bandwidth limited from before the first pull.
+async fn start_warmup_throttled(k: usize, extra: &str, bytes_per_s: Option<u64>) -> Warmup {
+    start_warmup_with(k, extra, bytes_per_s, false).await
+}
+
+/// [`start_warmup_throttled`], the API server down from before the agents start if `api_down`.
+async fn start_warmup_with(
+    k: usize,
+    extra: &str,
+    bytes_per_s: Option<u64>,
+    api_down: bool,
+) -> Warmup {
     let dir = tempfile::tempdir().unwrap();
     let registry = Registry::start(&dir.path().join("registry"));
     let repos = ["fleet/a:1", "fleet/b:1"];
@@ -367,7 +382,9 @@ async fn start_warmup(k: usize, extra: &str) -> Warmup {
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api = TlsFakeApi::serve(listener);
+    api.api.set_down(api_down);
     let mut fleet = Fleet::start(&registry.host(), k);
+    fleet.front.throttle(bytes_per_s);
     for node in &fleet.nodes {
         api.api.put_node(
             json!({"metadata": {"name": node.name, "labels": {}}, "spec": {}, "status": {}}),
@@ -451,4 +468,213 @@ async fn three_nodes_warm_up_through_the_front_and_each_fetches_every_image() {
             "{writes:?}"
         );
     }
+}
+
+impl Warmup {
+    fn logs(&self) -> String {
+        let logs: Vec<String> = (self.fleet.nodes.iter())
+            .filter_map(|n| {
+                n.agent
+                    .as_ref()
+                    .map(|a| format!("{}:\n{}", n.name, a.log()))
+            })
+            .collect();
+        logs.join("\n---\n")
+    }
+
+    /// Every node warm by its `/readyz` within `timeout`, else the agents' logs.
+    async fn assert_warm(&mut self, timeout: Duration) {
+        let warm = self.fleet.wait_warm(timeout).await;
+        assert!(
+            warm,
+            "not every node became warm: {:?} {:?}\n{}",
+            self.fleet.warm_times(),
+            self.fleet.front.stats(),
+            self.logs()
+        );
+    }
+
+    /// Every Node's condition `True` in the API within `timeout`.
+    async fn assert_nodes_warm_in_api(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        for node in &self.fleet.nodes {
+            while images_prepulled_condition(&self.api.api.node(&node.name))["status"] != "True" {
+                assert!(
+                    Instant::now() < deadline,
+                    "{} not warm in the API: {:#}\n{}",
+                    node.name,
+                    self.api.api.node(&node.name),
+                    self.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// 4 MiB a node through 8 MiB/s: three nodes pulling at once would overlap for about a second.
+const E2E_THROTTLE: u64 = 8 * MB as u64;
+
+/// The `make test` e2e of the fleet pull budget: 3 nodes, `maxConcurrentNodes: 1`, real
+/// containerd; the registry never sees two nodes pulling at once, and every node ends warm.
+/// (Without the `fleet:` block the same set-up peaks at 3.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_of_one_node_pulls_one_node_at_a_time_and_all_end_warm() {
+    let mut w = start_warmup_throttled(
+        3,
+        "fleet: {maxConcurrentNodes: 1, leaseDuration: 10s}\n",
+        Some(E2E_THROTTLE),
+    )
+    .await;
+    w.assert_warm(Duration::from_secs(90)).await;
+    w.assert_nodes_warm_in_api(Duration::from_secs(30)).await;
+
+    let stats = w.fleet.front.stats();
+    assert_eq!(stats.peak_pulling_nodes, 1, "{stats:?}");
+    // Each node pulled all its layers itself, one after the other.
+    for node in &w.fleet.nodes {
+        assert!(stats.blob_bytes[&node.name] >= 4 * MB as u64, "{stats:?}");
+    }
+    let mut spans: Vec<(Instant, Instant)> = stats.pull_spans.values().copied().collect();
+    spans.sort();
+    assert_eq!(spans.len(), 3, "{stats:?}");
+    for pair in spans.windows(2) {
+        assert!(pair[0].1 <= pair[1].0, "pull spans overlap: {spans:?}");
+    }
+    // The nodes that waited said so on their Node, once each (not once per retry).
+    let requests = w.api.api.requests();
+    let waited: Vec<usize> = (w.fleet.nodes.iter())
+        .map(|n| {
+            (requests.iter())
+                .filter(|r| r.is_write() && r.path.ends_with(&format!("/nodes/{}/status", n.name)))
+                .filter(|r| r.body.to_string().contains("WaitingForPullSlot"))
+                .count()
+        })
+        .collect();
+    assert!(
+        waited.iter().sum::<usize>() >= 1,
+        "nobody waited: {waited:?}"
+    );
+    assert!(waited.iter().all(|&c| c <= 1), "{waited:?}");
+    // One slot, held by one node at a time, ends released.
+    let slots: Vec<Value> = (w.api.api.leases().into_iter())
+        .filter(|l| l["metadata"]["labels"]["prepuller.dev/fleet"] == "slot")
+        .collect();
+    assert_eq!(slots.len(), 1, "{slots:#?}");
+    let holder = &slots[0]["spec"]["holderIdentity"];
+    assert!(holder.is_null() || holder == "", "{slots:#?}");
+}
+
+/// A slot holder killed with SIGKILL (no release): another node pulls within the Lease's
+/// duration + 5 s, and every other node ends warm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_slot_holder_s_slot_is_used_again_within_lease_duration_plus_5s() {
+    // 4 MiB a node through 1 MiB/s: the holder is still pulling when it is killed.
+    let mut w = start_warmup_throttled(
+        3,
+        "fleet: {maxConcurrentNodes: 1, leaseDuration: 10s}\n",
+        Some(MB as u64),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let holder = loop {
+        if let Some(n) = w.fleet.front.pulling_nodes().first() {
+            break n.clone();
+        }
+        assert!(Instant::now() < deadline, "nobody pulls\n{}", w.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let i = w.fleet.nodes.iter().position(|n| n.name == holder).unwrap();
+    w.fleet.kill_agent(i).await;
+    let killed = Instant::now();
+
+    // Another node's first blob GET, the killed one's slot being the only one.
+    let next = loop {
+        let stats = w.fleet.front.stats();
+        let others: Vec<Instant> = (stats.pull_spans.iter())
+            .filter(|(n, _)| **n != holder)
+            .map(|(_, s)| s.0)
+            .collect();
+        if let Some(first) = others.iter().min() {
+            break *first;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "no other node pulled after the holder's SIGKILL: {stats:?}\n{}",
+            w.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let recovery = next.saturating_duration_since(killed);
+    eprintln!("slot recovery after the SIGKILL of {holder}: {recovery:?}");
+    assert!(
+        recovery <= Duration::from_secs(15),
+        "the slot came back after {recovery:?}, past 10 s + 5 s"
+    );
+    // The killed node never comes back; the others finish, one at a time.
+    w.fleet.nodes.remove(i);
+    w.assert_warm(Duration::from_secs(90)).await;
+    w.assert_nodes_warm_in_api(Duration::from_secs(30)).await;
+    assert_eq!(w.fleet.front.stats().peak_pulling_nodes, 1);
+}
+
+const UNAVAILABLE: &str = "fleet pull budget unavailable";
+
+/// The API server down from the start: by default (`onUnavailable: proceed`) every agent says so
+/// once and pulls uncoordinated, so every node gets warm while the API is still down; its Node
+/// follows once the API is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_down_agents_proceed_uncoordinated_saying_so_once() {
+    let mut w = start_warmup_with(
+        3,
+        "fleet: {maxConcurrentNodes: 1, leaseDuration: 10s}\n",
+        None,
+        true,
+    )
+    .await;
+    w.assert_warm(Duration::from_secs(90)).await;
+    assert!(w.api.api.is_down());
+    for node in &w.fleet.nodes {
+        let log = node.agent.as_ref().unwrap().log();
+        assert_eq!(log.matches(UNAVAILABLE).count(), 1, "{}: {log}", node.name);
+        assert!(log.contains("fleet.onUnavailable: proceed"), "{log}");
+    }
+    w.api.api.set_down(false);
+    w.assert_nodes_warm_in_api(Duration::from_secs(60)).await;
+}
+
+/// `onUnavailable: wait`: with the API down nothing is pulled; once it is back the budget
+/// applies and every node gets warm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_down_with_on_unavailable_wait_pulls_nothing_until_it_is_back() {
+    let mut w = start_warmup_with(
+        3,
+        "fleet: {maxConcurrentNodes: 1, leaseDuration: 10s, onUnavailable: wait}\n",
+        Some(E2E_THROTTLE),
+        true,
+    )
+    .await;
+    // Each agent gives up on the API after three tries (about 3 s of back-off), then waits.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(w.fleet.nodes.iter()).all(|n| n.agent.as_ref().unwrap().log().contains(UNAVAILABLE)) {
+        assert!(Instant::now() < deadline, "{}", w.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stats = w.fleet.front.stats();
+    assert!(
+        stats.blob_bytes.is_empty(),
+        "pulled while waiting: {stats:?}"
+    );
+    assert!(!w.fleet.poll_warm().await);
+    for node in &w.fleet.nodes {
+        let log = node.agent.as_ref().unwrap().log();
+        assert_eq!(log.matches(UNAVAILABLE).count(), 1, "{log}");
+        assert!(log.contains("fleet.onUnavailable: wait"), "{log}");
+    }
+
+    w.api.api.set_down(false);
+    w.assert_warm(Duration::from_secs(90)).await;
+    w.assert_nodes_warm_in_api(Duration::from_secs(30)).await;
+    assert_eq!(w.fleet.front.stats().peak_pulling_nodes, 1);
 }
