@@ -146,6 +146,23 @@ struct View {
     events: Option<LeaseEvents>,
 }
 
+impl View {
+    /// Whether a round could find a slot: one released, or one not made yet.
+    fn any_free(&self, n: u32, breaker: &str) -> bool {
+        let mut slots = 0;
+        for (name, lease) in &self.leases {
+            if name == breaker {
+                continue;
+            }
+            if released(lease) {
+                return true;
+            }
+            slots += 1;
+        }
+        slots < n as usize
+    }
+}
+
 /// One round of `acquire`.
 enum Round {
     Got(Slot),
@@ -211,8 +228,13 @@ impl<A: LeaseApi> Coordinator<A> {
         // Every waiter sees the same release: each looks again after its own random delay, so
         // that one takes the slot and the others see it taken instead of all meeting 409s.
         let spread = (self.lease_duration() / 12).min(HERD_SPREAD);
+        // Each node tries the slots in its own order, so that nodes do not all race for slot 0.
+        let n = self.settings.slots_for(registry);
+        let mut order: Vec<u32> = (0..n).collect();
+        order.sort_by_cached_key(|i| fnv64(&[&self.node, registry, &i.to_string()]));
+        let breaker = super::breaker_name(registry);
         loop {
-            let wait = match self.round(registry, &selector, &mut view).await {
+            let wait = match self.round(registry, &selector, &mut view, &order).await {
                 Ok(Round::Got(slot)) => return Some(Grant::Slot(slot)),
                 Ok(Round::Paused(until)) => {
                     view = None;
@@ -232,19 +254,28 @@ impl<A: LeaseApi> Coordinator<A> {
                 }
                 Ok(Round::Busy { expiry }) => {
                     failures = 0;
-                    // No timer when nothing can expire: the watch alone wakes us.
-                    let woken = tokio::select! {
-                        r = self.follow(&selector, &mut view, expiry, true) => r,
-                        _ = self.cancel.cancelled() => return None,
-                    };
-                    match woken {
-                        Err(e) => Some(e),
-                        Ok(()) => {
-                            let until = Instant::now() + spread.mul_f64(fastrand::f64());
-                            tokio::select! {
-                                r = self.follow(&selector, &mut view, Some(until), false) => r.err(),
-                                _ = self.cancel.cancelled() => return None,
-                            }
+                    loop {
+                        // No timer when nothing can expire: the watch alone wakes us.
+                        let woken = tokio::select! {
+                            r = self.follow(&selector, &mut view, expiry, true) => r,
+                            _ = self.cancel.cancelled() => return None,
+                        };
+                        if let Err(e) = woken {
+                            break Some(e);
+                        }
+                        let until = Instant::now() + spread.mul_f64(fastrand::f64());
+                        let spread = tokio::select! {
+                            r = self.follow(&selector, &mut view, Some(until), false) => r,
+                            _ = self.cancel.cancelled() => return None,
+                        };
+                        if let Err(e) = spread {
+                            break Some(e);
+                        }
+                        // Another waiter took the freed slot meanwhile (as it does for all but
+                        // one of them): wait on, without a round over every slot.
+                        let expired = expiry.is_some_and(|at| at <= Instant::now());
+                        if expired || view.as_ref().is_none_or(|v| v.any_free(n, &breaker)) {
+                            break None;
                         }
                     }
                 }
@@ -295,7 +326,15 @@ impl<A: LeaseApi> Coordinator<A> {
             Some(seen) if seen.holder.as_deref() == holder && seen.renew.as_ref() == renew => {
                 seen.since
             }
-            _ => {
+            Some(seen) => {
+                *seen = Seen {
+                    holder: holder.map(str::to_string),
+                    renew: renew.cloned(),
+                    since: now,
+                };
+                now
+            }
+            None => {
                 state.seen.insert(
                     name.to_string(),
                     Seen {
@@ -405,7 +444,12 @@ impl<A: LeaseApi> Coordinator<A> {
             }
             let freed = released(&lease);
             if let Some(name) = &lease.metadata.name {
-                v.leases.insert(name.clone(), lease);
+                match v.leases.get_mut(name) {
+                    Some(old) => *old = lease,
+                    None => {
+                        v.leases.insert(name.clone(), lease);
+                    }
+                }
             }
             if freed && on_release {
                 return Ok(());
@@ -418,6 +462,7 @@ impl<A: LeaseApi> Coordinator<A> {
         registry: &str,
         selector: &str,
         view: &mut Option<View>,
+        order: &[u32],
     ) -> Result<Round, ApiError> {
         if let Some(until) = self.paused_until(registry) {
             return Ok(Round::Paused(until));
@@ -462,9 +507,7 @@ impl<A: LeaseApi> Coordinator<A> {
         let mut expiry: Option<Instant> = None;
         let mut conflicts = 0;
         // Each node tries the slots in its own order, so that nodes do not all race for slot 0.
-        let mut order: Vec<u32> = (0..n).collect();
-        order.sort_by_key(|i| fnv64(&[&self.node, registry, &i.to_string()]));
-        for i in order {
+        for &i in order {
             let written = match by_index.get(&i) {
                 None => self.api.create(&self.new_lease(registry, i)).await,
                 Some(lease) => {
