@@ -120,12 +120,14 @@ acceptance: image
 		$(CARGO) test --test acceptance -- --ignored --test-threads=1 --nocapture
 
 ## bench: the cost figures in the README (resync CPU and runtime calls; idle memory on containerd;
-## memory with thousands of images waiting on a down registry)
+## memory with thousands of images waiting on a down registry; the fleet pull budget's API calls
+## for up to 5,000 simulated nodes)
 bench: setup
 	$(CARGO) build --release --bin prepuller
 	$(CARGO) bench --bench resync
 	$(CARGO) bench --bench idle_memory
 	$(CARGO) bench --bench pending_memory
+	$(CARGO) bench --bench fleet
 
 # The demo agent's HTTP listener and API socket, and how to stop a demo agent left running.
 DEMO_LISTEN ?= 127.0.0.1:18080

@@ -125,23 +125,118 @@ impl NodeRow {
     }
 }
 
+/// One registry of the fleet pull budget as the listed nodes' conditions tell it: how many of
+/// them pull on its slots and how many wait for one. Waiting nodes race for a freed slot
+/// rather than queue, so this is the length of the queue, not a position in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetQueue {
+    pub registry: String,
+    /// The registry's `maxConcurrentNodes`, when a pulling node's message shows it.
+    pub slots: Option<u32>,
+    pub pulling: usize,
+    pub waiting: usize,
+}
+
+impl BudgetQueue {
+    fn new(registry: &str) -> BudgetQueue {
+        BudgetQueue {
+            registry: registry.to_string(),
+            slots: None,
+            pulling: 0,
+            waiting: 0,
+        }
+    }
+}
+
+impl NodeRow {
+    /// The registries this node pulls from on a slot (with their number of slots) and those
+    /// it waits for, from its condition's message (see `k8s::condition`).
+    fn budget(&self) -> (Vec<(&str, Option<u32>)>, Vec<&str>) {
+        let Some(m) = self.message.as_deref() else {
+            return (Vec::new(), Vec::new());
+        };
+        if self.reason.as_deref() == Some("WaitingForPullSlot") {
+            let waiting = m
+                .split_once("waiting for a slot of the fleet pull budget for ")
+                .map(|(_, r)| r.split(", ").collect())
+                .unwrap_or_default();
+            return (Vec::new(), waiting);
+        }
+        let held = m
+            .split_once("; pulling (slot ")
+            .and_then(|(_, rest)| rest.split_once("):"))
+            .map(|(slots, _)| {
+                slots
+                    .split(", slot ")
+                    .filter_map(|s| {
+                        let (of, registry) = s.split_once(" of ")?;
+                        let n = of.split_once('/').and_then(|(_, n)| n.parse().ok());
+                        Some((registry, n))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        (held, Vec::new())
+    }
+}
+
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Fleet {
     pub nodes: Vec<NodeRow>,
     pub warm: usize,
     pub total: usize,
+    /// Per registry of the fleet pull budget (`fleet:`): nodes pulling and waiting.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub budget: Vec<BudgetQueue>,
 }
 
 impl Fleet {
     pub fn new(nodes: &[Node], taint: &str) -> Fleet {
         let mut rows: Vec<NodeRow> = nodes.iter().map(|n| NodeRow::from_node(n, taint)).collect();
         rows.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut queues: std::collections::BTreeMap<String, BudgetQueue> = Default::default();
+        for r in &rows {
+            let (held, waiting) = r.budget();
+            for (registry, slots) in held {
+                let q = queues
+                    .entry(registry.to_string())
+                    .or_insert_with(|| BudgetQueue::new(registry));
+                q.pulling += 1;
+                q.slots = q.slots.or(slots);
+            }
+            for registry in waiting {
+                let q = queues
+                    .entry(registry.to_string())
+                    .or_insert_with(|| BudgetQueue::new(registry));
+                q.waiting += 1;
+            }
+        }
         Fleet {
             warm: rows.iter().filter(|r| r.warm()).count(),
             total: rows.len(),
             nodes: rows,
+            budget: queues.into_values().collect(),
         }
+    }
+
+    /// `fleet pull budget for registry.example.com: 50 nodes pulling (50 slots), 4950 nodes
+    /// waiting`: only with `fleet:`, as the conditions tell it.
+    fn budget_lines(&self) -> String {
+        let nodes = |n: usize| format!("{n} node{}", if n == 1 { "" } else { "s" });
+        self.budget
+            .iter()
+            .map(|q| {
+                let slots = q.slots.map(|n| format!(" ({n} slots)")).unwrap_or_default();
+                format!(
+                    "fleet pull budget for {}: {} pulling{slots}, {} waiting\n",
+                    q.registry,
+                    nodes(q.pulling),
+                    nodes(q.waiting)
+                )
+            })
+            .collect()
     }
 
     pub fn cold(&self) -> Vec<&NodeRow> {
@@ -178,7 +273,7 @@ impl Fleet {
             }
             t.add_row(row);
         }
-        format!("{t}\n{}\n", self.summary())
+        format!("{t}\n{}{}\n", self.budget_lines(), self.summary())
     }
 }
 
@@ -354,5 +449,53 @@ mod tests {
             table.contains("WaitingForPullSlot: waiting for a slot"),
             "{table}"
         );
+    }
+
+    #[test]
+    fn the_fleet_budget_line_counts_nodes_pulling_and_waiting_per_registry() {
+        let with = |name: &str, reason: &str, message: &str| {
+            let mut n = node(name, Some(("False", reason)), true);
+            n.status.as_mut().unwrap().conditions.as_mut().unwrap()[1].message =
+                Some(message.into());
+            n
+        };
+        let fleet = Fleet::new(
+            &[
+                with(
+                    "a",
+                    "PullingImages",
+                    "0/2 required images present; pulling (slot 2/5 of r.example, slot 1/1 of docker.io): r.example/a:1",
+                ),
+                with(
+                    "b",
+                    "WaitingForPullSlot",
+                    "0/2 required images present; waiting for a slot of the fleet pull budget for r.example",
+                ),
+                with(
+                    "c",
+                    "WaitingForPullSlot",
+                    "0/2 required images present; waiting for a slot of the fleet pull budget for docker.io, r.example",
+                ),
+                node("d", Some(("True", "AllRequiredImagesPresent")), false),
+            ],
+            DEFAULT_STARTUP_TAINT,
+        );
+        let table = fleet.render(NodesOutput::Table);
+        assert!(
+            table.contains(
+                "fleet pull budget for docker.io: 1 node pulling (1 slots), 1 node waiting\n"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "fleet pull budget for r.example: 1 node pulling (5 slots), 2 nodes waiting\n"
+            ),
+            "{table}"
+        );
+        assert!(table.ends_with("1/4 nodes warm\n"), "{table}");
+        let json: serde_json::Value =
+            serde_json::from_str(&fleet.render(NodesOutput::Json)).unwrap();
+        assert_eq!(json["budget"][1]["waiting"], 2);
     }
 }

@@ -2,8 +2,10 @@
 //! fake with paused time.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{ListParams, PostParams, WatchEvent, WatchParams};
 
@@ -55,17 +57,30 @@ pub trait LeaseApi: Clone + Send + Sync + 'static {
     fn create(&self, lease: &Lease) -> impl Future<Output = Result<Lease, ApiError>> + Send;
     /// A PUT with `metadata.resourceVersion` as precondition: `Conflict` when it moved on.
     fn replace(&self, lease: &Lease) -> impl Future<Output = Result<Lease, ApiError>> + Send;
-    /// Resolves when a Lease matching `selector` may have become free after
-    /// `resource_version`: released (no holder) or deleted, or the watch ended. Renewals do
-    /// not wake a waiting node: with 50 holders renewing every 20 s they would make every
-    /// waiter list again several times a second; a holder that stops renewing is found by
-    /// the waiter's expiry timer instead.
-    fn changed(
+    /// The changes to the Leases matching `selector` after `resource_version`, as the API
+    /// server sends them: a waiting node keeps the list it made current from these instead of
+    /// listing again on every release. The stream ends when the server ends the watch.
+    fn watch(
         &self,
         selector: &str,
         resource_version: &str,
-    ) -> impl Future<Output = Result<(), ApiError>> + Send;
+    ) -> impl Future<Output = Result<LeaseEvents, ApiError>> + Send;
 }
+
+/// One change a watch reports.
+#[derive(Debug, Clone)]
+pub enum LeaseEvent {
+    /// Added or modified: the Lease as it now is.
+    Put(Arc<Lease>),
+    /// Deleted.
+    Deleted(Arc<Lease>),
+    /// Nothing changed up to this resourceVersion (a bookmark).
+    Bookmark(String),
+    /// The watch cannot go on from its resourceVersion (410 Gone: compacted away): list again.
+    Expired,
+}
+
+pub type LeaseEvents = BoxStream<'static, Result<LeaseEvent, ApiError>>;
 
 /// The real API, through the agent's one kube client.
 #[derive(Clone)]
@@ -114,23 +129,29 @@ impl LeaseApi for KubeLeases {
             .map_err(|e| ApiError::from_kube("update", e))
     }
 
-    async fn changed(&self, selector: &str, resource_version: &str) -> Result<(), ApiError> {
+    async fn watch(&self, selector: &str, resource_version: &str) -> Result<LeaseEvents, ApiError> {
         let params = WatchParams::default().labels(selector);
         let stream = self
             .api
             .watch(&params, resource_version)
             .await
             .map_err(|e| ApiError::from_kube("watch", e))?;
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            match event.map_err(|e| ApiError::from_kube("watch", e))? {
-                WatchEvent::Added(l) | WatchEvent::Modified(l) if !released(&l) => continue,
-                WatchEvent::Bookmark(_) => continue,
-                // Released, deleted, or 410 Gone and the like: list again.
-                _ => return Ok(()),
-            }
-        }
-        Ok(())
+        Ok(stream
+            .map(|event| {
+                Ok(match event.map_err(|e| ApiError::from_kube("watch", e))? {
+                    WatchEvent::Added(l) | WatchEvent::Modified(l) => LeaseEvent::Put(Arc::new(l)),
+                    WatchEvent::Deleted(l) => LeaseEvent::Deleted(Arc::new(l)),
+                    WatchEvent::Bookmark(b) => LeaseEvent::Bookmark(b.metadata.resource_version),
+                    WatchEvent::Error(e) if e.code == 410 => LeaseEvent::Expired,
+                    WatchEvent::Error(e) => {
+                        return Err(ApiError::Unavailable {
+                            verb: "watch",
+                            message: format!("{} ({} {})", e.message, e.code, e.reason),
+                        });
+                    }
+                })
+            })
+            .boxed())
     }
 }
 

@@ -5,12 +5,16 @@
 //! - `lease`: the few Lease calls this needs (`LeaseApi`), over kube's client, with errors
 //!   classified (conflict, forbidden, unavailable).
 //! - `slots`: the `Coordinator`: acquire a slot (`prepuller-<registry-hash>-<i>`), renew it
-//!   while pulling, release it; wait on a watch of the registry's Leases.
+//!   while pulling, release it; wait on a watch of the registry's Leases, keeping the list
+//!   current from its events.
 //! - `gate`: `FleetGate`, what the puller asks (`FleetBudget`): may a pull start now; slots
 //!   acquired in the background and released when nothing is left to pull from the registry.
 //! - `breaker`: `backoffUntil` on a per-registry Lease after a 429.
+//! - `fake` (tests and benches only): a stateful Lease API in memory, and the fleet simulation.
 
 mod breaker;
+#[cfg(any(test, feature = "test-util"))]
+pub mod fake;
 mod gate;
 mod lease;
 mod slots;
@@ -22,7 +26,7 @@ mod tests;
 
 pub use breaker::{BREAKER_FIRST, BREAKER_MAX};
 pub use gate::{FleetAdmit, FleetBudget, FleetGate, FleetRegistry, FleetState};
-pub use lease::{ApiError, KubeLeases, LeaseApi};
+pub use lease::{ApiError, KubeLeases, LeaseApi, LeaseEvent, LeaseEvents};
 pub use slots::{Clock, Coordinator, Grant, Slot};
 
 /// Every Lease prepuller makes carries it, so that one label selector finds them.

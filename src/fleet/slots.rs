@@ -6,13 +6,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::lease::{ApiError, LeaseApi};
+use super::lease::{ApiError, LeaseApi, LeaseEvent, LeaseEvents, released};
 use super::{FLEET_LABEL, REGISTRY_ANNOTATION, REGISTRY_LABEL, fnv64, registry_selector};
 use crate::config::{FleetSettings, OnUnavailable};
 
@@ -136,12 +137,37 @@ pub struct Coordinator<A> {
     pub(super) cancel: CancellationToken,
 }
 
+/// A waiting node's copy of its registry's Leases: listed once, then kept current from the
+/// watch's events (each carries the Lease), so that a release costs the waiters no list.
+struct View {
+    leases: BTreeMap<String, Arc<Lease>>,
+    /// Where the watch (re)starts.
+    rv: String,
+    events: Option<LeaseEvents>,
+}
+
+impl View {
+    /// Whether a round could find a slot: one released, or one not made yet.
+    fn any_free(&self, n: u32, breaker: &str) -> bool {
+        let mut slots = 0;
+        for (name, lease) in &self.leases {
+            if name == breaker {
+                continue;
+            }
+            if released(lease) {
+                return true;
+            }
+            slots += 1;
+        }
+        slots < n as usize
+    }
+}
+
 /// One round of `acquire`.
 enum Round {
     Got(Slot),
-    /// Every slot is held: wait for a change after `rv`, or until `expiry` frees one.
+    /// Every slot is held: wait for a release, or until `expiry` frees one.
     Busy {
-        rv: String,
         expiry: Option<Instant>,
     },
     Paused(Instant),
@@ -198,10 +224,20 @@ impl<A: LeaseApi> Coordinator<A> {
             .without_max_times()
             .build();
         let mut failures = 0;
+        let mut view: Option<View> = None;
+        // Every waiter sees the same release: each looks again after its own random delay, so
+        // that one takes the slot and the others see it taken instead of all meeting 409s.
+        let spread = (self.lease_duration() / 12).min(HERD_SPREAD);
+        // Each node tries the slots in its own order, so that nodes do not all race for slot 0.
+        let n = self.settings.slots_for(registry);
+        let mut order: Vec<u32> = (0..n).collect();
+        order.sort_by_cached_key(|i| fnv64(&[&self.node, registry, &i.to_string()]));
+        let breaker = super::breaker_name(registry);
         loop {
-            let wait = match self.round(registry, &selector).await {
+            let wait = match self.round(registry, &selector, &mut view, &order).await {
                 Ok(Round::Got(slot)) => return Some(Grant::Slot(slot)),
                 Ok(Round::Paused(until)) => {
+                    view = None;
                     tokio::select! {
                         _ = tokio::time::sleep_until(until) => {}
                         _ = self.cancel.cancelled() => return None,
@@ -209,35 +245,39 @@ impl<A: LeaseApi> Coordinator<A> {
                     continue;
                 }
                 Ok(Round::Contended) => {
-                    let spread = (self.lease_duration() / 12).min(HERD_SPREAD);
+                    // The watch brings the writes that beat ours meanwhile.
+                    let until = Instant::now() + spread.mul_f64(fastrand::f64());
                     tokio::select! {
-                        _ = tokio::time::sleep(spread.mul_f64(fastrand::f64())) => {}
+                        r = self.follow(&selector, &mut view, Some(until), false) => r.err(),
                         _ = self.cancel.cancelled() => return None,
                     }
-                    continue;
                 }
-                Ok(Round::Busy { rv, expiry }) => {
+                Ok(Round::Busy { expiry }) => {
                     failures = 0;
-                    // No timer when nothing can expire: the watch alone wakes us.
-                    let expiry = async {
-                        match expiry {
-                            Some(at) => tokio::time::sleep_until(at).await,
-                            None => std::future::pending().await,
+                    loop {
+                        // No timer when nothing can expire: the watch alone wakes us.
+                        let woken = tokio::select! {
+                            r = self.follow(&selector, &mut view, expiry, true) => r,
+                            _ = self.cancel.cancelled() => return None,
+                        };
+                        if let Err(e) = woken {
+                            break Some(e);
                         }
-                    };
-                    let woken = tokio::select! {
-                        r = self.api.changed(&selector, &rv) => r.err(),
-                        _ = expiry => None,
-                        _ = self.cancel.cancelled() => return None,
-                    };
-                    // Every waiter sees the same release: spread their tries, so that one takes
-                    // the slot and the others see it taken instead of all meeting 409s.
-                    let spread = (self.lease_duration() / 12).min(HERD_SPREAD);
-                    tokio::select! {
-                        _ = tokio::time::sleep(spread.mul_f64(fastrand::f64())) => {}
-                        _ = self.cancel.cancelled() => return None,
+                        let until = Instant::now() + spread.mul_f64(fastrand::f64());
+                        let spread = tokio::select! {
+                            r = self.follow(&selector, &mut view, Some(until), false) => r,
+                            _ = self.cancel.cancelled() => return None,
+                        };
+                        if let Err(e) = spread {
+                            break Some(e);
+                        }
+                        // Another waiter took the freed slot meanwhile (as it does for all but
+                        // one of them): wait on, without a round over every slot.
+                        let expired = expiry.is_some_and(|at| at <= Instant::now());
+                        if expired || view.as_ref().is_none_or(|v| v.any_free(n, &breaker)) {
+                            break None;
+                        }
                     }
-                    woken
                 }
                 Err(e) => Some(e),
             };
@@ -268,52 +308,188 @@ impl<A: LeaseApi> Coordinator<A> {
         }
     }
 
-    /// Records what a list showed; returns whether the Lease is free for this node now.
+    /// Records what a list or watch event showed; returns whether the Lease is free for this
+    /// node now, and else when it expires unless it changes.
     fn observe(&self, lease: &Lease, now: Instant) -> (bool, Option<Instant>) {
-        let name = lease.metadata.name.clone().unwrap_or_default();
-        let spec = lease.spec.clone().unwrap_or_default();
-        let holder = spec.holder_identity.filter(|h| !h.is_empty());
+        let name = lease.metadata.name.as_deref().unwrap_or_default();
+        let spec = lease.spec.as_ref();
+        let holder = spec
+            .and_then(|s| s.holder_identity.as_deref())
+            .filter(|h| !h.is_empty());
+        let renew = spec.and_then(|s| s.renew_time.as_ref());
         let duration = spec
-            .lease_duration_seconds
+            .and_then(|s| s.lease_duration_seconds)
             .and_then(|s| u64::try_from(s).ok())
             .map_or(self.lease_duration(), Duration::from_secs);
         let mut state = self.state.lock().unwrap();
-        let seen = state.seen.entry(name).or_insert(Seen {
-            holder: holder.clone(),
-            renew: spec.renew_time.clone(),
-            since: now,
-        });
-        if seen.holder != holder || seen.renew != spec.renew_time {
-            *seen = Seen {
-                holder: holder.clone(),
-                renew: spec.renew_time,
-                since: now,
-            };
-        }
+        let since = match state.seen.get_mut(name) {
+            Some(seen) if seen.holder.as_deref() == holder && seen.renew.as_ref() == renew => {
+                seen.since
+            }
+            Some(seen) => {
+                *seen = Seen {
+                    holder: holder.map(str::to_string),
+                    renew: renew.cloned(),
+                    since: now,
+                };
+                now
+            }
+            None => {
+                state.seen.insert(
+                    name.to_string(),
+                    Seen {
+                        holder: holder.map(str::to_string),
+                        renew: renew.cloned(),
+                        since: now,
+                    },
+                );
+                now
+            }
+        };
         match holder {
             None => (true, None),
             Some(h) if h == self.node => (true, None),
             // As client-go's leader election: expired when the renew time has not changed for
             // a lease duration of *our* clock, whatever the holder's clock wrote in it.
             Some(_) => {
-                let expires = seen.since + duration;
+                let expires = since + duration;
                 (expires <= now, Some(expires))
             }
         }
     }
 
-    async fn round(&self, registry: &str, selector: &str) -> Result<Round, ApiError> {
+    /// Applies the watch's events to `view` until `until` (`None`: no deadline) or, with
+    /// `on_release`, until a slot is released or deleted. Opens the watch where the view
+    /// stands, and again where the last one ended; drops the view (the next round lists) when
+    /// the watch fails or cannot go on.
+    async fn follow(
+        &self,
+        selector: &str,
+        view: &mut Option<View>,
+        until: Option<Instant>,
+        on_release: bool,
+    ) -> Result<(), ApiError> {
+        let deadline = async {
+            match until {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut deadline = std::pin::pin!(deadline);
+        let Some(v) = view.as_mut() else {
+            deadline.await;
+            return Ok(());
+        };
+        loop {
+            let events = match &mut v.events {
+                Some(events) => events,
+                None => {
+                    let opened = match self.api.watch(selector, &v.rv).await {
+                        Ok(events) => events,
+                        Err(e) => {
+                            *view = None;
+                            return Err(e);
+                        }
+                    };
+                    v.events.insert(opened)
+                }
+            };
+            let opened_at = Instant::now();
+            let event = tokio::select! {
+                event = events.next() => event,
+                _ = &mut deadline => return Ok(()),
+            };
+            let lease = match event {
+                Some(Ok(LeaseEvent::Put(lease))) => lease,
+                Some(Ok(LeaseEvent::Deleted(lease))) => {
+                    if let Some(name) = &lease.metadata.name {
+                        v.leases.remove(name);
+                    }
+                    if let Some(rv) = &lease.metadata.resource_version {
+                        v.rv.clone_from(rv);
+                    }
+                    if on_release {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Some(Ok(LeaseEvent::Bookmark(rv))) => {
+                    v.rv = rv;
+                    continue;
+                }
+                Some(Ok(LeaseEvent::Expired)) => {
+                    *view = None;
+                    return Ok(());
+                }
+                Some(Err(e)) => {
+                    *view = None;
+                    return Err(e);
+                }
+                None => {
+                    v.events = None;
+                    // A server that ends every watch at once would have us call it in a loop.
+                    if opened_at.elapsed() < Duration::from_secs(1) {
+                        *view = None;
+                        return Err(ApiError::Unavailable {
+                            verb: "watch",
+                            message: "the watch ended at once".into(),
+                        });
+                    }
+                    continue;
+                }
+            };
+            self.observe(&lease, Instant::now());
+            if let Some(rv) = &lease.metadata.resource_version {
+                v.rv.clone_from(rv);
+            }
+            let freed = released(&lease);
+            if let Some(name) = &lease.metadata.name {
+                match v.leases.get_mut(name) {
+                    Some(old) => *old = lease,
+                    None => {
+                        v.leases.insert(name.clone(), lease);
+                    }
+                }
+            }
+            if freed && on_release {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn round(
+        &self,
+        registry: &str,
+        selector: &str,
+        view: &mut Option<View>,
+        order: &[u32],
+    ) -> Result<Round, ApiError> {
         if let Some(until) = self.paused_until(registry) {
             return Ok(Round::Paused(until));
         }
-        let (leases, rv) = self.api.list(selector).await?;
+        let v = match view {
+            Some(v) => v,
+            None => {
+                let (leases, rv) = self.api.list(selector).await?;
+                view.insert(View {
+                    leases: leases
+                        .into_iter()
+                        .map(|l| (l.metadata.name.clone().unwrap_or_default(), Arc::new(l)))
+                        .collect(),
+                    rv,
+                    events: None,
+                })
+            }
+        };
         let now = Instant::now();
         let n = self.settings.slots_for(registry);
-        let mut by_index: BTreeMap<u32, Lease> = BTreeMap::new();
-        for lease in leases {
-            let name = lease.metadata.name.clone().unwrap_or_default();
-            if name == super::breaker_name(registry) {
-                if let Some(until) = self.breaker_from(&lease) {
+        let breaker = super::breaker_name(registry);
+        let mut by_index: BTreeMap<u32, &Lease> = BTreeMap::new();
+        for lease in v.leases.values() {
+            let lease: &Lease = lease;
+            let name = lease.metadata.name.as_deref().unwrap_or_default();
+            if name == breaker {
+                if let Some(until) = self.breaker_from(lease) {
                     self.pause(registry, until);
                 }
                 continue;
@@ -331,9 +507,7 @@ impl<A: LeaseApi> Coordinator<A> {
         let mut expiry: Option<Instant> = None;
         let mut conflicts = 0;
         // Each node tries the slots in its own order, so that nodes do not all race for slot 0.
-        let mut order: Vec<u32> = (0..n).collect();
-        order.sort_by_key(|i| fnv64(&[&self.node, registry, &i.to_string()]));
-        for i in order {
+        for &i in order {
             let written = match by_index.get(&i) {
                 None => self.api.create(&self.new_lease(registry, i)).await,
                 Some(lease) => {
@@ -361,7 +535,7 @@ impl<A: LeaseApi> Coordinator<A> {
                 Err(e) => return Err(e),
             }
         }
-        Ok(Round::Busy { rv, expiry })
+        Ok(Round::Busy { expiry })
     }
 
     fn new_lease(&self, registry: &str, index: u32) -> Lease {

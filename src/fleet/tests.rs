@@ -1,193 +1,18 @@
 //! The coordinator on a stateful in-process fake of the Lease API (resourceVersions, 409s, a
 //! change feed for watches), with paused time.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::coordination::v1::Lease;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::fake::{Fake, Shared, node, settings};
 use super::*;
-use crate::config::{FleetSettings, OnUnavailable};
+use crate::config::OnUnavailable;
 
 const R: &str = "registry.example.com";
-
-#[derive(Default)]
-struct Store {
-    leases: BTreeMap<String, Lease>,
-    rv: u64,
-    /// The resourceVersion of the last write that left a Lease without holder (what wakes
-    /// a watch, as `KubeLeases::changed` filters it).
-    released_rv: u64,
-}
-
-#[derive(Default)]
-struct Shared {
-    store: Mutex<Store>,
-    changes: tokio::sync::Notify,
-    writes: AtomicUsize,
-    /// Writes refused with a 409 (counted in `writes` too: each is a request).
-    conflicts: AtomicUsize,
-    reads: AtomicUsize,
-    /// Every call fails: `Some(true)` 403, `Some(false)` unreachable.
-    down: Mutex<Option<bool>>,
-    /// Writes from these nodes fail as unreachable.
-    cut_off: Mutex<Vec<String>>,
-    /// Before the next write, this holder takes the Lease written to: the write then conflicts.
-    steal_next: Mutex<Option<String>>,
-}
-
-#[derive(Clone)]
-struct Fake {
-    shared: Arc<Shared>,
-    node: String,
-}
-
-impl Fake {
-    fn fail(&self, verb: &'static str, write: bool) -> Result<(), ApiError> {
-        match *self.shared.down.lock().unwrap() {
-            Some(true) => {
-                return Err(ApiError::Forbidden {
-                    verb,
-                    message: "no".into(),
-                });
-            }
-            Some(false) => {
-                return Err(ApiError::Unavailable {
-                    verb,
-                    message: "connection refused".into(),
-                });
-            }
-            None => {}
-        }
-        if write && self.shared.cut_off.lock().unwrap().contains(&self.node) {
-            return Err(ApiError::Unavailable {
-                verb,
-                message: "connection refused".into(),
-            });
-        }
-        Ok(())
-    }
-
-    fn write(&self, lease: &Lease, create: bool) -> Result<Lease, ApiError> {
-        self.fail("update", true)?;
-        self.shared.writes.fetch_add(1, Ordering::Relaxed);
-        let name = lease.metadata.name.clone().unwrap();
-        let mut store = self.shared.store.lock().unwrap();
-        if let Some(thief) = self.shared.steal_next.lock().unwrap().take() {
-            let mut stolen = lease.clone();
-            stolen.spec.as_mut().unwrap().holder_identity = Some(thief);
-            store.rv += 1;
-            stolen.metadata.resource_version = Some(store.rv.to_string());
-            store.leases.insert(name.clone(), stolen);
-        }
-        let conflict = match (store.leases.get(&name), create) {
-            (Some(_), true) | (None, false) => true,
-            (Some(old), false) => old.metadata.resource_version != lease.metadata.resource_version,
-            (None, true) => false,
-        };
-        if conflict {
-            self.shared.conflicts.fetch_add(1, Ordering::Relaxed);
-            return Err(ApiError::Conflict);
-        }
-        store.rv += 1;
-        if super::lease::released(lease) {
-            store.released_rv = store.rv;
-        }
-        let mut written = lease.clone();
-        written.metadata.resource_version = Some(store.rv.to_string());
-        store.leases.insert(name, written.clone());
-        self.shared.changes.notify_waiters();
-        Ok(written)
-    }
-
-    fn holders(&self) -> Vec<String> {
-        let store = self.shared.store.lock().unwrap();
-        store
-            .leases
-            .values()
-            .filter(|l| !l.metadata.name.as_deref().unwrap().ends_with("breaker"))
-            .filter_map(|l| l.spec.as_ref()?.holder_identity.clone())
-            .collect()
-    }
-}
-
-impl LeaseApi for Fake {
-    async fn list(&self, selector: &str) -> Result<(Vec<Lease>, String), ApiError> {
-        // A round trip: other nodes' calls interleave, as over the network.
-        tokio::task::yield_now().await;
-        self.fail("list", false)?;
-        self.shared.reads.fetch_add(1, Ordering::Relaxed);
-        let key = selector.rsplit('=').next().unwrap().to_string();
-        let store = self.shared.store.lock().unwrap();
-        let items = store
-            .leases
-            .values()
-            .filter(|l| l.metadata.labels.as_ref().unwrap()[REGISTRY_LABEL] == key)
-            .cloned()
-            .collect();
-        Ok((items, store.rv.to_string()))
-    }
-
-    async fn get(&self, name: &str) -> Result<Option<Lease>, ApiError> {
-        self.fail("get", false)?;
-        self.shared.reads.fetch_add(1, Ordering::Relaxed);
-        Ok(self.shared.store.lock().unwrap().leases.get(name).cloned())
-    }
-
-    async fn create(&self, lease: &Lease) -> Result<Lease, ApiError> {
-        tokio::task::yield_now().await;
-        self.write(lease, true)
-    }
-
-    async fn replace(&self, lease: &Lease) -> Result<Lease, ApiError> {
-        tokio::task::yield_now().await;
-        self.write(lease, false)
-    }
-
-    async fn changed(&self, _selector: &str, rv: &str) -> Result<(), ApiError> {
-        self.fail("watch", false)?;
-        let rv: u64 = rv.parse().unwrap();
-        loop {
-            let notified = self.shared.changes.notified();
-            if self.shared.store.lock().unwrap().released_rv > rv {
-                return Ok(());
-            }
-            notified.await;
-        }
-    }
-}
-
-fn settings(n: u32, on_unavailable: OnUnavailable) -> FleetSettings {
-    FleetSettings {
-        max_concurrent_nodes: n,
-        registries: BTreeMap::new(),
-        on_unavailable,
-        lease_duration: Duration::from_secs(60),
-    }
-}
-
-fn node(
-    shared: &Arc<Shared>,
-    name: &str,
-    s: &FleetSettings,
-    clock: Clock,
-) -> Arc<Coordinator<Fake>> {
-    let api = Fake {
-        shared: shared.clone(),
-        node: name.into(),
-    };
-    Arc::new(Coordinator::new(
-        api,
-        name,
-        s.clone(),
-        clock,
-        CancellationToken::new(),
-    ))
-}
 
 /// Whole seconds from now until `t` (the breaker's instants go through RFC 3339 text).
 fn left(t: Instant) -> u64 {
@@ -528,62 +353,6 @@ async fn pullers_on_one_slot_take_turns_and_all_end_warm() {
     );
 }
 
-/// The README's figure: `FLEET_SIM_NODES` nodes (default 500) warm up on one registry with
-/// `maxConcurrentNodes: 50`, each pulling for 30 to 90 s (paused time), on the real coordination
-/// code against the fake API; prints API writes/s during the warm-up and at steady state.
-/// `cargo test --release --lib fleet::tests::simulated_fleet -- --ignored --nocapture`
-#[tokio::test(start_paused = true)]
-#[ignore = "a simulation printing figures, not a check"]
-async fn simulated_fleet_warm_up_api_writes() {
-    let nodes: usize = std::env::var("FLEET_SIM_NODES")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(500);
-    let shared = Arc::new(Shared::default());
-    let s = settings(50, OnUnavailable::Proceed);
-    let pulling = Arc::new(AtomicUsize::new(0));
-    let peak = Arc::new(AtomicUsize::new(0));
-    let wall = std::time::Instant::now();
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for i in 0..nodes {
-        let c = node(&shared, &format!("node-{i}"), &s, Clock::new());
-        let (pulling, peak) = (pulling.clone(), peak.clone());
-        tasks.push(tokio::spawn(async move {
-            let slot = slot(&c).await;
-            let now = pulling.fetch_add(1, Ordering::SeqCst) + 1;
-            peak.fetch_max(now, Ordering::SeqCst);
-            // 30 to 90 s, so that renewals and releases do not come in lockstep.
-            tokio::time::sleep(Duration::from_secs(30 + fastrand::u64(0..=60))).await;
-            pulling.fetch_sub(1, Ordering::SeqCst);
-            c.release(slot).await;
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let warm_up = start.elapsed();
-    let (writes, reads, conflicts) = (
-        shared.writes.load(Ordering::Relaxed),
-        shared.reads.load(Ordering::Relaxed),
-        shared.conflicts.load(Ordering::Relaxed),
-    );
-    tokio::time::sleep(Duration::from_secs(3600)).await;
-    let idle_writes = shared.writes.load(Ordering::Relaxed) - writes;
-    println!(
-        "fleet sim: {nodes} nodes, maxConcurrentNodes 50, pulls of 30-90 s: warm in {:.0} s (virtual), \
-         peak {} pulling; {writes} writes ({conflicts} of them 409s), {:.1} writes/s, {:.2} writes per node; \
-         {reads} reads ({:.1}/s); steady state: {idle_writes} writes in an hour; simulated in {:.1} s",
-        warm_up.as_secs_f64(),
-        peak.load(Ordering::SeqCst),
-        writes as f64 / warm_up.as_secs_f64(),
-        writes as f64 / nodes as f64,
-        reads as f64 / warm_up.as_secs_f64(),
-        wall.elapsed().as_secs_f64(),
-    );
-    assert!(peak.load(Ordering::SeqCst) <= 50);
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_stopping_node_gives_its_slots_back() {
     let shared = Arc::new(Shared::default());
@@ -601,4 +370,35 @@ async fn a_stopping_node_gives_its_slots_back() {
     gate.release_all().await;
     assert!(fake.holders().is_empty());
     assert!(gate.registries().is_empty());
+}
+
+/// Waiters keep their list current from the watch's events: the API sees about one list per
+/// node however many releases they wait through (listing again on every release made lists/s
+/// grow with the number of waiting nodes).
+#[tokio::test(start_paused = true)]
+async fn waiters_list_once_not_on_every_release() {
+    let shared = Arc::new(Shared::default());
+    let s = settings(1, OnUnavailable::Proceed);
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let c = node(&shared, &format!("node-{i}"), &s, Clock::new());
+        tasks.push(tokio::spawn(async move {
+            let slot = slot(&c).await;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            c.release(slot).await;
+        }));
+    }
+    let start = Instant::now();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Each handed over on release (at most 5 s of spread), not on expiry.
+    assert!(
+        start.elapsed() <= Duration::from_secs(20 * 15),
+        "{:?}",
+        start.elapsed()
+    );
+    let lists = shared.reads.load(Ordering::Relaxed);
+    // 20 nodes waiting through 19 releases: 190 lists when each release made every waiter list.
+    assert!(lists <= 25, "{lists} lists for 20 nodes");
 }
