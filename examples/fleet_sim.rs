@@ -352,6 +352,14 @@ async fn run(scenario: &Scenario, registry: &Registry, k: usize) -> Row {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     fleet.read_agent_cpu();
+    // FLEET_SIM_LOGS=1: every agent's log after the scenario, to see why a figure is what it is.
+    if std::env::var_os("FLEET_SIM_LOGS").is_some() {
+        for node in &fleet.nodes {
+            if let Some(agent) = &node.agent {
+                eprintln!("==== {} ====\n{}", node.name, agent.log());
+            }
+        }
+    }
     let stats = fleet.front.stats();
     let requests = api
         .call(reqwest::Method::GET, "/requests", None)

@@ -46,6 +46,13 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// An outage (`Some(false)`: unreachable; `Some(true)`: 403) or its end (`None`). Open
+    /// watches end, as they do when an API server restarts.
+    pub fn set_down(&self, down: Option<bool>) {
+        *self.down.lock().unwrap() = down;
+        self.changes.notify_waiters();
+    }
+
     fn put(&self, store: &mut Store, name: String, mut lease: Lease) -> Lease {
         store.rv += 1;
         lease.metadata.resource_version = Some(store.rv.to_string());
@@ -181,6 +188,9 @@ impl LeaseApi for Fake {
             async move {
                 loop {
                     let notified = shared.changes.notified();
+                    if shared.down.lock().unwrap().is_some() {
+                        return None;
+                    }
                     {
                         let store = shared.store.lock().unwrap();
                         while let Some((_, lease)) = store.log.get(next) {

@@ -1,6 +1,8 @@
 //! `KubeLeases` on kube's client over a `tower-test` mock: the requests it makes (paths, label
 //! selector, the resourceVersion precondition) and how answers are classified.
 
+use std::time::Duration;
+
 use axum::http::{Method, Request, Response, StatusCode};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -89,4 +91,27 @@ async fn a_list_selects_the_registrys_leases_and_a_403_says_what_rbac_lacks() {
         "{e:?}"
     );
     assert!(e.to_string().contains("lacks `list` on `leases`"), "{e}");
+}
+
+/// An API server that takes the request and never answers (a partition; kube's own client also
+/// retries 503s for a while): the call fails after 10 s, so a waiting node counts it towards
+/// `onUnavailable` instead of waiting through the outage.
+#[tokio::test(start_paused = true)]
+async fn a_call_that_gets_no_answer_fails_after_10s() {
+    let (api, mut handle) = api();
+    let call = tokio::spawn(async move { api.list("prepuller.dev/fleet=slot").await });
+    let (_req, _never_answered) = handle.next_request().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    assert!(!call.is_finished());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let err = tokio::time::timeout(Duration::from_secs(60), call)
+        .await
+        .expect("still waiting for an answer after 70 s")
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(err, ApiError::Unavailable { verb: "list", .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("no answer within 10s"), "{err}");
 }

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -96,46 +97,53 @@ impl KubeLeases {
     }
 }
 
+/// How long one Lease call may take. kube's own read timeout (295 s, for watches) would leave a
+/// waiting node stuck through an outage where requests hang instead of failing; a budget call
+/// that has not answered in this time counts as a failure (three of them: the API is unavailable).
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn bounded<T>(
+    verb: &'static str,
+    call: impl Future<Output = Result<T, kube::Error>>,
+) -> Result<T, ApiError> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(r) => r.map_err(|e| ApiError::from_kube(verb, e)),
+        Err(_) => Err(ApiError::Unavailable {
+            verb,
+            message: format!("no answer within {}s", CALL_TIMEOUT.as_secs()),
+        }),
+    }
+}
+
 impl LeaseApi for KubeLeases {
     async fn list(&self, selector: &str) -> Result<(Vec<Lease>, String), ApiError> {
-        let list = self
-            .api
-            .list(&ListParams::default().labels(selector))
-            .await
-            .map_err(|e| ApiError::from_kube("list", e))?;
+        let params = ListParams::default().labels(selector);
+        let list = bounded("list", self.api.list(&params)).await?;
         let rv = list.metadata.resource_version.unwrap_or_default();
         Ok((list.items, rv))
     }
 
     async fn get(&self, name: &str) -> Result<Option<Lease>, ApiError> {
-        self.api
-            .get_opt(name)
-            .await
-            .map_err(|e| ApiError::from_kube("get", e))
+        bounded("get", self.api.get_opt(name)).await
     }
 
     async fn create(&self, lease: &Lease) -> Result<Lease, ApiError> {
-        self.api
-            .create(&PostParams::default(), lease)
-            .await
-            .map_err(|e| ApiError::from_kube("create", e))
+        bounded("create", self.api.create(&PostParams::default(), lease)).await
     }
 
     async fn replace(&self, lease: &Lease) -> Result<Lease, ApiError> {
         let name = lease.metadata.name.as_deref().unwrap_or_default();
-        self.api
-            .replace(name, &PostParams::default(), lease)
-            .await
-            .map_err(|e| ApiError::from_kube("update", e))
+        bounded(
+            "update",
+            self.api.replace(name, &PostParams::default(), lease),
+        )
+        .await
     }
 
     async fn watch(&self, selector: &str, resource_version: &str) -> Result<LeaseEvents, ApiError> {
         let params = WatchParams::default().labels(selector);
-        let stream = self
-            .api
-            .watch(&params, resource_version)
-            .await
-            .map_err(|e| ApiError::from_kube("watch", e))?;
+        // Bounded while it opens; once open, events may be minutes apart.
+        let stream = bounded("watch", self.api.watch(&params, resource_version)).await?;
         Ok(stream
             .map(|event| {
                 Ok(match event.map_err(|e| ApiError::from_kube("watch", e))? {

@@ -283,6 +283,7 @@ impl<A: LeaseApi> Coordinator<A> {
             };
             let Some(e) = wait else { continue };
             failures += 1;
+            tracing::debug!(registry, failures, "fleet pull budget: {e}");
             let give_up = matches!(e, ApiError::Forbidden { .. }) || failures >= UNAVAILABLE_TRIES;
             if give_up {
                 if !self.warned.swap(true, Ordering::Relaxed) {

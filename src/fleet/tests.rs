@@ -234,6 +234,32 @@ async fn without_the_api_a_node_proceeds_or_waits_as_configured() {
     }
 }
 
+/// The API goes away while a node waits for a slot (its watch ends, nothing answers): under
+/// `proceed` it pulls uncoordinated within seconds, not when the held slot would expire.
+#[tokio::test(start_paused = true)]
+async fn a_waiting_node_proceeds_soon_after_the_api_goes_away() {
+    let shared = Arc::new(Shared::default());
+    let s = settings(1, OnUnavailable::Proceed);
+    let a = node(&shared, "node-a", &s, Clock::new());
+    let b = node(&shared, "node-b", &s, Clock::new());
+    let _held = slot(&a).await;
+    let b2 = b.clone();
+    let waiting = tokio::spawn(async move { b2.acquire(R).await });
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!waiting.is_finished(), "took a held slot");
+
+    shared.set_down(Some(false));
+    let down = Instant::now();
+    let grant = waiting.await.unwrap();
+    assert!(matches!(grant, Some(Grant::Uncoordinated)));
+    // Three tries with a jittered back-off from 1 s; the Lease would expire only after 60 s.
+    assert!(
+        down.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        down.elapsed()
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_idle_fleet_makes_no_api_calls_and_a_waiter_writes_nothing() {
     let shared = Arc::new(Shared::default());
