@@ -38,7 +38,7 @@ pub struct Shared {
     /// Watches opened.
     pub watches: AtomicUsize,
     /// Every call fails: `Some(true)` 403, `Some(false)` unreachable.
-    pub down: Mutex<Option<bool>>,
+    down: Mutex<Option<bool>>,
     /// Writes from these nodes fail as unreachable.
     pub cut_off: Mutex<Vec<String>>,
     /// Before the next write, this holder takes the Lease written to: the write then conflicts.

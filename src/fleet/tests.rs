@@ -208,7 +208,7 @@ async fn without_the_api_a_node_proceeds_or_waits_as_configured() {
         (true, OnUnavailable::Wait),
     ] {
         let shared = Arc::new(Shared::default());
-        *shared.down.lock().unwrap() = Some(down);
+        shared.set_down(Some(down));
         let a = node(&shared, "node-a", &settings(1, on), Clock::new());
         if on == OnUnavailable::Proceed {
             let start = Instant::now();
@@ -227,7 +227,7 @@ async fn without_the_api_a_node_proceeds_or_waits_as_configured() {
             !waiting.is_finished(),
             "pulled without the API under onUnavailable: wait"
         );
-        *shared.down.lock().unwrap() = None;
+        shared.set_down(None);
         // The back-off's longest delay is 60 s, plus up to as much jitter.
         tokio::time::sleep(Duration::from_secs(121)).await;
         assert!(waiting.is_finished(), "the API came back; still waiting");
