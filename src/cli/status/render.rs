@@ -66,8 +66,13 @@ pub fn table(s: &AgentStatus, now: SystemTime) -> Table {
     t.load_preset(UTF8_FULL_CONDENSED);
     t.set_header(["IMAGE", "STATE", "REQUIRED", "SIZE", "ATTEMPTS", "NOTE"]);
     for i in &s.images {
+        // Moved by an imageRegistry: the pulled name, then the declared one (as `pull` shows).
+        let image = match &i.image_registry {
+            Some(_) => format!("{}\n(declared {})", short_digest(&i.normalized), i.image),
+            None => short_digest(&i.normalized),
+        };
         t.add_row([
-            short_digest(&i.normalized),
+            image,
             i.state.as_str().to_string(),
             if i.required { "yes" } else { "no" }.to_string(),
             i.size_bytes.map_or_else(|| "-".to_string(), human_bytes),
@@ -276,6 +281,23 @@ mod tests {
         s.ready = false;
         s.shutting_down = true;
         assert!(summary_line(&s).contains("NOT READY (shutting down)"));
+    }
+
+    /// An image moved by `imageRegistry`: the table names what is pulled and what was declared.
+    #[test]
+    fn an_image_moved_by_image_registry_shows_both_names() {
+        let mut s = sample();
+        s.images[0].image = "bitnami/redis:7".into();
+        s.images[0].normalized = "mirror.example.com/bitnami/redis:7".into();
+        s.images[0].image_registry = Some("mirror.example.com".into());
+        let text = table(&s, SystemTime::now()).to_string();
+        assert!(
+            text.contains("mirror.example.com/bitnami/redis:7"),
+            "{text}"
+        );
+        assert!(text.contains("(declared bitnami/redis:7)"), "{text}");
+        // Pulled as declared: one name.
+        assert!(!text.contains("(declared b:1)"), "{text}");
     }
 
     /// A pull in flight on containerd: its bytes in the NOTE column, and a `progress` line
