@@ -159,7 +159,8 @@ impl NodeRow {
         if self.reason.as_deref() == Some("WaitingForPullSlot") {
             let waiting = m
                 .split_once("waiting for a slot of the fleet pull budget for ")
-                .map(|(_, r)| r.split(", ").collect())
+                // The message may go on (`; startup taint … removed …`).
+                .map(|(_, r)| r.split(';').next().unwrap_or(r).split(", ").collect())
                 .unwrap_or_default();
             return (Vec::new(), waiting);
         }
@@ -228,7 +229,9 @@ impl Fleet {
         self.budget
             .iter()
             .map(|q| {
-                let slots = q.slots.map(|n| format!(" ({n} slots)")).unwrap_or_default();
+                let slots = (q.slots)
+                    .map(|n| format!(" ({n} slot{})", if n == 1 { "" } else { "s" }))
+                    .unwrap_or_default();
                 format!(
                     "fleet pull budget for {}: {} pulling{slots}, {} waiting\n",
                     q.registry,
@@ -474,7 +477,7 @@ mod tests {
                 with(
                     "c",
                     "WaitingForPullSlot",
-                    "0/2 required images present; waiting for a slot of the fleet pull budget for docker.io, r.example",
+                    "0/2 required images present; waiting for a slot of the fleet pull budget for docker.io, r.example; startup taint startup-taint.cluster-autoscaler.kubernetes.io/prepuller removed after 15m without all required images (fail-open)",
                 ),
                 node("d", Some(("True", "AllRequiredImagesPresent")), false),
             ],
@@ -483,7 +486,7 @@ mod tests {
         let table = fleet.render(NodesOutput::Table);
         assert!(
             table.contains(
-                "fleet pull budget for docker.io: 1 node pulling (1 slots), 1 node waiting\n"
+                "fleet pull budget for docker.io: 1 node pulling (1 slot), 1 node waiting\n"
             ),
             "{table}"
         );
