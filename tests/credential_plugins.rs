@@ -7,9 +7,8 @@ use std::path::PathBuf;
 use std::process::Stdio;
 
 use serde_json::Value;
-use testkit::{Sandbox, SecureRegistry, prepuller_bin, push_image};
+use testkit::{Sandbox, SecureRegistry, prepuller_bin};
 
-const KB: usize = 1024;
 const PASSWORD: &str = "s3cret-Pa55word";
 const WRONG: &str = "not-the-Pa55word";
 const V1: &str = "credentialprovider.kubelet.k8s.io/v1";
@@ -21,17 +20,7 @@ struct Setup {
 
 impl Setup {
     async fn start(images: &[&str]) -> Setup {
-        let sb = Sandbox::start();
-        for (n, image) in images.iter().enumerate() {
-            let (repo, tag) = image.split_once(':').unwrap();
-            push_image(&sb.registry.host(), repo, tag, n as u64 + 300, 64 * KB).await;
-        }
-        let secure = SecureRegistry::start(
-            &sb.path().join("secure-registry"),
-            &sb.registry,
-            &sb.containerd,
-            &[("bot", PASSWORD)],
-        );
+        let (sb, secure) = SecureRegistry::in_sandbox(images, 300, &[("bot", PASSWORD)]).await;
         Setup { sb, secure }
     }
 

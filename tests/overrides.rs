@@ -6,9 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use serde_json::Value;
-use testkit::{Sandbox, SecureRegistry, dockerconfigjson, prepuller_bin, push_image};
+use testkit::{Sandbox, SecureRegistry, dockerconfigjson, prepuller_bin};
 
-const KB: usize = 1024;
 const PASSWORD: &str = "s3cret-Pa55word";
 
 struct Setup {
@@ -19,17 +18,7 @@ struct Setup {
 /// A sandbox with `images` (repo:tag, their names in the private registry) pushed, served by
 /// the TLS + auth registry to `bot`.
 async fn setup(images: &[&str]) -> Setup {
-    let sb = Sandbox::start();
-    for (n, image) in images.iter().enumerate() {
-        let (repo, tag) = image.split_once(':').unwrap();
-        push_image(&sb.registry.host(), repo, tag, n as u64 + 300, 64 * KB).await;
-    }
-    let secure = SecureRegistry::start(
-        &sb.path().join("secure-registry"),
-        &sb.registry,
-        &sb.containerd,
-        &[("bot", PASSWORD)],
-    );
+    let (sb, secure) = SecureRegistry::in_sandbox(images, 300, &[("bot", PASSWORD)]).await;
     Setup { sb, secure }
 }
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crate::process::{Lifetime, Proc, absolute, toml_str};
 use crate::tls::ca_signed_server_cert;
-use crate::{Containerd, POLL, READY_TIMEOUT, Registry};
+use crate::{Containerd, POLL, READY_TIMEOUT, Registry, Sandbox, push_image};
 
 /// A second `docker-registry` serving the storage of a plain one over TLS (a CA made here) with
 /// htpasswd (bcrypt) basic auth, on 127.0.0.2 (loopback hosts default to plain HTTP in
@@ -24,6 +24,27 @@ pub struct SecureRegistry {
 pub const SECURE_REGISTRY_IP: &str = "127.0.0.2";
 
 impl SecureRegistry {
+    /// A sandbox with `images` (repo:tag; 64 KiB of random layers each, seeded from `seed` on)
+    /// pushed to its plain registry, and a secure one serving them to `users` (name, password).
+    pub async fn in_sandbox(
+        images: &[&str],
+        seed: u64,
+        users: &[(&str, &str)],
+    ) -> (Sandbox, SecureRegistry) {
+        let sb = Sandbox::start();
+        for (n, image) in images.iter().enumerate() {
+            let (repo, tag) = image.split_once(':').expect("repo:tag");
+            push_image(&sb.registry.host(), repo, tag, seed + n as u64, 64 * 1024).await;
+        }
+        let secure = SecureRegistry::start(
+            &sb.path().join("secure-registry"),
+            &sb.registry,
+            &sb.containerd,
+            users,
+        );
+        (sb, secure)
+    }
+
     /// Serves `plain`'s storage; `users` are (name, password); trusted by `containerd` through
     /// `certs.d/<host>/hosts.toml` with `ca` on both the server and the host entry.
     pub fn start(
