@@ -46,6 +46,18 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The nodes holding slots now.
+    pub fn holders(&self) -> Vec<String> {
+        let store = self.store.lock().unwrap();
+        store
+            .leases
+            .values()
+            .filter(|l| !l.metadata.name.as_deref().unwrap().ends_with("breaker"))
+            .filter(|l| !released(l))
+            .filter_map(|l| l.spec.as_ref()?.holder_identity.clone())
+            .collect()
+    }
+
     /// An outage (`Some(false)`: unreachable; `Some(true)`: 403) or its end (`None`). Open
     /// watches end, as they do when an API server restarts.
     pub fn set_down(&self, down: Option<bool>) {
@@ -116,18 +128,6 @@ impl Fake {
             return Err(ApiError::Conflict);
         }
         Ok(self.shared.put(&mut store, name, lease.clone()))
-    }
-
-    /// The nodes holding slots now.
-    pub fn holders(&self) -> Vec<String> {
-        let store = self.shared.store.lock().unwrap();
-        store
-            .leases
-            .values()
-            .filter(|l| !l.metadata.name.as_deref().unwrap().ends_with("breaker"))
-            .filter(|l| !released(l))
-            .filter_map(|l| l.spec.as_ref()?.holder_identity.clone())
-            .collect()
     }
 }
 

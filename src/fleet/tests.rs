@@ -57,14 +57,7 @@ async fn never_more_than_n_nodes_pull_and_every_node_gets_its_turn() {
         "{:?}",
         start.elapsed()
     );
-    assert!(
-        Fake {
-            shared,
-            node: String::new()
-        }
-        .holders()
-        .is_empty()
-    );
+    assert!(shared.holders().is_empty());
 }
 
 #[tokio::test(start_paused = true)]
@@ -84,11 +77,7 @@ async fn a_conflict_sends_the_node_to_another_slot() {
         Duration::ZERO,
         "not taken at once on the other slot"
     );
-    let mut holders = Fake {
-        shared: shared.clone(),
-        node: String::new(),
-    }
-    .holders();
+    let mut holders = shared.holders();
     holders.sort();
     assert_eq!(holders, ["node-a", "node-b"]);
     assert_eq!(s.of, 2);
@@ -369,14 +358,7 @@ async fn pullers_on_one_slot_take_turns_and_all_end_warm() {
         start.elapsed()
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(
-        Fake {
-            shared,
-            node: String::new()
-        }
-        .holders()
-        .is_empty()
-    );
+    assert!(shared.holders().is_empty());
 }
 
 #[tokio::test(start_paused = true)]
@@ -388,13 +370,9 @@ async fn a_stopping_node_gives_its_slots_back() {
     tokio::time::sleep(Duration::from_millis(1)).await;
     assert_eq!(gate.take_granted(), [R]);
     assert_eq!(gate.admit(R), FleetAdmit::Go);
-    let fake = Fake {
-        shared: shared.clone(),
-        node: String::new(),
-    };
-    assert_eq!(fake.holders(), ["node-a"]);
+    assert_eq!(shared.holders(), ["node-a"]);
     gate.release_all().await;
-    assert!(fake.holders().is_empty());
+    assert!(shared.holders().is_empty());
     assert!(gate.registries().is_empty());
 }
 
