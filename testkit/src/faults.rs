@@ -195,6 +195,39 @@ impl StallProxy {
     }
 }
 
+/// Sends the request whose head is `text` (and whatever of its body came with it, `rest`) to
+/// `upstream`, as `Connection: close` instead of its own Connection header, and copies the rest
+/// of the client's bytes after it on a thread. Returns the connection to read the answer from.
+pub(crate) fn forward_request(
+    client: &TcpStream,
+    upstream: &str,
+    text: &str,
+    rest: &[u8],
+) -> std::io::Result<TcpStream> {
+    let mut rewritten = String::new();
+    for (n, line) in text.split("\r\n").enumerate() {
+        if line.is_empty() || (n > 0 && line.to_ascii_lowercase().starts_with("connection:")) {
+            continue;
+        }
+        rewritten.push_str(line);
+        rewritten.push_str("\r\n");
+        if n == 0 {
+            rewritten.push_str("Connection: close\r\n");
+        }
+    }
+    rewritten.push_str("\r\n");
+    let mut server = TcpStream::connect(upstream)?;
+    server.write_all(rewritten.as_bytes())?;
+    server.write_all(rest)?;
+    // Request bodies (blob uploads are not proxied by the tests, but be complete) go through.
+    let (mut c2s_from, mut c2s_to) = (client.try_clone()?, server.try_clone()?);
+    thread::spawn(move || {
+        let _ = std::io::copy(&mut c2s_from, &mut c2s_to);
+        let _ = c2s_to.shutdown(Shutdown::Write);
+    });
+    Ok(server)
+}
+
 /// Reads up to the end of an HTTP head; returns the head and any bytes read past it.
 pub(crate) fn read_head(s: &mut TcpStream) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
     let mut buf = Vec::new();
@@ -292,31 +325,7 @@ fn proxy_one(
         _ => {}
     }
     let stall = fault == Fault::Stall && request_line.starts_with("GET ") && target == Target::Blob;
-    // The same head, without its own Connection header and with `Connection: close`.
-    let mut rewritten = String::new();
-    for (n, line) in text.split("\r\n").enumerate() {
-        if line.is_empty() {
-            continue;
-        }
-        if n > 0 && line.to_ascii_lowercase().starts_with("connection:") {
-            continue;
-        }
-        rewritten.push_str(line);
-        rewritten.push_str("\r\n");
-        if n == 0 {
-            rewritten.push_str("Connection: close\r\n");
-        }
-    }
-    rewritten.push_str("\r\n");
-    let mut server = TcpStream::connect(upstream)?;
-    server.write_all(rewritten.as_bytes())?;
-    server.write_all(&rest)?;
-    // Request bodies (blob uploads are not proxied by the tests, but be complete) go through.
-    let (mut c2s_from, mut c2s_to) = (client.try_clone()?, server.try_clone()?);
-    thread::spawn(move || {
-        let _ = std::io::copy(&mut c2s_from, &mut c2s_to);
-        let _ = c2s_to.shutdown(Shutdown::Write);
-    });
+    let mut server = forward_request(&client, upstream, &text, &rest)?;
     if let Fault::Throttle(rate) = fault {
         // A tenth of the rate every 100 ms.
         let step = Duration::from_millis(100);

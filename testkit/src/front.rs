@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::faults::read_head;
+use crate::faults::{forward_request, read_head};
 
 /// The request header that names the node (set per containerd in its `hosts.toml`).
 pub const NODE_HEADER: &str = "X-Prepuller-Node";
@@ -339,27 +339,7 @@ fn serve_one(mut client: TcpStream, upstream: &str, state: &Mutex<State>) -> std
         }
     };
 
-    // The same head, with `Connection: close` instead of its own Connection header.
-    let mut rewritten = String::new();
-    for (n, line) in text.split("\r\n").enumerate() {
-        if line.is_empty() || (n > 0 && line.to_ascii_lowercase().starts_with("connection:")) {
-            continue;
-        }
-        rewritten.push_str(line);
-        rewritten.push_str("\r\n");
-        if n == 0 {
-            rewritten.push_str("Connection: close\r\n");
-        }
-    }
-    rewritten.push_str("\r\n");
-    let mut server = TcpStream::connect(upstream)?;
-    server.write_all(rewritten.as_bytes())?;
-    server.write_all(&rest)?;
-    let (mut c2s_from, mut c2s_to) = (client.try_clone()?, server.try_clone()?);
-    thread::spawn(move || {
-        let _ = std::io::copy(&mut c2s_from, &mut c2s_to);
-        let _ = c2s_to.shutdown(Shutdown::Write);
-    });
+    let mut server = forward_request(&client, upstream, &text, &rest)?;
     let (response_head, body_start) = read_head(&mut server)?;
     client.write_all(&response_head)?;
     let count = blob && method == "GET";
