@@ -528,6 +528,11 @@ impl<A: LeaseApi> Coordinator<A> {
                 // One more slot after a 409; past that the list is stale: list again rather
                 // than write against every slot it showed free.
                 Err(ApiError::Conflict) => {
+                    // Another node took this slot just now: it is free again a lease duration
+                    // from now at the latest unless renewed. Without this bound a node that lost
+                    // the race would wait for a release only, and wait for ever if the winner died.
+                    let taken_until = now + self.lease_duration();
+                    expiry = Some(expiry.map_or(taken_until, |e| e.min(taken_until)));
                     conflicts += 1;
                     if conflicts >= CONFLICT_TRIES {
                         return Ok(Round::Contended);

@@ -111,6 +111,28 @@ async fn a_dead_holders_slot_is_free_after_the_lease_duration_whatever_its_clock
     }
 }
 
+/// A node that lost the race for a slot (a 409) to a holder that then died gets the slot once
+/// the Lease expires, instead of waiting for a release that never comes.
+#[tokio::test(start_paused = true)]
+async fn a_node_that_lost_the_race_to_a_holder_that_died_gets_the_slot_when_it_expires() {
+    let shared = Arc::new(Shared::default());
+    let s = settings(1, OnUnavailable::Proceed);
+    // node-a creates the slot just before node-b's write, and never renews it (SIGKILL).
+    *shared.steal_next.lock().unwrap() = Some("node-a".into());
+    let b = node(&shared, "node-b", &s, Clock::new());
+    let start = Instant::now();
+    let got = tokio::time::timeout(Duration::from_secs(600), slot(&b))
+        .await
+        .expect("still waiting 10 minutes on, for a release from a dead holder");
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(60) && waited <= Duration::from_secs(65),
+        "{waited:?}"
+    );
+    assert!(got.held());
+    assert_eq!(shared.holders(), ["node-b"]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_live_holder_keeps_its_slot_even_with_a_skewed_clock() {
     let shared = Arc::new(Shared::default());
