@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 
 use serde_json::Value;
-use testkit::{Sandbox, SecureRegistry, prepuller_bin};
+use testkit::{Pulled, Sandbox, SecureRegistry, prepuller_bin};
 
 const PASSWORD: &str = "s3cret-Pa55word";
 const WRONG: &str = "not-the-Pa55word";
@@ -123,46 +123,6 @@ impl Setup {
 
     fn image(&self, name: &str) -> String {
         format!("{}/{name}", self.secure.host())
-    }
-}
-
-struct Pulled {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Pulled {
-    fn row(&self, image: &str) -> Value {
-        let json: Value = serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("{e}: {}\n{}", self.stdout, self.stderr));
-        json["images"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["normalized"] == image)
-            .unwrap_or_else(|| panic!("no row for {image}: {json:#}"))
-            .clone()
-    }
-
-    fn assert_pulled(&self, images: &[String]) {
-        assert_eq!(
-            self.code, 0,
-            "stdout {}\nstderr {}",
-            self.stdout, self.stderr
-        );
-        for image in images {
-            assert_eq!(self.row(image)["result"], "pulled", "{}", self.stdout);
-        }
-    }
-
-    /// The one image failed permanently, after one attempt; its reason.
-    fn refused(&self, image: &str) -> String {
-        assert_eq!(self.code, 1, "{}\n{}", self.stdout, self.stderr);
-        let row = self.row(image);
-        assert_eq!(row["errorClass"], "permanent", "{row:#}");
-        assert_eq!(row["attempts"], 1, "{row:#}");
-        row["reason"].as_str().unwrap().to_string()
     }
 }
 

@@ -5,8 +5,7 @@ use std::path::Path;
 use std::process::Stdio;
 
 use base64::Engine;
-use serde_json::Value;
-use testkit::{Sandbox, SecureRegistry, dockerconfigjson, prepuller_bin};
+use testkit::{Pulled, Sandbox, SecureRegistry, dockerconfigjson, prepuller_bin};
 
 const PASSWORD: &str = "s3cret-Pa55word";
 const WRONG: &str = "not-the-Pa55word";
@@ -20,26 +19,6 @@ struct Setup {
 async fn setup(images: &[&str]) -> Setup {
     let (sb, secure) = SecureRegistry::in_sandbox(images, 100, &[("bot", PASSWORD)]).await;
     Setup { sb, secure }
-}
-
-struct Pulled {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Pulled {
-    fn row(&self, image: &str) -> Value {
-        let json: Value = serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("{e}: {}\n{}", self.stdout, self.stderr));
-        json["images"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["normalized"] == image)
-            .unwrap_or_else(|| panic!("no row for {image}: {json:#}"))
-            .clone()
-    }
 }
 
 /// `prepuller pull -o json` of `image` with `credentials` (YAML list items) in its config.
@@ -78,15 +57,6 @@ async fn pull(
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
-}
-
-fn assert_pulled(p: &Pulled, image: &str) {
-    assert_eq!(
-        p.code, 0,
-        "{image}\nstdout {}\nstderr {}",
-        p.stdout, p.stderr
-    );
-    assert_eq!(p.row(image)["result"], "pulled", "{}", p.stdout);
 }
 
 fn assert_no_secret(text: &str) {
@@ -132,7 +102,7 @@ async fn every_file_source_pulls_from_an_authenticated_tls_registry() {
         &[],
     )
     .await;
-    assert_pulled(&p, &a);
+    p.assert_pulled(&[&a]);
 
     // dockerConfigDir: mounted pull secrets, both the dockerconfigjson and the legacy dockercfg form.
     let secrets = dir.join("pull-secrets");
@@ -152,7 +122,7 @@ async fn every_file_source_pulls_from_an_authenticated_tls_registry() {
     let source = format!("  - dockerConfigDir: {}", secrets.display());
     for image in [format!("{host}/team/b:1"), format!("{host}/team/c:1")] {
         let p = pull(&s, "dir", &image, &source, &[]).await;
-        assert_pulled(&p, &image);
+        p.assert_pulled(&[&image]);
     }
 
     // nodeDefaults: the kubelet's <root-dir>/config.json.
@@ -175,7 +145,7 @@ async fn every_file_source_pulls_from_an_authenticated_tls_registry() {
         &[],
     )
     .await;
-    assert_pulled(&p, &d);
+    p.assert_pulled(&[&d]);
     assert_no_secret(&s.secure.log());
 }
 
@@ -262,7 +232,7 @@ async fn two_matching_keys_are_tried_most_specific_first_and_the_second_works() 
         &[("PREPULLER_LOG", "info")],
     )
     .await;
-    assert_pulled(&p, &image);
+    p.assert_pulled(&[&image]);
     assert!(
         p.stderr
             .contains("pulled with a later credential after 1 refused"),
@@ -319,7 +289,7 @@ async fn a_secret_read_by_name_through_the_api() {
         &[("KUBECONFIG", &kubeconfig)],
     )
     .await;
-    assert_pulled(&p, &image);
+    p.assert_pulled(&[&image]);
     assert_eq!(
         *requests.lock().unwrap(),
         ["GET /api/v1/namespaces/redis/secrets/regcred"],

@@ -22,6 +22,7 @@ pub mod hostile;
 mod http;
 mod images;
 mod process;
+mod pulled;
 mod registry;
 mod sandbox;
 mod secure_registry;
@@ -37,6 +38,7 @@ pub use images::{
     manifest_digest, oci_arch, push_built, push_image, push_image_by_digest, sha256_digest,
 };
 pub use process::{Lifetime, free_port, log_tail, rss_kib, status_kib};
+pub use pulled::Pulled;
 pub use registry::Registry;
 pub use sandbox::Sandbox;
 pub use secure_registry::{SECURE_REGISTRY_IP, SecureRegistry};
