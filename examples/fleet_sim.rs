@@ -10,14 +10,12 @@
 //! agent refuses that key.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use testkit::fleet::Fleet;
 use testkit::front::RateLimitStyle;
-use testkit::{Registry, http_client, images_prepulled_condition, log_tail, push_image};
-use tokio::io::AsyncBufReadExt;
+use testkit::{FakeApiServer, Registry, http_client, images_prepulled_condition, push_image};
 
 const MB: usize = 1024 * 1024;
 /// Images every node pulls: (repo:tag, bytes of layers). 24 MiB a node.
@@ -131,8 +129,7 @@ fn scenarios() -> Vec<Scenario> {
 
 /// The fake API server process and its control listener.
 struct FakeApiProc {
-    child: tokio::process::Child,
-    control: String,
+    server: FakeApiServer,
 }
 
 impl FakeApiProc {
@@ -144,30 +141,13 @@ impl FakeApiProc {
             "{} is missing: `cargo build --example fake_apiserver` (make fleet-sim does)",
             bin.display()
         );
-        let log = dir.join("fake-api.log");
-        let mut child = tokio::process::Command::new(&bin)
-            .arg("--dir")
-            .arg(dir)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start the fake API server");
-        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("the fake API server did not start within 30 s")
-            .unwrap()
-            .unwrap_or_else(|| panic!("the fake API server exited: {}", log_tail(&log, 20)));
-        let ready: Value = serde_json::from_str(&line).unwrap();
         FakeApiProc {
-            child,
-            control: ready["control"].as_str().unwrap().to_string(),
+            server: FakeApiServer::start(&bin, dir).await,
         }
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let mut req = http_client().request(method, format!("{}{path}", self.control));
+        let mut req = http_client().request(method, format!("{}{path}", self.server.control));
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -424,7 +404,7 @@ async fn run(scenario: &Scenario, registry: &Registry, k: usize) -> Row {
         ));
     }
     let cpu: Duration = fleet.nodes.iter().filter_map(|n| n.agent_cpu).sum();
-    let mut child = api.child;
+    let mut child = api.server.child;
     let _ = child.start_kill();
     Row {
         name: scenario.name,

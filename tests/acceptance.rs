@@ -9,16 +9,14 @@
 //! so that `cargo test` (debug binaries) skips them; run without the variable they fail.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::{Value, json};
 use testkit::{
-    AgentProc, AgentSpec, Sandbox, SecureRegistry, dockerconfigjson, images_prepulled_condition,
-    log_tail, push_image, taint_keys,
+    AgentProc, AgentSpec, FakeApiServer, Sandbox, SecureRegistry, dockerconfigjson,
+    images_prepulled_condition, log_tail, push_image, taint_keys,
 };
-use tokio::io::AsyncBufReadExt;
 
 const MB: usize = 1024 * 1024;
 /// Generous: a 2-core machine runs several sandboxes and builds at once.
@@ -71,10 +69,7 @@ fn fake_apiserver_bin() -> PathBuf {
 }
 
 struct FakeApiProc {
-    _child: tokio::process::Child,
-    control: String,
-    kubeconfig: PathBuf,
-    log: PathBuf,
+    server: FakeApiServer,
     http: reqwest::Client,
 }
 
@@ -82,27 +77,8 @@ impl FakeApiProc {
     async fn start(dir: &Path) -> FakeApiProc {
         let dir = dir.join("fake-api");
         std::fs::create_dir_all(&dir).unwrap();
-        let log = dir.join("fake-api.log");
-        let mut child = tokio::process::Command::new(fake_apiserver_bin())
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start the fake API server");
-        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("the fake API server did not start within 30 s")
-            .unwrap()
-            .unwrap_or_else(|| panic!("the fake API server exited: {}", log_tail(&log, 20)));
-        let ready: Value = serde_json::from_str(&line).unwrap();
         FakeApiProc {
-            _child: child,
-            control: ready["control"].as_str().unwrap().to_string(),
-            kubeconfig: PathBuf::from(ready["kubeconfig"].as_str().unwrap()),
-            log,
+            server: FakeApiServer::start(&fake_apiserver_bin(), &dir).await,
             http: testkit::http_client(),
         }
     }
@@ -110,7 +86,7 @@ impl FakeApiProc {
     async fn put(&self, what: &str, object: Value) {
         let r = self
             .http
-            .put(format!("{}/{what}", self.control))
+            .put(format!("{}/{what}", self.server.control))
             .json(&object)
             .send()
             .await
@@ -121,7 +97,7 @@ impl FakeApiProc {
     async fn get(&self, path: &str) -> Value {
         let r = self
             .http
-            .get(format!("{}{path}", self.control))
+            .get(format!("{}{path}", self.server.control))
             .send()
             .await
             .unwrap();
@@ -299,7 +275,7 @@ async fn wait_node(
             panic!(
                 "timed out waiting for {what}; node {node:#}\nagent log:\n{}\nfake API log:\n{}",
                 agent.log(),
-                log_tail(&api.log, 20)
+                log_tail(&api.server.log, 20)
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -331,7 +307,7 @@ async fn the_shipped_agent_makes_a_tainted_node_warm_over_tls_and_prepuller_node
     );
 
     // Started before the agent, `--wait` must wait for the node to turn warm.
-    let kubeconfig = api.kubeconfig.clone();
+    let kubeconfig = api.server.kubeconfig.clone();
     let waiter = tokio::spawn(async move {
         run(
             &["nodes", "--wait", "--timeout", "60s"],
@@ -350,7 +326,7 @@ async fn the_shipped_agent_makes_a_tainted_node_warm_over_tls_and_prepuller_node
         &config,
         &sb.containerd.endpoint(),
         Some("node-a"),
-        &api.kubeconfig,
+        &api.server.kubeconfig,
     );
     let node = wait_node(
         &api,
@@ -421,7 +397,7 @@ async fn the_shipped_agent_makes_a_tainted_node_warm_over_tls_and_prepuller_node
     assert_eq!(code, 0, "nodes --wait: {out}{err}");
     assert!(out.contains("1/1 nodes warm"), "nodes --wait: {out}{err}");
 
-    let kubeconfig = [("KUBECONFIG", api.kubeconfig.as_path())];
+    let kubeconfig = [("KUBECONFIG", api.server.kubeconfig.as_path())];
     let (code, out, err) = run(&["nodes", "-o", "wide"], &kubeconfig).await;
     assert_eq!(code, 0, "{err}");
     assert!(
@@ -478,7 +454,7 @@ async fn past_the_taint_timeout_of_a_warm_node_the_shipped_agent_is_idle() {
         &config,
         &sb.containerd.endpoint(),
         Some("node-b"),
-        &api.kubeconfig,
+        &api.server.kubeconfig,
     );
     let node = wait_node(
         &api,
@@ -576,7 +552,7 @@ async fn the_shipped_pull_reads_a_pull_secret_through_the_api() {
             "-o",
             "json",
         ],
-        &[("KUBECONFIG", api.kubeconfig.as_path())],
+        &[("KUBECONFIG", api.server.kubeconfig.as_path())],
     )
     .await;
     assert_eq!(code, 0, "pull: {out}\n{err}");

@@ -14,6 +14,7 @@ use std::time::Duration;
 mod agent;
 mod configmap;
 mod containerd;
+mod fake_apiserver;
 pub mod faults;
 mod fixtures;
 pub mod fleet;
@@ -31,6 +32,7 @@ mod tls;
 pub use agent::{AGENT_CONVERGE, AgentProc, AgentSpec, prepuller_bin};
 pub use configmap::ConfigMapDir;
 pub use containerd::{Containerd, unix_channel};
+pub use fake_apiserver::FakeApiServer;
 pub use fixtures::{boot_id, dockerconfigjson, images_prepulled_condition, taint_keys};
 pub use http::http_client;
 pub use images::{
