@@ -488,6 +488,7 @@ async fn main() {
                     it.next()
                         .expect("--only NAME")
                         .split(';')
+                        .filter(|n| !n.trim().is_empty())
                         .map(str::to_string)
                         .collect(),
                 )
