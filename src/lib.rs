@@ -6,6 +6,8 @@ pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod fleet;
+#[cfg(feature = "test-util")]
+pub mod fuzzing;
 pub mod k8s;
 pub mod manifests;
 pub mod puller;

@@ -1,21 +1,7 @@
-//! One config file's text -> Config (or an error that renders).
+//! One config file's text -> Config (see `prepuller::fuzzing::config_yaml`).
+//! The body is shared with `tests/fuzz_corpus.rs`, which replays the seeds on stable.
 #![no_main]
 
-use std::path::Path;
-
 use libfuzzer_sys::fuzz_target;
-use prepuller::config::Config;
 
-fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    match Config::parse(text, Path::new("images.yaml")) {
-        Ok(config) => {
-            let _ = config.required_count();
-        }
-        Err(e) => {
-            let _ = (e.headline(), e.render());
-        }
-    }
-});
+fuzz_target!(|data: &[u8]| prepuller::fuzzing::config_yaml(data));
