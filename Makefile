@@ -3,12 +3,12 @@
 SANDBOX ?= .sandbox
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# Debian packages the tests and the demo start as real processes.
-APT_PACKAGES := containerd docker-registry protobuf-compiler skopeo umoci nginx apache2-utils curl prometheus
+# Debian packages the tests and the demo start as real processes (tmux: the terminal tests).
+APT_PACKAGES := containerd docker-registry protobuf-compiler skopeo umoci nginx apache2-utils curl prometheus tmux
 # The commands those packages provide, checked to decide whether setup has work to do.
-NEEDED_COMMANDS := containerd ctr docker-registry protoc skopeo umoci nginx htpasswd curl promtool
+NEEDED_COMMANDS := containerd ctr docker-registry protoc skopeo umoci nginx htpasswd curl promtool tmux
 
-.PHONY: setup test demo demo-down build lint bench deploy-check alerts-check image image-check acceptance fuzz fuzz-smoke fleet-sim
+.PHONY: setup test demo demo-down build lint audit bench deploy-check alerts-check image image-check acceptance fuzz fuzz-smoke fleet-sim
 
 ## setup: install what the build, the tests and the demo need (apt packages, rustfmt, clippy,
 ## and for the deploy checks: .venv/ with kubernetes-validate, kubectl if the machine has none)
@@ -23,6 +23,10 @@ setup:
 		rustup component list --installed 2>/dev/null | grep -q "^$$comp" || rustup component add $$comp; \
 	done
 	@bash hack/setup-deploy-tools.sh
+	@if ! $(CARGO) audit --version 2>/dev/null | grep -q '$(CARGO_AUDIT_VERSION)'; then \
+		echo "setup: installing cargo-audit $(CARGO_AUDIT_VERSION) (the dependency audit of make lint)"; \
+		$(CARGO) install cargo-audit --version $(CARGO_AUDIT_VERSION) --locked --no-default-features; \
+	fi
 	@if $(HAS_NIGHTLY) && ! $(CARGO) fuzz --version >/dev/null 2>&1; then \
 		echo "setup: installing cargo-fuzz (a nightly toolchain is present)"; \
 		$(CARGO) install cargo-fuzz --locked; \
@@ -35,6 +39,16 @@ lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	python3 hack/check-release-features.py
+	@$(MAKE) --no-print-directory audit
+
+## audit: Cargo.lock against the RustSec advisory database: the offline snapshot in
+## $(ADVISORY_DB) where it is (CI and the machines here cannot fetch), else the live one; a notice
+## where neither can be read. Fails on any vulnerability, and on unmaintained, unsound or yanked
+## crates unless .cargo/audit.toml lists them, each with its reason.
+CARGO_AUDIT_VERSION := 0.22.2
+ADVISORY_DB ?= $(abspath $(CURDIR)/../shared/advisory-db)
+audit: setup
+	bash hack/audit.sh "$(ADVISORY_DB)"
 
 ## test: formatting, clippy, unit tests and the integration tests on real containerd + registry,
 ## then the deploy manifests, the alerts and dashboard, and the container image (deploy-check,
