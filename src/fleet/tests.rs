@@ -303,12 +303,43 @@ fn names_are_stable_dns_labels() {
     assert_eq!(slot_name(R, 3), format!("prepuller-{}-3", registry_key(R)));
     assert_eq!(registry_key(R).len(), 16);
     assert_ne!(registry_key("docker.io"), registry_key("quay.io"));
-    // Pinned: every node and every version must compute the same names.
-    assert_eq!(
-        registry_key("docker.io"),
-        format!("{:016x}", fnv64(&["docker.io"]))
-    );
     assert_eq!(fnv64(&[""]), 0xaf63_bd4c_8601_b7df);
+}
+
+/// The Lease names, pinned as literal strings (computed once, by hand, not by the code under
+/// test): every node and every version must compute the same ones, or a rolling upgrade runs
+/// two slot sets side by side (old and new names) and the fleet pulls at twice its budget.
+/// Each is reached the way the puller reaches it: the image reference's host (`domain()`).
+#[test]
+fn lease_names_are_pinned_for_a_few_registries() {
+    use crate::reference::ImageRef;
+    let host = |image: &str| ImageRef::parse(image).unwrap().domain().to_string();
+    // Docker Hub, as the kubelet normalizes a short name.
+    let docker = host("nginx:1.27");
+    assert_eq!(docker, "docker.io");
+    assert_eq!(slot_name(&docker, 0), "prepuller-4ea275150e1c4197-0");
+    assert_eq!(slot_name(&docker, 1), "prepuller-4ea275150e1c4197-1");
+    assert_eq!(breaker_name(&docker), "prepuller-4ea275150e1c4197-breaker");
+    assert_eq!(
+        registry_selector(&docker),
+        "prepuller.dev/fleet=slot,prepuller.dev/registry=4ea275150e1c4197"
+    );
+    // A host:port.
+    let private = host("registry.example.com:5000/team/app:1");
+    assert_eq!(slot_name(&private, 2), "prepuller-7211e1c629df89d0-2");
+    assert_eq!(breaker_name(&private), "prepuller-7211e1c629df89d0-breaker");
+    // A registry with a path (`gcr.io/yourproject`): the slots are the host's, whatever path.
+    let gcr = ImageRef::from_parts(Some("gcr.io/yourproject"), "redis", Some("7"), None).unwrap();
+    assert_eq!(gcr.domain(), "gcr.io");
+    assert_eq!(slot_name(gcr.domain(), 0), "prepuller-6b043f5ac484c5c1-0");
+    assert_eq!(
+        slot_name(&host("gcr.io/other/deep/path/app:2"), 0),
+        "prepuller-6b043f5ac484c5c1-0"
+    );
+    assert_eq!(
+        registry_selector(gcr.domain()),
+        "prepuller.dev/fleet=slot,prepuller.dev/registry=6b043f5ac484c5c1"
+    );
 }
 
 /// Three nodes' pullers (the fake runtime, 10 s per pull) on one slot: never two nodes pulling
