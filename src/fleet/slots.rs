@@ -660,11 +660,9 @@ async fn renew<A: LeaseApi>(
         }
         let give_up = renewed + duration.saturating_sub(GIVE_UP_MARGIN);
         let sent = Instant::now();
-        let result = tokio::select! {
-            r = tokio::time::timeout_at(give_up, api.replace(&update)) => r,
-            // A release does not wait for a call that may never answer.
-            _ = stop.cancelled() => return,
-        };
+        // Not dropped at `stop`: a release waits for it, so as to write on the resourceVersion
+        // it brings (a release on the one before would meet a 409 and leave the slot to expire).
+        let result = tokio::time::timeout_at(give_up, api.replace(&update)).await;
         let error = match result {
             Ok(Ok(written)) => {
                 *lease.lock().unwrap() = written;
