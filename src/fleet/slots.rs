@@ -509,6 +509,9 @@ impl<A: LeaseApi> Coordinator<A> {
         let mut conflicts = 0;
         // Each node tries the slots in its own order, so that nodes do not all race for slot 0.
         for &i in order {
+            // Before the write: the API server wrote it after this, so no node counts the
+            // Lease's expiry from an earlier instant (the renewals' deadline starts here).
+            let sent = Instant::now();
             let written = match by_index.get(&i) {
                 None => self.api.create(&self.new_lease(registry, i)).await,
                 Some(lease) => {
@@ -524,7 +527,7 @@ impl<A: LeaseApi> Coordinator<A> {
                 }
             };
             match written {
-                Ok(lease) => return Ok(Round::Got(self.hold(registry, i, n, lease))),
+                Ok(lease) => return Ok(Round::Got(self.hold(registry, i, n, lease, sent))),
                 // One more slot after a 409; past that the list is stale: list again rather
                 // than write against every slot it showed free.
                 Err(ApiError::Conflict) => {
@@ -577,7 +580,7 @@ impl<A: LeaseApi> Coordinator<A> {
         lease
     }
 
-    fn hold(&self, registry: &str, index: u32, of: u32, lease: Lease) -> Slot {
+    fn hold(&self, registry: &str, index: u32, of: u32, lease: Lease, sent: Instant) -> Slot {
         let lost = Arc::new(AtomicBool::new(false));
         let lease = Arc::new(Mutex::new(lease));
         let stop = self.cancel.child_token();
@@ -586,6 +589,7 @@ impl<A: LeaseApi> Coordinator<A> {
             self.clock,
             self.lease_duration(),
             lease.clone(),
+            sent,
             lost.clone(),
             stop.clone(),
         ));
@@ -622,18 +626,28 @@ impl<A: LeaseApi> Coordinator<A> {
     }
 }
 
-/// Renews `lease` every third of its duration until `stop`. A conflict or refusal means it is
-/// lost; a transient error is retried until the Lease would have expired.
+/// How long before the Lease would expire a holder whose renewals fail gives the slot up: the
+/// other nodes may take it once it has gone unrenewed for its duration (by their clocks, from
+/// when they saw the last renewal, which was sent before).
+const GIVE_UP_MARGIN: Duration = Duration::from_secs(1);
+/// Between tries of a renewal that failed transiently.
+const RENEW_RETRY: Duration = Duration::from_secs(5);
+
+/// Renews `lease` (taken by a write sent at `sent`) every third of its duration until `stop`.
+/// A conflict or refusal means it is lost; a transient error is retried while the Lease lasts.
+/// However the calls fail, an unanswered one included, the slot is given up before the Lease
+/// expires: a holder that went on after that would pull beside the node that took it.
 async fn renew<A: LeaseApi>(
     api: A,
     clock: Clock,
     duration: Duration,
     lease: Arc<Mutex<Lease>>,
+    sent: Instant,
     lost: Arc<AtomicBool>,
     stop: CancellationToken,
 ) {
     let every = duration / 3;
-    let mut renewed = Instant::now();
+    let mut renewed = sent;
     let mut next = renewed + every;
     loop {
         tokio::select! {
@@ -644,25 +658,33 @@ async fn renew<A: LeaseApi>(
         if let Some(spec) = update.spec.as_mut() {
             spec.renew_time = Some(clock.micro());
         }
-        match api.replace(&update).await {
-            Ok(written) => {
+        let give_up = renewed + duration.saturating_sub(GIVE_UP_MARGIN);
+        let sent = Instant::now();
+        // Not dropped at `stop`: a release waits for it, so as to write on the resourceVersion
+        // it brings (a release on the one before would meet a 409 and leave the slot to expire).
+        let result = tokio::time::timeout_at(give_up, api.replace(&update)).await;
+        let error = match result {
+            Ok(Ok(written)) => {
                 *lease.lock().unwrap() = written;
-                renewed = Instant::now();
+                renewed = sent;
                 next = renewed + every;
+                continue;
             }
-            Err(ApiError::Unavailable { .. })
-                if Instant::now() + Duration::from_secs(5) < renewed + duration =>
-            {
-                next = Instant::now() + Duration::from_secs(5);
+            Ok(Err(ApiError::Unavailable { .. })) if Instant::now() + RENEW_RETRY < give_up => {
+                next = Instant::now() + RENEW_RETRY;
+                continue;
             }
-            Err(e) => {
-                tracing::warn!(
-                    "lost the pull slot {}: {e}; finishing the pull under way, starting no new one",
-                    update.metadata.name.as_deref().unwrap_or_default()
-                );
-                lost.store(true, Ordering::Relaxed);
-                return;
-            }
-        }
+            Ok(Err(e)) => e,
+            Err(_) => ApiError::Unavailable {
+                verb: "update",
+                message: "no answer before the Lease would expire".into(),
+            },
+        };
+        tracing::warn!(
+            "lost the pull slot {}: {error}; finishing the pull under way, starting no new one",
+            update.metadata.name.as_deref().unwrap_or_default()
+        );
+        lost.store(true, Ordering::Relaxed);
+        return;
     }
 }

@@ -129,6 +129,24 @@ impl Fleet {
         }
     }
 
+    /// SIGTERM to node `i`'s agent (its pod deleted, a rolling update), without waiting for it
+    /// to exit; returns the instant just before the signal.
+    pub fn terminate_agent(&mut self, i: usize) -> Instant {
+        let agent = self.nodes[i].agent.as_ref().expect("an agent running");
+        let pid = agent.child.id().expect("the agent not reaped yet");
+        let at = Instant::now();
+        // SAFETY: kill(2) on our own child's pid; it is not reaped (`id()` is Some) so the pid is
+        // still its own.
+        let r = unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(
+            r,
+            0,
+            "SIGTERM to {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+        at
+    }
+
     /// An agent that exited on its own (a config it refuses, say): (node, its log).
     pub fn exited_agent(&mut self) -> Option<(String, String)> {
         for node in &mut self.nodes {

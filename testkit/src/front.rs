@@ -6,8 +6,8 @@
 //! and answer 429 for a window in the style of Docker Hub, GHCR or Quay.
 //!
 //! Which node: each containerd gets a `hosts.toml` for the front that adds the header
-//! [`NODE_HEADER`] (containerd 1.6 `[host."…".header]`, see [`Front::hosts_toml`]); a request
-//! without it counts for node `"-"`.
+//! [`NODE_HEADER`] (containerd 1.6 `[host."…".header]`, and `[header]` for the `server` it falls
+//! back to after an error, see [`Front::hosts_toml`]); a request without it counts for node `"-"`.
 //!
 //! "Pulling" here means having at least one blob GET in flight (from its request to its last
 //! byte): the peak is of nodes, not connections (containerd fetches layers of one image in
@@ -55,6 +55,8 @@ pub struct Window {
     pub answered: u64,
     /// Nodes that got at least one.
     pub nodes: Vec<String>,
+    /// The nodes it applies to (one node's IP address rate-limited, say); `None`: every node.
+    pub only: Option<Vec<String>>,
 }
 
 /// What the front has seen so far (a snapshot).
@@ -72,6 +74,8 @@ pub struct FrontStats {
     pub pulling_now: usize,
     /// By node: when its first blob GET arrived and when its last blob transfer ended.
     pub pull_spans: BTreeMap<String, (Instant, Instant)>,
+    /// By node: when its first request for a manifest or a blob arrived, answered 429 or not.
+    pub first_request: BTreeMap<String, Instant>,
     pub windows: Vec<Window>,
 }
 
@@ -150,10 +154,12 @@ impl Front {
     }
 
     /// The `hosts.toml` that makes a containerd send `node` in [`NODE_HEADER`] to the front.
+    /// Both entries carry it: containerd tries the `server` after a `[host]` that failed (a
+    /// 429, say), and a node must not turn anonymous there (one node's address stays one).
     pub fn hosts_toml(&self, node: &str) -> String {
         let url = format!("http://{}", self.host());
         format!(
-            "server = \"{url}\"\n\n[host.\"{url}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  [host.\"{url}\".header]\n    {NODE_HEADER} = [\"{node}\"]\n"
+            "server = \"{url}\"\n\n[header]\n  {NODE_HEADER} = [\"{node}\"]\n\n[host.\"{url}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  [host.\"{url}\".header]\n    {NODE_HEADER} = [\"{node}\"]\n"
         )
     }
 
@@ -173,6 +179,17 @@ impl Front {
 
     /// Answers 429 in `style` from now for `length`; a window still open ends now.
     pub fn rate_limit(&self, style: RateLimitStyle, length: Duration) {
+        self.open_window(style, length, None);
+    }
+
+    /// [`Self::rate_limit`] for `nodes` only: the others pass (a registry that limits by IP
+    /// address, one node's address over its limit).
+    pub fn rate_limit_nodes(&self, style: RateLimitStyle, length: Duration, nodes: &[&str]) {
+        let nodes = nodes.iter().map(|n| n.to_string()).collect();
+        self.open_window(style, length, Some(nodes));
+    }
+
+    fn open_window(&self, style: RateLimitStyle, length: Duration, only: Option<Vec<String>>) {
         let now = Instant::now();
         let mut s = self.state.lock().unwrap();
         for w in &mut s.stats.windows {
@@ -184,6 +201,7 @@ impl Front {
             until: now + length,
             answered: 0,
             nodes: Vec::new(),
+            only,
         });
     }
 
@@ -301,11 +319,14 @@ fn serve_one(mut client: TcpStream, upstream: &str, state: &Mutex<State>) -> std
 
     let _in_flight = {
         let mut s = state.lock().unwrap();
+        if manifest || blob {
+            s.stats.first_request.entry(node.clone()).or_insert(now);
+        }
         if let Some(w) = s.window(now) {
             let limited = match w.style {
                 RateLimitStyle::DockerHub => manifest && !head_only,
                 RateLimitStyle::Ghcr | RateLimitStyle::Quay => manifest || blob,
-            };
+            } && w.only.as_ref().is_none_or(|only| only.contains(&node));
             if limited {
                 w.answered += 1;
                 if !w.nodes.contains(&node) {
