@@ -405,14 +405,18 @@ impl<R: Runtime> Schedule<R> {
         }
     }
 
-    /// Stops every pull; in-flight ones get `grace` to notice.
+    /// Stops every pull; in-flight ones get `grace` to notice. The fleet slots are given back
+    /// meanwhile, not after: the README promises them back within 300 ms of the signal, and
+    /// no new pull starts once the queue is shutting down.
     pub(super) async fn shutdown(&mut self, grace: std::time::Duration) {
-        self.queue.shutdown(grace).await;
-        if let Some(fleet) = &self.fleet {
-            // Bounded: the exit stays within the pod's grace; an unreleased slot expires.
-            let release = fleet.release_all();
-            let _ = tokio::time::timeout(std::time::Duration::from_millis(300), release).await;
-        }
+        let release = async {
+            if let Some(fleet) = &self.fleet {
+                // Bounded: the exit stays within the pod's grace; an unreleased slot expires.
+                let release = fleet.release_all();
+                let _ = tokio::time::timeout(std::time::Duration::from_millis(300), release).await;
+            }
+        };
+        tokio::join!(self.queue.shutdown(grace), release);
     }
 }
 
