@@ -19,8 +19,16 @@ fn manifests(text: &str) -> Found {
 }
 
 fn values(text: &str) -> Found {
+    values_files(&[("values.yaml", text)])
+}
+
+/// Several `--values` files, in order, merged and read.
+fn values_files(files: &[(&str, &str)]) -> Found {
     let mut found = Found::default();
-    found.add_values(&input("values.yaml", text)).unwrap();
+    for (name, text) in files {
+        found.add_values(&input(name, text)).unwrap();
+    }
+    found.compose_values().unwrap();
     found
 }
 
@@ -458,12 +466,12 @@ fn helm_values_nested_anywhere_with_global_image_registry_digests_and_numbers() 
     assert_eq!(names(&found), ["redis:7", "r.example.com:5000/x/y:1"]);
     // A bad value names the field.
     let mut f = Found::default();
-    let e = f
-        .add_values(&input(
-            "v.yaml",
-            "image: {repository: a, tag: b, pullPolicy: Sometimes}\n",
-        ))
-        .unwrap_err();
+    f.add_values(&input(
+        "v.yaml",
+        "image: {repository: a, tag: b, pullPolicy: Sometimes}\n",
+    ))
+    .unwrap();
+    let e = f.compose_values().unwrap_err();
     assert_eq!(e.field.as_deref(), Some("image.pullPolicy"));
 }
 
