@@ -42,7 +42,8 @@ fn text(v: Option<&Value>) -> Option<String> {
 }
 
 /// Reads one `ImageConfig`. `object` names it in errors (e.g. `ConfigMap ns/name`); `origin` is
-/// the comment's prefix; `path` is its field path in the document.
+/// the comments' prefix; `path` is its field path in the document. `string` and `image_v2` take
+/// the whole comment.
 pub(super) fn read(
     found: &mut Found,
     place: &Place,
@@ -110,6 +111,11 @@ pub(super) fn read(
         });
     }
 
+    // The comment: `origin` and the field's path inside the ImageConfig.
+    let origin_of = |field: &str| {
+        let inside = field.strip_prefix(path).unwrap_or(field);
+        format!("{origin} {}", inside.trim_start_matches('.'))
+    };
     let images_path = join(path, "images");
     match doc.get("images") {
         None | Some(Value::Null) => {}
@@ -118,16 +124,33 @@ pub(super) fn read(
                 let field = join(&images_path, component);
                 match v {
                     Value::Object(m) if m.contains_key("name") => {
-                        image_v2(found, place, object, origin, &defaults, m, &field)?;
+                        image_v2(
+                            found,
+                            place,
+                            object,
+                            &origin_of(&field),
+                            &defaults,
+                            m,
+                            &field,
+                        )?;
                     }
                     // Per server version: `cassandra: {"4.0.0": "k8ssandra/cassandra-ubi:latest"}`.
                     Value::Object(versions) => {
                         for (version, v) in versions {
                             let field = join(&field, version);
-                            string(found, place, object, origin, &defaults, v, &field)?;
+                            let origin = origin_of(&field);
+                            string(found, place, object, &origin, &defaults, v, &field)?;
                         }
                     }
-                    _ => string(found, place, object, origin, &defaults, v, &field)?,
+                    _ => string(
+                        found,
+                        place,
+                        object,
+                        &origin_of(&field),
+                        &defaults,
+                        v,
+                        &field,
+                    )?,
                 }
             }
         }
@@ -235,7 +258,7 @@ fn string(
             written,
             policy: defaults.policy,
             ephemeral: false,
-            origin: format!("{origin} {field}"),
+            origin: origin.to_string(),
         },
     )
 }
@@ -279,7 +302,7 @@ fn image_v2(
             written: format!("{base}:{tag}"),
             policy,
             ephemeral: false,
-            origin: format!("{origin} {field}"),
+            origin: origin.to_string(),
         },
     )
 }
