@@ -375,4 +375,19 @@ fn a_disabled_component_is_a_comment_unless_include_disabled_which_matches_helm_
     let (from_manifests, _, _) = images_from_manifests(&rendered);
     assert_eq!(all, from_manifests);
     assert!(all.iter().any(|i| i == alertmanager), "{all:?}");
+
+    // Nothing but disabled images: nothing to pull, said as such.
+    let off = dir.path().join("off.yaml");
+    std::fs::write(
+        &off,
+        "stargate:\n  enabled: false\n  image: {repository: stargateio/stargate-4_0, tag: v1.0.40}\n",
+    )
+    .unwrap();
+    let out = run(&["images", "--values", off.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no images found in the input but 1 in blocks disabled in these values (--include-disabled lists them)"),
+        "{}",
+        text(&out.stderr)
+    );
 }
