@@ -823,3 +823,24 @@ fn operator_resources_image_fields_and_image_arguments_are_read() {
     assert_eq!(found.objects.get("Prometheus"), Some(&1));
     assert_eq!(found.skipped.get("Widget"), Some(&1));
 }
+
+#[test]
+fn a_composed_reference_that_is_not_valid_names_its_field_and_file() {
+    let mut found = Found::default();
+    found
+        .add_values(&input(
+            "values.yaml",
+            "controller:\n  image: {registry: registry.k8s.io, image: ingress-nginx/controller, tag: v1}\n",
+        ))
+        .unwrap();
+    found
+        .add_values(&input(
+            "override.yaml",
+            "controller:\n  image: {image: Ingress-Nginx/Controller}\n",
+        ))
+        .unwrap();
+    let e = found.compose_values().unwrap_err();
+    assert_eq!(e.file, "override.yaml");
+    assert_eq!(e.field.as_deref(), Some("controller.image.image"));
+    assert!(e.message.contains("must be lowercase"), "{e}");
+}

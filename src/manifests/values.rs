@@ -365,7 +365,15 @@ impl<'a> Composer<'a> {
             "imagePullPolicy"
         };
         let policy = policy_field(&place, None, map, policy_key, &path_of(segs))?;
-        let field = join(&path_of(segs), "repository");
+        // The field that names the image, for an error about the reference.
+        let name_key = ["repository", "image", "name"]
+            .into_iter()
+            .find(|k| {
+                map.get(*k)
+                    .is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty()))
+            })
+            .unwrap_or("repository");
+        let field = join(&path_of(segs), name_key);
         let written = format!("{base}{termination}");
         let include = self.found.include_disabled;
         let origin = match &ctx.disabled {
