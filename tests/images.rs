@@ -195,3 +195,199 @@ fn bad_input_is_a_usage_error_naming_the_document_and_field_and_no_images_is_a_f
     let nothing = run(&["images"], None);
     assert_eq!(nothing.status.code(), Some(2));
 }
+
+const CHARTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/charts");
+
+/// Renders a fixture chart with Helm's own engine (`hack/render-charts.py`: helm-python-sdk, the
+/// Helm v4 Go library, in the project's .venv), as `helm template -f VALUES…` does. Without it
+/// the test fails: `make setup` installs it.
+fn helm_template(chart: &Path, values: &[PathBuf]) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run `make setup` (it installs helm-python-sdk from hack/requirements-deploy.txt)",
+        python.display()
+    );
+    let out = Command::new(&python)
+        .arg(root.join("hack/render-charts.py"))
+        .arg(chart)
+        .args(values)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rendering {} with Helm failed (is helm-python-sdk installed? `make setup`): {}",
+        chart.display(),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// The images of a printed config, as written, sorted.
+fn images_of(config: &str) -> Vec<String> {
+    let v: Value = serde_saphyr::from_str(config).unwrap_or_else(|e| panic!("{e}\n{config}"));
+    let mut images: Vec<String> = v["images"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no images in\n{config}"))
+        .iter()
+        .map(|i| match i {
+            Value::String(s) => s.clone(),
+            _ => i["image"].as_str().unwrap().to_string(),
+        })
+        .collect();
+    images.sort();
+    images
+}
+
+/// `prepuller images` with these arguments: (images, stdout, stderr); it must succeed.
+fn images(args: &[&str]) -> (Vec<String>, String, String) {
+    let mut all = vec!["images"];
+    all.extend(args);
+    let out = run(&all, None);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{all:?}: {stderr}");
+    (images_of(&stdout), stdout, stderr)
+}
+
+/// `prepuller images -f FILE`.
+fn images_from_manifests(file: &Path) -> (Vec<String>, String, String) {
+    images(&["-f", file.to_str().unwrap()])
+}
+
+/// `prepuller images --values A --values B … FLAGS`.
+fn images_from_values(files: &[PathBuf], flags: &[&str]) -> (Vec<String>, String, String) {
+    let mut args: Vec<&str> = flags.to_vec();
+    for f in files {
+        args.extend(["--values", f.to_str().unwrap()]);
+    }
+    images(&args)
+}
+
+#[test]
+fn every_fixture_chart_gives_from_its_values_the_images_helm_renders() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut charts: Vec<PathBuf> = std::fs::read_dir(CHARTS)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("Chart.yaml").exists())
+        .collect();
+    charts.sort();
+    assert!(charts.len() >= 7, "{charts:?}");
+    for chart in &charts {
+        let name = chart.file_name().unwrap().to_str().unwrap();
+        let overrides: Vec<PathBuf> = [chart.join("override.yaml")]
+            .into_iter()
+            .filter(|p| p.exists())
+            .collect();
+        // Helm applies the chart's values.yaml itself; prepuller is given it first.
+        let rendered = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&rendered, helm_template(chart, &overrides)).unwrap();
+        let mut values = vec![chart.join("values.yaml")];
+        values.extend(overrides);
+
+        let expected: Vec<String> = {
+            let mut e: Vec<String> = std::fs::read_to_string(chart.join("expected.txt"))
+                .unwrap()
+                .lines()
+                .map(str::to_string)
+                .collect();
+            e.sort();
+            e
+        };
+        let (from_values, _, stderr) = images_from_values(&values, &[]);
+        assert_eq!(from_values, expected, "{name}: --values\n{stderr}");
+        let (from_manifests, _, stderr) = images_from_manifests(&rendered);
+        assert_eq!(from_manifests, expected, "{name}: -f rendered\n{stderr}");
+    }
+}
+
+#[test]
+fn a_tag_the_values_do_not_hold_is_named_with_who_fills_it_in() {
+    let chart = Path::new(CHARTS).join("cert-manager");
+    // Without the override the tag is the chart's appVersion: Helm renders it, the values do
+    // not hold it, and prepuller says so for each image instead of guessing.
+    let rendered = helm_template(&chart, &[]);
+    let out = run(
+        &[
+            "images",
+            "--values",
+            chart.join("values.yaml").to_str().unwrap(),
+        ],
+        None,
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rendered.yaml");
+    std::fs::write(&file, &rendered).unwrap();
+    let (from_manifests, _, _) = images_from_manifests(&file);
+    assert_eq!(from_manifests.len(), 2);
+    for image in &from_manifests {
+        let untagged = image.strip_suffix(":v1.20.0").unwrap();
+        assert!(
+            stderr.contains(&format!(
+                "{untagged} has no tag or digest here (the chart fills in its appVersion): not listed"
+            )),
+            "{image}: {stderr}"
+        );
+    }
+
+    // cass-operator's server image: its tag is each datacenter's serverVersion, whichever path.
+    let chart = Path::new(CHARTS).join("k8ssandra-operator");
+    let (_, _, stderr) = images_from_values(&[chart.join("values.yaml")], &[]);
+    assert!(
+        stderr.contains("docker.io/k8ssandra/cass-management-api has no tag or digest here (cass-operator tags it with each CassandraDatacenter's serverVersion: docker.io/k8ssandra/cass-management-api:<serverVersion>-ubi)"),
+        "{stderr}"
+    );
+    std::fs::write(&file, helm_template(&chart, &[])).unwrap();
+    let (_, _, stderr) = images_from_manifests(&file);
+    assert!(
+        stderr.contains("docker.io/k8ssandra/cass-management-api:<serverVersion>-ubi: cass-operator tags it with each CassandraDatacenter's serverVersion"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_disabled_component_is_a_comment_unless_include_disabled_which_matches_helm_with_it_enabled() {
+    let chart = Path::new(CHARTS).join("kube-prometheus-stack");
+    let values = [chart.join("values.yaml"), chart.join("override.yaml")];
+    let (listed, stdout, _) = images_from_values(&values, &[]);
+    let alertmanager = "mirror.example.com/prometheus/alertmanager:v0.28.1";
+    assert!(!listed.iter().any(|i| i == alertmanager), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "#   - {alertmanager}  # values.yaml alertmanager.alertmanagerSpec.image: disabled in these values\n"
+        )),
+        "{stdout}"
+    );
+
+    let (all, _, _) = images_from_values(&values, &["--include-disabled"]);
+    let dir = tempfile::tempdir().unwrap();
+    let enable = dir.path().join("enable.yaml");
+    std::fs::write(&enable, "alertmanager:\n  enabled: true\n").unwrap();
+    let rendered = dir.path().join("rendered.yaml");
+    std::fs::write(
+        &rendered,
+        helm_template(&chart, &[chart.join("override.yaml"), enable]),
+    )
+    .unwrap();
+    let (from_manifests, _, _) = images_from_manifests(&rendered);
+    assert_eq!(all, from_manifests);
+    assert!(all.iter().any(|i| i == alertmanager), "{all:?}");
+
+    // Nothing but disabled images: nothing to pull, said as such.
+    let off = dir.path().join("off.yaml");
+    std::fs::write(
+        &off,
+        "stargate:\n  enabled: false\n  image: {repository: stargateio/stargate-4_0, tag: v1.0.40}\n",
+    )
+    .unwrap();
+    let out = run(&["images", "--values", off.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no images found in the input but 1 in blocks disabled in these values (--include-disabled lists them)"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -13,11 +13,15 @@ pub struct ImagesArgs {
     /// for standard input (`helm template …`, `kubectl get … -o yaml`). Repeatable.
     #[arg(long = "filename", short = 'f', value_name = "FILE|DIR|-")]
     pub files: Vec<PathBuf>,
-    /// A Helm values or K8ssandra overrides file: every mapping with `repository` and `tag` or
-    /// `digest` (and optionally `registry`) is an image; `global.imageRegistry` is applied.
-    /// Repeatable.
+    /// A Helm values or K8ssandra overrides file, or a cass-operator ImageConfig. Several are
+    /// merged as Helm merges them (later files win, lists replaced), then every image mapping is
+    /// composed as the charts do (see the README). Repeatable.
     #[arg(long = "values", value_name = "FILE")]
     pub values: Vec<PathBuf>,
+    /// Also list the images of blocks the values switch off (`enabled: false` on the block or
+    /// above it); without it they are written as comments.
+    #[arg(long)]
+    pub include_disabled: bool,
     /// Write the config to this file instead of standard output.
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -59,6 +63,13 @@ pub fn run(args: &ImagesArgs) -> ExitCode {
         );
     }
     if found.image_count() == 0 {
+        let disabled = found.disabled().len();
+        if disabled > 0 {
+            eprintln!(
+                "error: no images found in the input but {disabled} in blocks disabled in these values (--include-disabled lists them)"
+            );
+            return ExitCode::Failed;
+        }
         eprintln!("error: no images found in the input");
         return ExitCode::Failed;
     }
@@ -85,6 +96,7 @@ pub fn run(args: &ImagesArgs) -> ExitCode {
 
 fn collect(args: &ImagesArgs) -> Result<Found, ManifestError> {
     let mut found = Found::default();
+    found.include_disabled = args.include_disabled;
     let mut stdin_read = false;
     let mut stdin = || {
         if std::mem::replace(&mut stdin_read, true) {
@@ -108,5 +120,9 @@ fn collect(args: &ImagesArgs) -> Result<Found, ManifestError> {
             found.add_values(&input)?;
         }
     }
+    if args.include_disabled {
+        found.inputs.push("--include-disabled".into());
+    }
+    found.compose_values()?;
     Ok(found)
 }

@@ -1,15 +1,17 @@
 //! `prepuller images`: the image list from the manifests an operator already has.
 //!
 //! Reads Kubernetes manifests (multi-document YAML or JSON: workloads, `List`s, Redis Enterprise
-//! `RedisEnterpriseCluster`s) and Helm values files (image mappings nested anywhere), and renders
+//! `RedisEnterpriseCluster`s, cass-operator `ImageConfig`s, `image` fields of other kinds) and
+//! Helm values files (merged as Helm merges them, image mappings nested anywhere), and renders
 //! an image-list config that [`crate::config::Config`] accepts. Documents are read as untyped
 //! [`serde_json::Value`]s rather than k8s-openapi types: rendered charts and `kubectl get` output
 //! are often partial (no selector, no container name), and only the image fields matter here.
 //!
-//! `documents` splits a text into documents, `workloads` and `values` find the images in one
-//! document, `render` merges what was found into the config text.
+//! `documents` splits a text into documents, `workloads`, `values` and `imageconfig` find the
+//! images, `render` merges what was found into the config text.
 
 mod documents;
+mod imageconfig;
 mod render;
 mod values;
 mod workloads;
@@ -226,6 +228,14 @@ pub struct Found {
     pub notes: Vec<String>,
     /// The arguments as given (`-f chart/`, `--values v.yaml`), for the header.
     pub inputs: Vec<String>,
+    /// List the images of blocks under `enabled: false` too (`--include-disabled`).
+    pub include_disabled: bool,
+    /// Images of blocks under `enabled: false`: written as comments.
+    disabled: Vec<ImageUse>,
+    /// The values files' documents, read when all are merged ([`Found::compose_values`]).
+    values_docs: Vec<values::ValuesDoc>,
+    /// Subcharts named by a `Chart.yaml` beside a values file.
+    subcharts: BTreeSet<String>,
 }
 
 impl Found {
@@ -242,7 +252,9 @@ impl Found {
         Ok(())
     }
 
-    /// Reads a Helm values / overrides file (`--values`).
+    /// Reads a Helm values / overrides file (`--values`). Its images are found once every file
+    /// is read, by [`Found::compose_values`], as Helm merges the files before rendering. A
+    /// cass-operator `ImageConfig` is read on its own, not merged.
     pub fn add_values(&mut self, input: &Input) -> Result<(), ManifestError> {
         for doc in documents::split(input)? {
             let place = Place {
@@ -250,10 +262,57 @@ impl Found {
                 document: doc.index,
                 line: doc.line,
             };
-            values::file(self, &place, &doc.value)?;
+            if imageconfig::is_image_config(&doc.value) {
+                let origin = values::file_name(&input.name).to_string();
+                imageconfig::read(self, &place, None, &origin, &doc.value, "")?;
+                continue;
+            }
+            if !doc.value.is_object() {
+                return Err(place.error(
+                    None,
+                    "",
+                    format!(
+                        "expected a values file (a mapping), found {}",
+                        kind_of(&doc.value)
+                    ),
+                ));
+            }
+            self.values_docs.push(values::ValuesDoc {
+                file: input.name.clone(),
+                document: doc.index,
+                line: doc.line,
+                value: doc.value,
+            });
         }
+        self.subcharts.extend(values::subcharts_beside(&input.name));
         self.values_files += 1;
         Ok(())
+    }
+
+    /// Merges the values files read so far (maps key by key, later files winning, lists
+    /// replaced, as `helm -f a.yaml -f b.yaml`) and reads the images of the result.
+    pub fn compose_values(&mut self) -> Result<(), ManifestError> {
+        let docs = std::mem::take(&mut self.values_docs);
+        if docs.is_empty() {
+            return Ok(());
+        }
+        let mut merged = serde_json::Value::Object(serde_json::Map::new());
+        for d in &docs {
+            values::merge(&mut merged, &d.value);
+        }
+        values::compose(self, &docs, &merged)
+    }
+
+    /// The images left out because their block is disabled, as (image, where), sorted.
+    pub fn disabled(&self) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = self
+            .disabled
+            .iter()
+            .map(|u| (u.written.clone(), u.origin.clone()))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
     }
 
     /// How many distinct images (after normalization) were found.

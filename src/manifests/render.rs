@@ -133,6 +133,15 @@ pub fn render(found: &Found) -> String {
             }
         }
     }
+    let disabled = found.disabled();
+    if !disabled.is_empty() {
+        out.push_str(
+            "# Disabled in these values (`enabled: false`; --include-disabled lists them):\n",
+        );
+        for (image, origin) in &disabled {
+            let _ = writeln!(out, "#   - {}  # {}", scalar(image), one_line(origin));
+        }
+    }
     if !found.secrets.is_empty() {
         out.push_str(
             "# The workloads pull with these secrets; to pull with the same credentials, add:\n",

@@ -19,8 +19,16 @@ fn manifests(text: &str) -> Found {
 }
 
 fn values(text: &str) -> Found {
+    values_files(&[("values.yaml", text)])
+}
+
+/// Several `--values` files, in order, merged and read.
+fn values_files(files: &[(&str, &str)]) -> Found {
     let mut found = Found::default();
-    found.add_values(&input("values.yaml", text)).unwrap();
+    for (name, text) in files {
+        found.add_values(&input(name, text)).unwrap();
+    }
+    found.compose_values().unwrap();
     found
 }
 
@@ -458,12 +466,12 @@ fn helm_values_nested_anywhere_with_global_image_registry_digests_and_numbers() 
     assert_eq!(names(&found), ["redis:7", "r.example.com:5000/x/y:1"]);
     // A bad value names the field.
     let mut f = Found::default();
-    let e = f
-        .add_values(&input(
-            "v.yaml",
-            "image: {repository: a, tag: b, pullPolicy: Sometimes}\n",
-        ))
-        .unwrap_err();
+    f.add_values(&input(
+        "v.yaml",
+        "image: {repository: a, tag: b, pullPolicy: Sometimes}\n",
+    ))
+    .unwrap();
+    let e = f.compose_values().unwrap_err();
     assert_eq!(e.field.as_deref(), Some("image.pullPolicy"));
 }
 
@@ -554,4 +562,285 @@ fn a_directory_is_read_file_by_file_in_name_order() {
     );
     let stdin = Input::read(Path::new("-"), || Ok("kind: Pod\n".into())).unwrap();
     assert_eq!(stdin[0].name, "stdin");
+}
+
+#[test]
+fn k8ssandra_image_config_blocks_join_registry_repository_and_name() {
+    // k8ssandra-operator's `global.imageConfig`: registry/repository/name:tag, the registry from
+    // `defaults.registry` unless the image has its own; two images of one repository stay two.
+    let found = values(
+        "global:\n  imageConfig:\n    defaults: {registry: docker.io}\n    images:\n      reaper: {repository: thelastpickle, name: cassandra-reaper, tag: '5.0.0'}\n      medusa: {registry: ghcr.io, repository: k8ssandra, name: medusa, tag: '0.22.3'}\n      system-logger: {repository: k8ssandra, name: system-logger, tag: v1.24.0}\n    types:\n      cassandra: {repository: k8ssandra, name: cass-management-api, suffix: -ubi}\n",
+    );
+    assert_eq!(
+        names(&found),
+        [
+            "docker.io/k8ssandra/system-logger:v1.24.0",
+            "docker.io/thelastpickle/cassandra-reaper:5.0.0",
+            "ghcr.io/k8ssandra/medusa:0.22.3",
+        ]
+    );
+    // The server image's tag is each datacenter's version, not the chart's appVersion.
+    assert_eq!(found.notes.len(), 1, "{:?}", found.notes);
+    assert!(
+        found.notes[0].contains("docker.io/k8ssandra/cass-management-api has no tag or digest here (cass-operator tags it with each CassandraDatacenter's serverVersion: docker.io/k8ssandra/cass-management-api:<serverVersion>-ubi)"),
+        "{:?}",
+        found.notes
+    );
+}
+
+#[test]
+fn cass_operator_image_config_v1beta1_strings_and_v1beta2_mappings() {
+    let v1 = "apiVersion: config.k8ssandra.io/v1beta1\nkind: ImageConfig\nmetadata: {name: image-config}\nimages:\n  system-logger: \"k8ssandra/system-logger:latest\"\n  config-builder: \"datastax/cass-config-builder:1.0-ubi\"\n  cassandra:\n    \"4.0.0\": \"k8ssandra/cassandra-ubi:latest\"\nimageRegistry: \"localhost:5000\"\nimagePullPolicy: IfNotPresent\nimagePullSecret: {name: my-secret}\ndefaults:\n  cassandra: {repository: \"cr.k8ssandra.io/k8ssandra/cass-management-api\", suffix: \"-ubi\"}\n";
+    for found in [values(v1), manifests(v1)] {
+        assert_eq!(
+            listed(&found),
+            [
+                (
+                    "localhost:5000/datastax/cass-config-builder:1.0-ubi".into(),
+                    PullPolicy::IfNotPresent,
+                    true
+                ),
+                // IfNotPresent, set in the file, not the `:latest` default.
+                (
+                    "localhost:5000/k8ssandra/cassandra-ubi:latest".into(),
+                    PullPolicy::IfNotPresent,
+                    true
+                ),
+                (
+                    "localhost:5000/k8ssandra/system-logger:latest".into(),
+                    PullPolicy::IfNotPresent,
+                    true
+                ),
+            ]
+        );
+        assert!(found.secrets.iter().any(|s| s.name == "my-secret"));
+        assert_eq!(found.notes.len(), 1, "{:?}", found.notes);
+        assert!(
+            found.notes[0].contains("localhost:5000/cr.k8ssandra.io/k8ssandra/cass-management-api:<serverVersion>-ubi: cass-operator tags it with each CassandraDatacenter's serverVersion"),
+            "{:?}",
+            found.notes
+        );
+    }
+
+    let v2 = "apiVersion: config.k8ssandra.io/v1beta2\nkind: ImageConfig\ndefaults:\n  registry: docker.io\n  pullSecrets: [regcred]\nimages:\n  reaper: {repository: thelastpickle, name: cassandra-reaper, tag: '5.0.0'}\n  medusa: {registry: ghcr.io, repository: k8ssandra, name: medusa, tag: '0.22.3', pullPolicy: Always}\n  k8ssandra-client: {repository: k8ssandra, name: k8ssandra-client, tag: v0.8.0}\n  config-builder: {name: config-builder-temp, tag: latest}\n  system-logger: {repository: k8ssandra, name: system-logger}\ntypes:\n  dse: {repository: datastax, name: dse-mgmtapi-6_8}\n";
+    let found = values(v2);
+    assert_eq!(
+        listed(&found),
+        [
+            (
+                "docker.io/k8ssandra/k8ssandra-client:v0.8.0".into(),
+                PullPolicy::IfNotPresent,
+                true
+            ),
+            // docker.io/library/config-builder-temp, sorted after k8ssandra/.
+            (
+                "docker.io/config-builder-temp:latest".into(),
+                PullPolicy::Always,
+                true
+            ),
+            (
+                "docker.io/thelastpickle/cassandra-reaper:5.0.0".into(),
+                PullPolicy::IfNotPresent,
+                true
+            ),
+            (
+                "ghcr.io/k8ssandra/medusa:0.22.3".into(),
+                PullPolicy::Always,
+                true
+            ),
+        ]
+    );
+    assert!(found.secrets.iter().any(|s| s.name == "regcred"));
+    assert_eq!(found.notes.len(), 2, "{:?}", found.notes);
+    assert!(found.notes[0].contains("docker.io/k8ssandra/system-logger has no tag here (cass-operator fills in its default tag)"), "{:?}", found.notes);
+    assert!(
+        found.notes[1].contains("docker.io/datastax/dse-mgmtapi-6_8:<serverVersion>"),
+        "{:?}",
+        found.notes
+    );
+
+    // As cass-operator's chart renders it: inside a ConfigMap.
+    let cm = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cass-operator-manager-config, namespace: k8ssandra}}\ndata:\n  image_config.yaml: |\n{}",
+        indent(v2, 4)
+    );
+    let found = manifests(&cm);
+    assert_eq!(found.image_count(), 4);
+    assert_eq!(found.objects.get("ConfigMap"), Some(&1));
+    assert!(
+        render(&found).contains("  - docker.io/thelastpickle/cassandra-reaper:5.0.0  # ConfigMap k8ssandra/cass-operator-manager-config image_config.yaml: images.reaper\n"),
+        "{}",
+        render(&found)
+    );
+}
+
+#[test]
+fn values_files_merge_as_helm_merges_them() {
+    let base = "global: {imageRegistry: ''}\nimage: {registry: registry.k8s.io, repository: kube-state-metrics/kube-state-metrics, tag: v2.14.0}\nexporter:\n  image: {registry: docker.io, repository: bitnami/redis-exporter, tag: 1.58.0}\nsidecars:\n  - image: {repository: bitnami/os-shell, tag: '12'}\n  - image: {repository: bitnami/kubectl, tag: '1.31'}\n";
+    // A later tag wins; a later whole block replaces the earlier one (not both listed); a later
+    // global.imageRegistry applies to every image; a later list replaces the earlier list.
+    let over = "global: {imageRegistry: mirror.example.com}\nimage: {tag: v2.15.0}\nexporter:\n  image: {registry: quay.io, repository: oliver006/redis_exporter, tag: v1.67.0}\nsidecars:\n  - image: {repository: bitnami/os-shell, tag: '13'}\n";
+    let found = values_files(&[("values.yaml", base), ("override.yaml", over)]);
+    assert_eq!(
+        names(&found),
+        [
+            "mirror.example.com/bitnami/os-shell:13",
+            "mirror.example.com/kube-state-metrics/kube-state-metrics:v2.15.0",
+            "mirror.example.com/oliver006/redis_exporter:v1.67.0",
+        ]
+    );
+    // The comment names the file that last set the block.
+    let text = render(&found);
+    assert!(
+        text.contains("kube-state-metrics:v2.15.0  # override.yaml image\n"),
+        "{text}"
+    );
+    // `null` in a later file removes the value.
+    let found = values_files(&[
+        ("values.yaml", base),
+        ("override.yaml", "exporter:\n  image: null\n"),
+    ]);
+    assert!(
+        !names(&found).iter().any(|n| n.contains("exporter")),
+        "{:?}",
+        names(&found)
+    );
+}
+
+#[test]
+fn ingress_nginx_cert_manager_sha_and_image_beside_tag() {
+    let d = format!("sha256:{}", "a".repeat(64));
+    let found = values(&format!(
+        "global:\n  image: {{registry: registry.k8s.io}}\ncontroller:\n  image: {{image: ingress-nginx/controller, repository: '', tag: v1.12.0, digest: '{d}'}}\nold:\n  image: {{image: x/y, repository: example.com/legacy/controller, registry: registry.k8s.io, tag: v1}}\nprometheus:\n  image: {{registry: quay.io, repository: prometheus/prometheus, tag: v3.2.1, sha: '{}'}}\napp: {{image: ghcr.io/org/name, tag: v1}}\n",
+        "b".repeat(64)
+    ));
+    assert_eq!(
+        names(&found),
+        [
+            "example.com/legacy/controller:v1".to_string(),
+            "ghcr.io/org/name:v1".into(),
+            format!(
+                "quay.io/prometheus/prometheus:v3.2.1@sha256:{}",
+                "b".repeat(64)
+            ),
+            // The digest keeps its tag beside it, as the chart renders it.
+            format!("registry.k8s.io/ingress-nginx/controller:v1.12.0@{d}"),
+        ]
+    );
+    let found = values(
+        "imageRegistry: quay.io\nimageNamespace: jetstack\nimage: {name: cert-manager-controller, tag: v1.20.0}\nwebhook:\n  image: {name: cert-manager-webhook}\ndatacenters:\n  - {name: dc1, size: 3}\n",
+    );
+    assert_eq!(
+        names(&found),
+        ["quay.io/jetstack/cert-manager-controller:v1.20.0"]
+    );
+    assert_eq!(found.notes.len(), 1, "{:?}", found.notes);
+    assert!(
+        found.notes[0].contains("webhook.image: quay.io/jetstack/cert-manager-webhook has no tag or digest here (the chart fills in its appVersion)"),
+        "{:?}",
+        found.notes
+    );
+}
+
+#[test]
+fn a_missing_tag_names_who_fills_it_in() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("Chart.yaml"),
+        "apiVersion: v2\nname: stack\nversion: 1.0.0\ndependencies:\n  - {name: grafana, version: 8.0.0}\n  - {name: kube-state-metrics, alias: ksm, version: 5.0.0}\n",
+    )
+    .unwrap();
+    let file = dir.path().join("values.yaml");
+    std::fs::write(
+        &file,
+        "upgradeJob:\n  image: {registry: registry.k8s.io, repository: kubectl, tag: ''}\ngrafana:\n  image: {registry: docker.io, repository: grafana/grafana}\nksm:\n  image: {registry: registry.k8s.io, repository: kube-state-metrics/kube-state-metrics}\noperator:\n  image: {registry: quay.io, repository: prometheus-operator/prometheus-operator}\n",
+    )
+    .unwrap();
+    let mut found = Found::default();
+    for input in Input::read(&file, || unreachable!()).unwrap() {
+        found.add_values(&input).unwrap();
+    }
+    found.compose_values().unwrap();
+    assert_eq!(found.image_count(), 0);
+    let notes = found.notes.join("\n");
+    for want in [
+        "registry.k8s.io/kubectl has no tag or digest here (the chart fills in the cluster's Kubernetes version)",
+        "docker.io/grafana/grafana has no tag or digest here (the subchart `grafana` fills in its appVersion)",
+        "registry.k8s.io/kube-state-metrics/kube-state-metrics has no tag or digest here (the subchart `ksm` fills in its appVersion)",
+        "quay.io/prometheus-operator/prometheus-operator has no tag or digest here (the chart fills in its appVersion)",
+    ] {
+        assert!(notes.contains(want), "{want}\n{notes}");
+    }
+}
+
+#[test]
+fn disabled_blocks_are_comments_unless_included() {
+    let text = "stargate:\n  enabled: false\n  image: {repository: stargateio/stargate-4_0, tag: v1.0.40}\nmedusa:\n  enabled: true\n  image: {repository: k8ssandra/medusa, tag: 0.11.0}\nreaper:\n  enabled: 'false'\n  sidecar:\n    image: {repository: thelastpickle/cassandra-reaper, tag: 3.0.0}\n";
+    let found = values(text);
+    assert_eq!(names(&found), ["k8ssandra/medusa:0.11.0"]);
+    let out = render(&found);
+    assert!(
+        out.contains("# Disabled in these values (`enabled: false`; --include-disabled lists them):\n#   - stargateio/stargate-4_0:v1.0.40  # values.yaml stargate.image: disabled in these values\n#   - thelastpickle/cassandra-reaper:3.0.0  # values.yaml reaper.sidecar.image: disabled in these values\n"),
+        "{out}"
+    );
+    let mut found = Found {
+        include_disabled: true,
+        ..Found::default()
+    };
+    found.add_values(&input("values.yaml", text)).unwrap();
+    found.compose_values().unwrap();
+    assert_eq!(found.image_count(), 3);
+    assert!(
+        render(&found).contains("  - stargateio/stargate-4_0:v1.0.40  # values.yaml stargate.image (`stargate` is disabled in these values)\n"),
+        "{}",
+        render(&found)
+    );
+}
+
+#[test]
+fn operator_resources_image_fields_and_image_arguments_are_read() {
+    let found = manifests(
+        "apiVersion: monitoring.coreos.com/v1\nkind: Prometheus\nmetadata: {name: k, namespace: mon}\nspec:\n  image: quay.io/prometheus/prometheus:v3.2.1\n  thanos: {baseImage: quay.io/thanos/thanos, version: v0.37.0, image: 'not a reference'}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: op, namespace: mon}\nspec:\n  template:\n    spec:\n      containers:\n        - name: op\n          image: quay.io/prometheus-operator/prometheus-operator:v0.81.0\n          args:\n            - --prometheus-config-reloader=quay.io/prometheus-operator/prometheus-config-reloader:v0.81.0\n            - --sidecar-image=docker.io/library/busybox:1.36\n            - --config-file=etc/app/config:1\n            - --log-level=info\n            - LABEL=a/b:1\n---\napiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w, annotations: {image: 'example.com/ann:1'}}\nspec: {size: 3}\n",
+    );
+    assert_eq!(
+        names(&found),
+        [
+            "docker.io/library/busybox:1.36",
+            "quay.io/prometheus-operator/prometheus-config-reloader:v0.81.0",
+            "quay.io/prometheus-operator/prometheus-operator:v0.81.0",
+            "quay.io/prometheus/prometheus:v3.2.1",
+            // `baseImage` without a tag: a reference (`:latest`), as the field holds it.
+            "quay.io/thanos/thanos",
+        ]
+    );
+    let text = render(&found);
+    for want in [
+        "# Prometheus mon/k spec.image\n",
+        "# Deployment mon/op (argument --prometheus-config-reloader)\n",
+    ] {
+        assert!(text.contains(want), "{want}\n{text}");
+    }
+    assert_eq!(found.objects.get("Prometheus"), Some(&1));
+    assert_eq!(found.skipped.get("Widget"), Some(&1));
+}
+
+#[test]
+fn a_composed_reference_that_is_not_valid_names_its_field_and_file() {
+    let mut found = Found::default();
+    found
+        .add_values(&input(
+            "values.yaml",
+            "controller:\n  image: {registry: registry.k8s.io, image: ingress-nginx/controller, tag: v1}\n",
+        ))
+        .unwrap();
+    found
+        .add_values(&input(
+            "override.yaml",
+            "controller:\n  image: {image: Ingress-Nginx/Controller}\n",
+        ))
+        .unwrap();
+    let e = found.compose_values().unwrap_err();
+    assert_eq!(e.file, "override.yaml");
+    assert_eq!(e.field.as_deref(), Some("controller.image.image"));
+    assert!(e.message.contains("must be lowercase"), "{e}");
 }

@@ -1,9 +1,14 @@
-//! The images of one Kubernetes object: the pod template of a workload, every item of a
-//! `List`, the image specs of a Redis Enterprise cluster.
+//! The images of one Kubernetes object: the pod template of a workload (with the images its
+//! containers' arguments name), every item of a `List`, the image specs of a Redis Enterprise
+//! cluster, a cass-operator `ImageConfig` (or a ConfigMap holding one), and the `image` fields of
+//! any other kind (a `Prometheus`' `spec.image`).
 
 use serde_json::{Map, Value};
 
-use super::{Found, ManifestError, Place, PullSecret, UseSpec, join, kind_of, policy_field};
+use super::{
+    Found, ManifestError, Place, PullSecret, UseSpec, imageconfig, join, kind_of, policy_field,
+};
+use crate::reference::ImageRef;
 
 /// Where each workload kind keeps its pod spec.
 const POD_SPECS: &[(&str, &[&str])] = &[
@@ -130,6 +135,26 @@ pub(super) fn object(
         return Ok(());
     }
 
+    if imageconfig::is_image_config(value) {
+        imageconfig::read(found, place, Some(&object_name), &object_name, value, path)?;
+        *found.objects.entry(kind.to_string()).or_default() += 1;
+        return Ok(());
+    }
+
+    if kind == "ConfigMap" && config_map_image_configs(found, place, &object_name, obj, path)? {
+        *found.objects.entry(kind.to_string()).or_default() += 1;
+        return Ok(());
+    }
+
+    // Any other kind (an operator's resource): its `image` fields that hold a reference. Not
+    // the free-form data of ConfigMaps and Secrets, nor a CRD's schema.
+    if !["ConfigMap", "Secret", "CustomResourceDefinition"].contains(&kind)
+        && image_fields(found, place, &object_name, value, path)?
+    {
+        *found.objects.entry(kind.to_string()).or_default() += 1;
+        return Ok(());
+    }
+
     if kind == "ServiceAccount" {
         // Its pods pull with these too (the admission plugin adds them to each pod).
         let field = join(path, "imagePullSecrets");
@@ -212,6 +237,7 @@ fn pod_spec(
                 }
             };
             let policy = policy_field(place, Some(object), c, "imagePullPolicy", &c_path)?;
+            argument_images(found, place, object, c, &c_path)?;
             found.add_use(
                 place,
                 &image_path,
@@ -405,4 +431,149 @@ fn image_spec(
             origin: object.to_string(),
         },
     )
+}
+
+/// A ConfigMap's data entries that are cass-operator `ImageConfig`s (as the operator's chart
+/// renders `image_config.yaml`). Whether there was one.
+fn config_map_image_configs(
+    found: &mut Found,
+    place: &Place,
+    object: &str,
+    obj: &Map<String, Value>,
+    path: &str,
+) -> Result<bool, ManifestError> {
+    let Some(Value::Object(data)) = obj.get("data") else {
+        return Ok(false);
+    };
+    let mut any = false;
+    for (key, text) in data {
+        let Value::String(text) = text else { continue };
+        if !text.contains("ImageConfig") {
+            continue;
+        }
+        let Ok(doc) = serde_saphyr::from_str::<Value>(text) else {
+            continue;
+        };
+        if imageconfig::is_image_config(&doc) {
+            let field = format!("{}[{key}]", join(path, "data"));
+            let origin = format!("{object} {key}:");
+            imageconfig::read(found, place, Some(object), &origin, &doc, &field)?;
+            any = true;
+        }
+    }
+    Ok(any)
+}
+
+/// Whether a field's name says it holds an image: `image`, `baseImage`, `configReloaderImage`.
+fn image_key(key: &str) -> bool {
+    key == "image" || key.ends_with("Image")
+}
+
+/// The `image` fields, at any depth below the object's metadata, whose string parses as a
+/// reference: how operators' resources (a `Prometheus`, an `Alertmanager`) name the image they
+/// run. Whether there was one.
+fn image_fields(
+    found: &mut Found,
+    place: &Place,
+    object: &str,
+    value: &Value,
+    path: &str,
+) -> Result<bool, ManifestError> {
+    fn walk(
+        found: &mut Found,
+        place: &Place,
+        object: &str,
+        v: &Value,
+        path: &str,
+        top: bool,
+    ) -> Result<bool, ManifestError> {
+        let mut any = false;
+        match v {
+            Value::Object(map) => {
+                for (key, child) in map {
+                    if top && (key == "metadata" || key == "status") {
+                        continue;
+                    }
+                    let child_path = join(path, key);
+                    match child {
+                        Value::String(s) if image_key(key) && !s.is_empty() => {
+                            if ImageRef::parse(s).is_ok() {
+                                found.add_use(
+                                    place,
+                                    &child_path,
+                                    Some(object),
+                                    UseSpec {
+                                        written: s.clone(),
+                                        policy: None,
+                                        ephemeral: false,
+                                        origin: format!("{object} {child_path}"),
+                                    },
+                                )?;
+                                any = true;
+                            }
+                        }
+                        _ => any |= walk(found, place, object, child, &child_path, false)?,
+                    }
+                }
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    any |= walk(found, place, object, item, &format!("{path}[{i}]"), false)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(any)
+    }
+    walk(found, place, object, value, path, true)
+}
+
+/// `--prometheus-config-reloader=quay.io/prometheus-operator/prometheus-config-reloader:v0.80.0`:
+/// a container argument whose flag names an image (the flag says `image`, or is the image's
+/// own name) and whose value is a reference with a tag or digest: the operator runs that image.
+fn argument_images(
+    found: &mut Found,
+    place: &Place,
+    object: &str,
+    c: &Map<String, Value>,
+    c_path: &str,
+) -> Result<(), ManifestError> {
+    for list in ["command", "args"] {
+        let Some(Value::Array(items)) = c.get(list) else {
+            continue;
+        };
+        for (i, item) in items.iter().enumerate() {
+            let Value::String(arg) = item else { continue };
+            let Some((flag, value)) = arg.split_once('=') else {
+                continue;
+            };
+            // Only flags (`--name=` or `-name=`), not `KEY=value` words.
+            if !flag.starts_with('-') {
+                continue;
+            }
+            let flag = flag.trim_start_matches('-');
+            let Ok(reference) = ImageRef::parse(value) else {
+                continue;
+            };
+            let pinned =
+                value.contains('@') || value.rsplit('/').next().is_some_and(|n| n.contains(':'));
+            let name = reference.path().rsplit('/').next().unwrap_or("");
+            if !pinned || !(flag.to_ascii_lowercase().contains("image") || name == flag) {
+                continue;
+            }
+            let field = format!("{}[{i}]", join(c_path, list));
+            found.add_use(
+                place,
+                &field,
+                Some(object),
+                UseSpec {
+                    written: value.to_string(),
+                    policy: None,
+                    ephemeral: false,
+                    origin: format!("{object} (argument --{flag})"),
+                },
+            )?;
+        }
+    }
+    Ok(())
 }
