@@ -10,8 +10,11 @@ use crate::config::Config;
 use crate::credentials::{Keyring, normalize_key, parse_docker_config, urls_match};
 use crate::reference::ImageRef;
 
+/// A target's body: one input, any bytes; a panic is a finding.
+pub type Target = fn(&[u8]);
+
 /// The targets by name, as `fuzz/Cargo.toml` names its binaries and `fuzz/seeds/` its folders.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("reference", reference),
     ("config_yaml", config_yaml),
     ("config_dir", config_dir),
