@@ -189,9 +189,9 @@ mod tests {
             // The next pull, just after the window ends, meets the next 429.
             tokio::time::sleep_until(until + Duration::from_secs(1)).await;
         }
-        assert_eq!(BREAKER_FIRST, Duration::from_secs(60));
-        assert_eq!(BREAKER_MAX, Duration::from_secs(15 * 60));
         assert_eq!(windows[..6], [60, 120, 240, 480, 900, 900], "{windows:?}");
         assert!(windows[5..].iter().all(|w| *w == 900), "{windows:?}");
+        assert_eq!(BREAKER_FIRST, Duration::from_secs(60));
+        assert_eq!(BREAKER_MAX, Duration::from_secs(15 * 60));
     }
 }
