@@ -52,11 +52,11 @@ audit: setup
 
 ## test: formatting, clippy, unit tests and the integration tests on real containerd + registry,
 ## then the deploy manifests, the alerts and dashboard, and the container image (deploy-check,
-## alerts-check, image-check), and the image's own binary end to end (acceptance)
-## (benches/ are compiled by clippy above and run by `make bench`, not here: they measure, not test)
+## alerts-check, image-check), the image's own binary end to end (acceptance), and the cheap
+## benches against their goals (bench-smoke; the rest of benches/ runs in `make bench`)
 test: lint
 	$(CARGO) test --lib --bins --tests --examples
-	@$(MAKE) --no-print-directory deploy-check alerts-check image-check acceptance fuzz-smoke
+	@$(MAKE) --no-print-directory deploy-check alerts-check image-check acceptance bench-smoke fuzz-smoke
 
 ## fleet-sim: the fleet simulation (examples/fleet_sim.rs; not part of `make test`): FLEET_NODES
 ## (default 6) containerd + agent pairs behind a measuring registry front and the fake API as
@@ -135,13 +135,23 @@ acceptance: image
 
 ## bench: the cost figures in the README (resync CPU and runtime calls; idle memory on containerd;
 ## memory with thousands of images waiting on a down registry; the fleet pull budget's API calls
-## for up to 5,000 simulated nodes)
+## for up to 5,000 simulated nodes); each bench exits non-zero when a figure misses its goal
 bench: setup
 	$(CARGO) build --release --bin prepuller
 	$(CARGO) bench --bench resync
 	$(CARGO) bench --bench idle_memory
 	$(CARGO) bench --bench pending_memory
 	$(CARGO) bench --bench fleet
+
+## bench-smoke: the cheap benches against the same goals (part of `make test`): the resync pass at
+## 20,000 images, the fleet budget at 1,000 nodes, and the agent's memory with 5,000 images
+## waiting for 30 s (the release binary `make image` built)
+.PHONY: bench-smoke
+bench-smoke: setup
+	$(CARGO) build -q --release --bin prepuller
+	$(CARGO) bench -q --bench resync
+	FLEET_BENCH_NODES=1000 $(CARGO) bench -q --bench fleet
+	PENDING_BENCH_SMOKE=1 $(CARGO) bench -q --bench pending_memory
 
 # The demo agent's HTTP listener and API socket, and how to stop a demo agent left running.
 DEMO_LISTEN ?= 127.0.0.1:18080

@@ -1,6 +1,7 @@
 //! Cost of one resync pass with 20,000 declared images, all present, on the in-memory runtime:
 //! CPU time per pass and runtime calls per pass; and of one `prepuller pull` run (the library's
-//! `pull::run`) over the same list. `make bench` runs it.
+//! `pull::run`) over the same list. `make bench` and `make bench-smoke` (in `make test`) run it;
+//! it exits 1 when a goal is missed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,10 +15,18 @@ use prepuller::puller::PullSettings;
 use prepuller::runtime::fake::FakeRuntime;
 use prepuller::status::StatusHub;
 use prepuller::status::metrics::Metrics;
+use testkit::goals::Goals;
 use tokio_util::sync::CancellationToken;
 
 const IMAGES: usize = 20_000;
 const PASSES: u32 = 50;
+/// The README's goal for one pass.
+const PASS_GOAL_MS: f64 = 20.0;
+/// What the bench tolerates above a goal of CPU time: the 2-core machine is shared with builds,
+/// which slow even CPU time (caches, frequency) by up to a quarter.
+const CPU_MARGIN: f64 = 1.25;
+/// The README's goal for `prepuller pull` over the same list.
+const PULL_GOAL_MS: f64 = 1000.0;
 
 /// CPU time of this process (user + system), from /proc: the pass runs on one thread, so this
 /// is the pass's own cost, not wall time on a busy machine.
@@ -72,23 +81,36 @@ fn main() {
     let (cpu, wall) = (cpu_time() - cpu0, wall0.elapsed());
     let after = rt.stats();
     let per = |n: usize| (n as f64) / f64::from(PASSES);
+    let pass_ms = cpu.as_secs_f64() * 1000.0 / f64::from(PASSES);
+    let calls = [
+        per(after.list_calls - before.list_calls),
+        per(after.status_calls - before.status_calls),
+        per(after.pulls.len() - before.pulls.len()),
+        per(after.version_calls - before.version_calls),
+    ];
     println!(
         "resync pass (one ListImages, compare; the config is re-read once per resyncInterval), {IMAGES} declared images, all present, in-memory runtime ({PASSES} passes):"
     );
-    println!(
-        "  CPU time per pass:   {:.1} ms",
-        cpu.as_secs_f64() * 1000.0 / f64::from(PASSES)
-    );
+    println!("  CPU time per pass:   {pass_ms:.1} ms");
     println!(
         "  wall time per pass:  {:.1} ms",
         wall.as_secs_f64() * 1000.0 / f64::from(PASSES)
     );
     println!(
         "  runtime calls per pass: ListImages {}, ImageStatus {}, PullImage {}, Version {}",
-        per(after.list_calls - before.list_calls),
-        per(after.status_calls - before.status_calls),
-        per(after.pulls.len() - before.pulls.len()),
-        per(after.version_calls - before.version_calls),
+        calls[0], calls[1], calls[2], calls[3],
+    );
+    let mut goals = Goals::new();
+    goals.check(
+        pass_ms < PASS_GOAL_MS * CPU_MARGIN,
+        format!(
+            "CPU time per pass {pass_ms:.1} ms < {PASS_GOAL_MS} ms (fails above {:.0} ms)",
+            PASS_GOAL_MS * CPU_MARGIN
+        ),
+    );
+    goals.check(
+        calls == [1.0, 0.0, 0.0, 0.0],
+        format!("runtime calls per pass {calls:?}: 1 ListImages, nothing else"),
     );
 
     // `prepuller pull` over the same list, everything present: list once, then one lookup per
@@ -116,8 +138,13 @@ fn main() {
         .unwrap();
     let cpu = cpu_time() - cpu0;
     assert!(summary.ok);
+    let pull_ms = cpu.as_secs_f64() * 1000.0;
     println!(
-        "prepuller pull, {IMAGES} declared images, all present, in-memory runtime: CPU time {:.0} ms",
-        cpu.as_secs_f64() * 1000.0
+        "prepuller pull, {IMAGES} declared images, all present, in-memory runtime: CPU time {pull_ms:.0} ms"
     );
+    goals.check(
+        pull_ms < PULL_GOAL_MS,
+        format!("prepuller pull CPU time {pull_ms:.0} ms < {PULL_GOAL_MS} ms"),
+    );
+    goals.finish();
 }

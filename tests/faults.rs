@@ -16,6 +16,14 @@ const CONFIG_HEAD: &str =
     "resyncInterval: 1h\nparallelism: 8\nbackoff: {initial: 1s, max: 8s}\nimages:\n";
 /// The breaker's longest pause (`backoff.max`).
 const BREAKER_MAX: Duration = Duration::from_secs(8);
+/// Attempts/s to the failing host from 10 s to 30 s. By then the breaker's pause has reached
+/// `backoff.max`, jittered within its upper half (4 to 8 s), one probe after each: 2.5 to 5
+/// probes in 20 s, so at most 6 (0.30/s) whatever the jitter; a loaded machine only makes
+/// fewer. Without the breaker the 429 hold alone makes 0.80/s, per-image back-off ~50/s.
+const MAX_RATE: f64 = 0.30;
+/// At least one probe in 20 s (two are due; one may be slow on a loaded machine): the host
+/// is still being probed, not given up on.
+const MIN_RATE: f64 = 0.05;
 
 /// `IMAGES` tags of one small image, pushed straight to the registry (not through the proxy).
 async fn push_tags(registry: &str, count: usize) -> Vec<String> {
@@ -70,8 +78,8 @@ fn present(status: &Value) -> usize {
 }
 
 /// The issue-10 probe: many images behind a host that fails (503 or 429). After the first 10 s
-/// the agent's attempts to it stay under 1/s; once it is back, every image is present within
-/// one breaker interval plus the time the pulls take.
+/// the agent probes it once per breaker pause (`MIN_RATE` to `MAX_RATE`); once it is back,
+/// every image is present within one breaker interval plus the time the pulls take.
 async fn dead_host_then_back(fault: Fault, reason: &str) {
     let sb = Sandbox::start();
     let tags = push_tags(&sb.registry.host(), IMAGES).await;
@@ -107,8 +115,9 @@ async fn dead_host_then_back(fault: Fault, reason: &str) {
         agent.log()
     );
     assert!(
-        rate < 1.0,
-        "{rate:.2} attempts/s to the dead host after the first 10 s (goal: under 1)\n{}",
+        (MIN_RATE..=MAX_RATE).contains(&rate),
+        "{rate:.2} attempts/s to the dead host after the first 10 s (README: 0.15-0.20; \
+         bounds {MIN_RATE}-{MAX_RATE})\n{}",
         agent.log()
     );
     let failures = metric(

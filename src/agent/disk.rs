@@ -146,7 +146,10 @@ impl DiskGuard {
         for info in images {
             for name in info.repo_tags.iter().chain(&info.repo_digests) {
                 let repo = repository_of(name);
-                if let Some(r) = self.repositories.get(repo) {
+                // Updated in place: a pass sees every image, and a new key would allocate.
+                if let Some(size) = self.repo_sizes.get_mut(repo) {
+                    *size = info.size_bytes;
+                } else if let Some(r) = self.repositories.get(repo) {
                     self.repo_sizes.insert(r.clone(), info.size_bytes);
                 }
             }

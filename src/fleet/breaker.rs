@@ -154,3 +154,44 @@ impl<A: LeaseApi> Coordinator<A> {
         Ok(Instant::now() + step)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::{BREAKER_FIRST, BREAKER_MAX};
+    use crate::config::OnUnavailable;
+    use crate::fleet::Clock;
+    use crate::fleet::fake::{Shared, node, settings};
+
+    const R: &str = "registry.example.com";
+
+    /// The README's windows: 1 minute, doubled by each 429 that follows the last window, and
+    /// held at 15 minutes however long the registry keeps refusing (here a day of 429s).
+    #[tokio::test(start_paused = true)]
+    async fn windows_double_from_one_minute_up_to_the_15_minute_cap() {
+        let shared = Arc::new(Shared::default());
+        let a = node(
+            &shared,
+            "node-a",
+            &settings(2, OnUnavailable::Proceed),
+            Clock::new(),
+        );
+        let mut windows = Vec::new();
+        let day = Instant::now() + Duration::from_secs(24 * 3600);
+        while Instant::now() < day {
+            let until = a.record_rate_limit(R, None).await;
+            let window = (until - Instant::now()).as_secs_f64().round() as u64;
+            windows.push(window);
+            // The next pull, just after the window ends, meets the next 429.
+            tokio::time::sleep_until(until + Duration::from_secs(1)).await;
+        }
+        assert_eq!(windows[..6], [60, 120, 240, 480, 900, 900], "{windows:?}");
+        assert!(windows[5..].iter().all(|w| *w == 900), "{windows:?}");
+        assert_eq!(BREAKER_FIRST, Duration::from_secs(60));
+        assert_eq!(BREAKER_MAX, Duration::from_secs(15 * 60));
+    }
+}

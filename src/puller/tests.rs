@@ -319,9 +319,13 @@ async fn a_refused_host_is_paused_as_a_whole_and_resumed_by_one_probe() {
         "refused host: {rate:.3} attempts/s after 10 s; converged {:?} after it came back",
         took - DOWN
     );
+    // The README's 0.006/s: once the pause has grown to backoff.max (5m, jittered within its
+    // upper half), one probe every 150 to 300 s; with the growth from 10 s, the jitter allows
+    // 0.0045 to 0.0078 over this window (paused time: no machine noise). A pause that stopped
+    // growing (10 s: 0.1/s) or per-image back-off alone (~7/s) is far outside.
     assert!(
-        rate < 1.0,
-        "{rate:.2} attempts/s to the refused host after the first 10 s"
+        (0.004..=0.009).contains(&rate),
+        "{rate:.4} attempts/s to the refused host after the first 10 s (documented: 0.006)"
     );
     assert!(r.outcomes.iter().all(|o| o.result == PullResult::Pulled));
     // Back: everything converges within one breaker interval (at most backoff.max, 5m).

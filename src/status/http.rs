@@ -176,6 +176,11 @@ mod tests {
 
     #[tokio::test]
     async fn livez_fails_only_when_a_runtime_that_answered_stays_silent() {
+        // The README's figure, pinned: the checks below are relative to it.
+        assert_eq!(
+            RUNTIME_LOST_LIVENESS,
+            std::time::Duration::from_secs(5 * 60)
+        );
         let (hub, app) = setup();
         hub.update(|s| s.runtime.reachable = false);
         assert_eq!(

@@ -72,19 +72,14 @@ impl Flood {
         }
     }
 
-    /// Waits up to `within` for the server to close every connected socket; returns how many it
-    /// closed and the longest time one stayed open. The rest are released (closed by us).
-    pub async fn closed_by_server_within(mut self, within: Duration) -> (usize, Duration) {
+    /// Waits up to `within` for the server to close every connected socket; returns how long
+    /// each one it closed stayed open. The rest are released (closed by us).
+    pub async fn closed_by_server_within(mut self, within: Duration) -> Vec<Duration> {
         let deadline = tokio::time::Instant::now() + within;
-        let (mut closed, mut longest) = (0, Duration::ZERO);
+        let mut closed = Vec::new();
         loop {
             match tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
-                Ok(Some(r)) => {
-                    if let Some(open_for) = r.unwrap() {
-                        closed += 1;
-                        longest = longest.max(open_for);
-                    }
-                }
+                Ok(Some(r)) => closed.extend(r.unwrap()),
                 Ok(None) => break,
                 Err(_) => {
                     let _ = self.release.send(true);
@@ -93,7 +88,7 @@ impl Flood {
                 }
             }
         }
-        (closed, longest)
+        closed
     }
 }
 
@@ -152,9 +147,9 @@ pub async fn slowloris(addr: SocketAddr, drip: Duration, give_up: Duration) -> O
     }
 }
 
-/// Raises this process's soft limit on open files towards `wanted` (capped by the hard limit);
-/// returns the limit in force.
-pub fn raise_open_files(wanted: u64) -> u64 {
+/// Raises this process's soft limit on open files to its hard limit (what an unprivileged
+/// process may); returns the limit in force.
+pub fn raise_open_files() -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -162,15 +157,29 @@ pub fn raise_open_files(wanted: u64) -> u64 {
     // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 1024;
+            return 0;
         }
-        if lim.rlim_cur < wanted {
-            lim.rlim_cur = wanted.min(lim.rlim_max);
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
     }
     lim.rlim_cur
+}
+
+/// Sends `head` (a request head, written as given) and reads the answer to its end: the status
+/// code, or None when the server closed without one.
+pub async fn raw(addr: SocketAddr, head: &[u8]) -> Option<u16> {
+    let mut stream = TcpStream::connect(addr).await.ok()?;
+    stream.write_all(head).await.ok()?;
+    let mut response = Vec::new();
+    // A server refusing a head may close before reading all of it: a reset after the answer.
+    let _ = stream.read_to_end(&mut response).await;
+    let text = String::from_utf8_lossy(&response);
+    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
 }
 
 /// One plain `GET` (HTTP/1.1, `Connection: close`), as a probe or a scrape sends it: the

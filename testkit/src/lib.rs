@@ -19,6 +19,7 @@ pub mod faults;
 mod fixtures;
 pub mod fleet;
 pub mod front;
+pub mod goals;
 pub mod hostile;
 mod http;
 mod images;

@@ -143,6 +143,38 @@ async fn an_image_gone_twice_within_an_hour_of_its_pull_waits_for_the_low_thresh
     assert_eq!(state(&s.hub, "r.example/a:1"), ImageState::Present);
 }
 
+/// The README's "within an hour", bracketed: removals 61 minutes after the pull, however many,
+/// never hold the image back; two at 59 minutes do.
+#[tokio::test(start_paused = true)]
+async fn the_thrash_window_is_one_hour() {
+    let mut s =
+        setup("diskGuard: {highThresholdPercent: 95, marginPercent: 5}\nimages: [r.example/a:1]");
+    // 83 %: above the low threshold, below the pull limit (90 %): only the thrash guard holds.
+    s.rt.set_image_fs(MOUNT, 83 * MB, Some(CAPACITY));
+    let pulls = |s: &crate::agent::testing::Setup| s.rt.stats().pulls.len();
+    let pass = async |s: &mut crate::agent::testing::Setup| {
+        s.agent.resync().await;
+        s.agent.settle().await;
+    };
+    pass(&mut s).await;
+    assert_eq!(pulls(&s), 1);
+    for n in 2..=4 {
+        tokio::time::advance(Duration::from_secs(61 * 60)).await;
+        s.rt.remove_image("r.example/a:1");
+        pass(&mut s).await;
+        assert_eq!(pulls(&s), n, "gone 61 min after its pull: not GC thrash");
+    }
+    assert_eq!(held(&s.hub, "r.example/a:1"), None);
+    for _ in 0..2 {
+        tokio::time::advance(Duration::from_secs(59 * 60)).await;
+        s.rt.remove_image("r.example/a:1");
+        pass(&mut s).await;
+    }
+    assert_eq!(pulls(&s), 5, "gone twice 59 min after its pull: held back");
+    let (reason, _) = held(&s.hub, "r.example/a:1").expect("held back");
+    assert_eq!(reason, HoldReason::GcThrash);
+}
+
 /// No visible mountpoint: no capacity check (a pull that would fill the disk goes ahead), the
 /// thrash guard still works, and `/status` says why.
 #[tokio::test(start_paused = true)]
