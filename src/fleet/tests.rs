@@ -466,7 +466,10 @@ async fn a_waiter_lists_again_after_each_compaction_and_the_budget_holds() {
     }
     let start = Instant::now();
     a.release(held).await;
-    let got = waiting.await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(60), waiting)
+        .await
+        .expect("node-b still waits a minute after the release")
+        .unwrap();
     // Handed over on release (the watch opened after the last list), not on expiry.
     assert!(
         start.elapsed() <= Duration::from_secs(5),
@@ -500,7 +503,10 @@ async fn a_bookmark_spares_a_waiter_the_list_after_a_compaction() {
     assert_eq!(shared.reads.load(Ordering::Relaxed), reads, "listed again");
     assert!(!waiting.is_finished());
     a.release(held).await;
-    let got = waiting.await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(60), waiting)
+        .await
+        .expect("node-b still waits a minute after the release")
+        .unwrap();
     assert_eq!(shared.holders(), ["node-b"]);
     b.release(got).await;
 }
@@ -520,7 +526,10 @@ async fn a_deleted_slot_wakes_a_waiter_and_the_old_holder_loses_it_at_its_next_r
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(shared.delete(&slot_name(R, 0)));
     let start = Instant::now();
-    let got = waiting.await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(60), waiting)
+        .await
+        .expect("node-b still waits a minute after the delete")
+        .unwrap();
     assert!(
         start.elapsed() <= Duration::from_secs(5),
         "{:?}",
