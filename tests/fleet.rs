@@ -346,6 +346,69 @@ async fn fake_api_leases_have_resource_version_preconditions_and_watches() {
     );
 }
 
+/// The fake API refuses Lease writes the real server refuses (rules: `prepuller::apirules`):
+/// a PUT without resourceVersion is 422 with the real message, not an unconditional update;
+/// an invalid spec is 422; a PUT to a missing name creates it; selectors match by key.
+#[tokio::test]
+async fn fake_api_refuses_lease_writes_the_api_server_refuses() {
+    let api = FakeApi::start().await;
+    let (code, _) = api_call(&api, "POST", LEASES, "a", Some(lease("slot-0", "a"))).await;
+    assert_eq!(code, 201);
+    let (code, body) = api_call(
+        &api,
+        "PUT",
+        &format!("{LEASES}/slot-0"),
+        "b",
+        Some(lease("slot-0", "b")),
+    )
+    .await;
+    assert_eq!(
+        (code, body["reason"].as_str()),
+        (422, Some("Invalid")),
+        "{body}"
+    );
+    assert_eq!(
+        body["message"],
+        "leases.coordination.k8s.io \"slot-0\" is invalid: metadata.resourceVersion: Invalid value: 0x0: must be specified for an update"
+    );
+    assert_eq!(
+        api.leases()[0]["spec"]["holderIdentity"],
+        "a",
+        "applied anyway"
+    );
+    let mut bad = lease("slot-1", "a");
+    bad["spec"]["leaseDurationSeconds"] = 0.into();
+    let (code, body) = api_call(&api, "POST", LEASES, "a", Some(bad)).await;
+    assert_eq!(code, 422, "{body}");
+    let (code, _) = api_call(
+        &api,
+        "PUT",
+        &format!("{LEASES}/slot-2"),
+        "a",
+        Some(lease("slot-2", "a")),
+    )
+    .await;
+    assert_eq!(
+        code, 201,
+        "a PUT to a missing Lease creates it (AllowCreateOnUpdate)"
+    );
+    let names = |body: &Value| -> usize { body["items"].as_array().map_or(0, Vec::len) };
+    let selector = |s: &str| format!("{LEASES}?labelSelector={s}");
+    let (_, body) = api_call(
+        &api,
+        "GET",
+        &selector("app.kubernetes.io/name%3Dprepuller"),
+        "a",
+        None,
+    )
+    .await;
+    assert_eq!(names(&body), 2);
+    let (_, body) = api_call(&api, "GET", &selector("other%3Dprepuller"), "a", None).await;
+    assert_eq!(names(&body), 0, "the value alone selected: {body}");
+    let (code, _) = api_call(&api, "GET", &selector("a%20in%20()"), "a", None).await;
+    assert_eq!(code, 400);
+}
+
 /// A fleet of `k` nodes behind the front, its API (TLS, one token per node) with the Nodes, and
 /// every agent started with `extra` config (a `fleet:` block, say) and two 2 MiB images.
 struct Warmup {

@@ -41,6 +41,8 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use futures::StreamExt;
+use prepuller::apirules::Refusal;
+use prepuller::apirules::selector::Selector;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
@@ -327,16 +329,16 @@ fn status(code: StatusCode, reason: &str, message: String) -> Response {
         .into_response()
 }
 
-fn label_selector_matches(selector: &str, labels: &Value) -> bool {
-    selector
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .all(|term| match term.split_once('=') {
-            Some((k, v)) => {
-                labels[k.trim_end_matches('=')].as_str() == Some(v.trim_start_matches('='))
-            }
-            None => !labels[term].is_null(),
-        })
+/// The request's `labelSelector`, parsed as the API server does (`prepuller::apirules`:
+/// labels/selector.go); a malformed one is answered 400.
+fn label_selector(q: &BTreeMap<String, String>) -> Result<Selector, Response> {
+    Selector::parse(q.get("labelSelector").map_or("", String::as_str)).map_err(|e| refused(&e))
+}
+
+/// The API server's answer for a refusal of `prepuller::apirules`.
+fn refused(e: &Refusal) -> Response {
+    let code = StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (code, axum::Json(e.status())).into_response()
 }
 
 async fn list_or_watch(
@@ -347,6 +349,13 @@ async fn list_or_watch(
     headers: HeaderMap,
 ) -> Response {
     let is_watch = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
+    let labels = match label_selector(&q) {
+        Ok(l) => l,
+        Err(r) => {
+            api.log(&method, &uri, &headers, &Value::Null, 400);
+            return r;
+        }
+    };
     if !is_watch {
         api.log(&method, &uri, &headers, &Value::Null, 200);
     }
@@ -357,6 +366,7 @@ async fn list_or_watch(
     let selected = move |n: &Value| {
         name.as_ref()
             .is_none_or(|name| n["metadata"]["name"] == name.as_str())
+            && labels.matches_json(&n["metadata"]["labels"])
     };
     if matches!(q.get("watch").map(String::as_str), Some("true" | "1")) {
         return watch(api, &q, &uri, &headers, "Node", selected);
@@ -366,10 +376,6 @@ async fn list_or_watch(
         .nodes
         .values()
         .filter(|n| selected(n))
-        .filter(|n| {
-            q.get("labelSelector")
-                .is_none_or(|s| label_selector_matches(s, &n["metadata"]["labels"]))
-        })
         .cloned()
         .collect();
     axum::Json(json!({
