@@ -582,3 +582,32 @@ async fn the_fake_refuses_what_the_api_server_refuses() {
     assert_eq!(api.list("a=x").await.unwrap().0.len(), 1);
     assert_eq!(api.list("!a").await.unwrap().0.len(), 1);
 }
+
+/// Watches the server closes (after their timeout, a BOOKMARK just before) are reopened where
+/// they stood: a waiter lists once however many it waits through, and counts no failure.
+#[tokio::test(start_paused = true)]
+async fn a_waiter_reopens_the_watches_the_server_closes_without_listing_again() {
+    let shared = Arc::new(Shared::default());
+    shared.set_watch_timeout(Duration::from_secs(30));
+    let s = settings(1, OnUnavailable::Proceed);
+    let a = node(&shared, "node-a", &s, Clock::new());
+    let b = node(&shared, "node-b", &s, Clock::new());
+    let held = slot(&a).await;
+    let b2 = b.clone();
+    let waiting = tokio::spawn(async move { slot(&b2).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (reads, watches) = (
+        shared.reads.load(Ordering::Relaxed),
+        shared.watches.load(Ordering::Relaxed),
+    );
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    assert_eq!(shared.reads.load(Ordering::Relaxed), reads, "listed again");
+    assert!(shared.watches.load(Ordering::Relaxed) >= watches + 9);
+    assert!(!waiting.is_finished());
+    a.release(held).await;
+    let got = tokio::time::timeout(Duration::from_secs(60), waiting)
+        .await
+        .expect("node-b still waits a minute after the release")
+        .unwrap();
+    b.release(got).await;
+}
