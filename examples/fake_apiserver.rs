@@ -18,6 +18,9 @@
 //!                           answers {"kubeconfig": path}
 //!   POST /down, POST /up    the API refuses everything (503, new connections closed) / serves
 //!                           again, state kept: an API server outage
+//!   POST /compact           history compacted: open watches end, and one resuming from an
+//!                           older resourceVersion gets 410 Expired (as after etcd's compaction)
+//!   POST /watch-timeout/{s} every watch ends after `s` seconds at most, whatever it asked
 //!
 //! Once both listen it prints one JSON line on stdout, `{"server", "control", "kubeconfig"}`, and
 //! serves until killed.
@@ -80,6 +83,8 @@ async fn main() -> ExitCode {
         .route("/leases", get(leases))
         .route("/down", post(down))
         .route("/up", post(up))
+        .route("/compact", post(compact))
+        .route("/watch-timeout/{seconds}", post(watch_timeout))
         .with_state(tls.api.clone());
     let tls = std::sync::Arc::new(tls);
     let kubeconfigs = Router::new()
@@ -159,6 +164,16 @@ async fn down(State(api): State<FakeApi>) -> Response {
 
 async fn up(State(api): State<FakeApi>) -> Response {
     api.set_down(false);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn compact(State(api): State<FakeApi>) -> Response {
+    api.compact();
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn watch_timeout(State(api): State<FakeApi>, Path(seconds): Path<u64>) -> Response {
+    api.set_watch_timeout(std::time::Duration::from_secs(seconds));
     StatusCode::NO_CONTENT.into_response()
 }
 

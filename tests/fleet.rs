@@ -741,3 +741,81 @@ async fn api_down_with_on_unavailable_wait_pulls_nothing_until_it_is_back() {
     w.assert_nodes_warm_in_api(Duration::from_secs(30)).await;
     assert_eq!(w.fleet.front.stats().peak_pulling_nodes, 1);
 }
+
+/// The budget through the API server's own churn (issue 19): `maxConcurrentNodes: 1`, three
+/// nodes pulling slowly (512 KiB/s through the front: about 8 s each), while the API ends
+/// every watch after 3 s and compacts its history four times, each 1.5 s after a waiter opened a
+/// watch. Waiters resume closed watches where they stood, list again after each 410, and the
+/// registry still never sees two nodes pulling at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_holds_through_compactions_and_watches_the_server_closes() {
+    let mut w = start_warmup_throttled(
+        3,
+        "fleet: {maxConcurrentNodes: 1, leaseDuration: 10s}\n",
+        Some(MB as u64 / 2),
+    )
+    .await;
+    // Above the 1 s under which the agent takes a closed watch for a failing server.
+    w.api.api.set_watch_timeout(Duration::from_secs(3));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let lease_watches = |api: &FakeApi| {
+        (api.requests().iter())
+            .filter(|r| r.path.ends_with("/leases") && r.query.contains("watch=true"))
+            .count()
+    };
+    // Four compactions, each 1.5 s after a waiter opened a watch (a watch closed sooner than
+    // 1 s after it opened is taken for a failing server); then the watches only time out.
+    let (mut compactions, mut seen, mut opened) = (0, 0, None::<Instant>);
+    while !w.fleet.poll_warm().await {
+        assert!(
+            Instant::now() < deadline,
+            "not every node warm after {compactions} compactions: {:?}\n{}",
+            w.fleet.front.stats(),
+            w.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = lease_watches(&w.api.api);
+        if now > seen {
+            (seen, opened) = (now, Some(Instant::now()));
+        }
+        if compactions < 4 && opened.is_some_and(|t| t.elapsed() >= Duration::from_millis(1500)) {
+            w.api.api.compact();
+            compactions += 1;
+            opened = None;
+        }
+    }
+    assert!(
+        compactions >= 3,
+        "{compactions} compactions while nodes waited"
+    );
+    let stats = w.fleet.front.stats();
+    assert_eq!(stats.peak_pulling_nodes, 1, "{stats:?}");
+    let mut spans: Vec<(Instant, Instant)> = stats.pull_spans.values().copied().collect();
+    spans.sort();
+    assert_eq!(spans.len(), 3, "{stats:?}");
+    for pair in spans.windows(2) {
+        assert!(pair[0].1 <= pair[1].0, "pull spans overlap: {spans:?}");
+    }
+    let requests = w.api.api.requests();
+    let leases: Vec<_> = (requests.iter())
+        .filter(|r| r.method == "GET" && r.path.ends_with("/leases"))
+        .collect();
+    let is_watch = |q: &str| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1");
+    let expired = (leases.iter())
+        .filter(|r| is_watch(&r.query) && r.status == 410)
+        .count();
+    let watches = (leases.iter())
+        .filter(|r| is_watch(&r.query) && r.status == 200)
+        .count();
+    let lists = leases.iter().filter(|r| !is_watch(&r.query)).count();
+    // Waiters met the 410 of a compaction at least three times, and listed again after each.
+    assert!(
+        expired >= 3,
+        "{expired} watches answered 410 ({compactions} compactions)"
+    );
+    assert!(lists > expired, "{lists} lists for {expired} 410s");
+    // More watches than lists: some were reopened where they stood after the server closed
+    // them (the 3 s timeout), without listing again.
+    assert!(watches > lists, "{watches} watches, {lists} lists");
+    w.assert_nodes_warm_in_api(Duration::from_secs(30)).await;
+}
