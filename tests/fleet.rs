@@ -409,15 +409,27 @@ async fn fake_api_refuses_lease_writes_the_api_server_refuses() {
     assert_eq!(code, 400);
 }
 
-/// A fleet of `k` nodes behind the front, its API (TLS, one token per node) with the Nodes, and
-/// every agent started with `extra` config (a `fleet:` block, say) and two 2 MiB images.
+/// A fleet of `k` nodes behind the front, its API (TLS, one token per node, every request
+/// authorized with the RBAC of `deploy/`) with the Nodes, and every agent started with `extra`
+/// config (a `fleet:` block, say) and two 2 MiB images. Dropped, it fails the test on any
+/// request the API refused 403 (unless `forbidden_expected`).
 struct Warmup {
     // Field order is drop order: agents and containerds before the registry and the dir.
     fleet: Fleet,
     api: TlsFakeApi,
     repos: [&'static str; 2],
+    forbidden_expected: bool,
     _registry: Registry,
     _dir: tempfile::TempDir,
+}
+
+impl Drop for Warmup {
+    fn drop(&mut self) {
+        if !std::thread::panicking() && !self.forbidden_expected {
+            let log: Vec<Value> = self.api.api.requests().iter().map(|r| r.json()).collect();
+            testkit::assert_no_forbidden(&log);
+        }
+    }
 }
 
 async fn start_warmup(k: usize, extra: &str) -> Warmup {
@@ -436,6 +448,18 @@ async fn start_warmup_with(
     bytes_per_s: Option<u64>,
     api_down: bool,
 ) -> Warmup {
+    start_warmup_rbac(k, extra, bytes_per_s, api_down, testkit::deploy_rbac()).await
+}
+
+/// [`start_warmup_with`], the API authorizing the agents with the RBAC objects of `rbac`
+/// (rendered manifests).
+async fn start_warmup_rbac(
+    k: usize,
+    extra: &str,
+    bytes_per_s: Option<u64>,
+    api_down: bool,
+    rbac: &str,
+) -> Warmup {
     let dir = tempfile::tempdir().unwrap();
     let registry = Registry::start(&dir.path().join("registry"));
     let repos = ["fleet/a:1", "fleet/b:1"];
@@ -444,7 +468,8 @@ async fn start_warmup_with(
         push_image(&registry.host(), repo, tag, 100 + i as u64, 2 * MB).await;
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = TlsFakeApi::serve(listener);
+    let rbac = prepuller::apirules::rbac::Rbac::from_yaml(rbac).expect("RBAC manifests");
+    let api = TlsFakeApi::serve_with(listener, Some(rbac));
     api.api.set_down(api_down);
     let mut fleet = Fleet::start(&registry.host(), k);
     fleet.front.throttle(bytes_per_s);
@@ -470,6 +495,7 @@ async fn start_warmup_with(
         fleet,
         api,
         repos,
+        forbidden_expected: false,
         _registry: registry,
         _dir: dir,
     }
@@ -818,4 +844,43 @@ async fn budget_holds_through_compactions_and_watches_the_server_closes() {
     // them (the 3 s timeout), without listing again.
     assert!(watches > lists, "{watches} watches, {lists} lists");
     w.assert_nodes_warm_in_api(Duration::from_secs(30)).await;
+}
+
+/// RBAC can fail the fleet scenario (issue 19): `deploy/` rendered without `update` on Leases
+/// (a copy of `kubectl kustomize deploy/`, one verb taken out) and the budget e2e's set-up. The
+/// first renewal or release of a slot is refused 403 with the API server's message, the agent
+/// says it lost the slot, and the shared assertion reports the refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbac_without_update_on_leases_is_refused_403_and_reported() {
+    let rbac = testkit::rbac::without_verb(testkit::deploy_rbac(), "prepuller-fleet", "update");
+    let mut w = start_warmup_rbac(
+        2,
+        "fleet: {maxConcurrentNodes: 1, leaseDuration: 10s}\n",
+        Some(E2E_THROTTLE),
+        false,
+        &rbac,
+    )
+    .await;
+    w.forbidden_expected = true;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let log = loop {
+        let log: Vec<Value> = w.api.api.requests().iter().map(|r| r.json()).collect();
+        if !testkit::forbidden(&log).is_empty() {
+            break log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no 403 within 60 s\n{}",
+            w.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let refused = testkit::forbidden(&log);
+    assert!(
+        refused.iter().any(|r| r.starts_with("PUT /apis/coordination.k8s.io/v1/namespaces/prepuller/leases/prepuller-")
+            && r.contains("is forbidden: User \"system:serviceaccount:prepuller:prepuller\" cannot update resource \"leases\" in API group \"coordination.k8s.io\" in the namespace \"prepuller\"")),
+        "{refused:#?}"
+    );
+    let reported = std::panic::catch_unwind(|| testkit::assert_no_forbidden(&log));
+    assert!(reported.is_err(), "the shared assertion let a 403 through");
 }

@@ -59,6 +59,8 @@ pub struct Request {
     pub status: u16,
     /// Who asked: [`CLIENT_HEADER`] (set by the TLS server from the token), else the user agent.
     pub client: String,
+    /// Why it was refused, when it was (the Status message: a 403's names what RBAC lacks).
+    pub message: String,
 }
 
 /// Set on a request by the TLS server when its token names a client (`<token>.<client>`).
@@ -67,6 +69,15 @@ pub const CLIENT_HEADER: &str = "x-fake-api-client";
 impl Request {
     pub fn is_write(&self) -> bool {
         self.method != "GET"
+    }
+
+    /// As the control listener's `GET /requests` lists it (what `testkit::forbidden` reads).
+    pub fn json(&self) -> Value {
+        json!({
+            "method": self.method, "path": self.path, "query": self.query,
+            "contentType": self.content_type, "body": self.body, "status": self.status,
+            "client": self.client, "message": self.message,
+        })
     }
 }
 
@@ -283,7 +294,16 @@ impl FakeApi {
             body: body.clone(),
             status,
             client: client_of(headers),
+            message: String::new(),
         });
+    }
+
+    /// Logs a request refused before any handler ran (401, the RBAC check's 403).
+    fn log_refused(&self, method: &Method, uri: &Uri, headers: &HeaderMap, e: &Refusal) {
+        self.log(method, uri, headers, &Value::Null, e.code);
+        if let Some(last) = self.inner.lock().unwrap().requests.last_mut() {
+            last.message.clone_from(&e.message);
+        }
     }
 }
 
@@ -444,6 +464,7 @@ fn watch(
             body: Value::Null,
             status: if expired { 410 } else { 200 },
             client: client_of(headers),
+            message: String::new(),
         });
         (first, changes, timeout, expired)
     };
