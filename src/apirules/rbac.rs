@@ -169,13 +169,11 @@ pub fn request_info(method: &str, path: &str, query: &str) -> Attributes {
         }
         .into();
     }
-    if rest[0] == "namespaces" {
-        if rest.len() > 1 {
-            a.namespace = rest[1].to_string();
-            // `namespaces/{ns}/status` and `/finalize` are subresources of the Namespace.
-            if rest.len() > 2 && !matches!(rest[2], "status" | "finalize") {
-                rest = &rest[2..];
-            }
+    if rest[0] == "namespaces" && rest.len() > 1 {
+        a.namespace = rest[1].to_string();
+        // `namespaces/{ns}/status` and `/finalize` are subresources of the Namespace.
+        if rest.len() > 2 && !matches!(rest[2], "status" | "finalize") {
+            rest = &rest[2..];
         }
     }
     if let Some(r) = rest.first() {

@@ -74,9 +74,9 @@ pub(super) async fn list_or_watch(
 ) -> Response {
     let labels = match label_selector(&q) {
         Ok(l) => l,
-        Err(r) => {
+        Err(e) => {
             api.log(&method, &uri, &headers, &Value::Null, 400);
-            return r;
+            return refused(&e);
         }
     };
     let name = q

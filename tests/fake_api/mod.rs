@@ -351,8 +351,8 @@ fn status(code: StatusCode, reason: &str, message: String) -> Response {
 
 /// The request's `labelSelector`, parsed as the API server does (`prepuller::apirules`:
 /// labels/selector.go); a malformed one is answered 400.
-fn label_selector(q: &BTreeMap<String, String>) -> Result<Selector, Response> {
-    Selector::parse(q.get("labelSelector").map_or("", String::as_str)).map_err(|e| refused(&e))
+fn label_selector(q: &BTreeMap<String, String>) -> Result<Selector, Refusal> {
+    Selector::parse(q.get("labelSelector").map_or("", String::as_str))
 }
 
 /// The API server's answer for a refusal of `prepuller::apirules`.
@@ -371,9 +371,9 @@ async fn list_or_watch(
     let is_watch = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
     let labels = match label_selector(&q) {
         Ok(l) => l,
-        Err(r) => {
+        Err(e) => {
             api.log(&method, &uri, &headers, &Value::Null, 400);
-            return r;
+            return refused(&e);
         }
     };
     if !is_watch {
