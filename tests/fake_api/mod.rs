@@ -19,8 +19,15 @@
 //!   `reportingInstance`, the `deprecated*` fields) or sets a `series` with a count below 2
 //!   or no `lastObservedTime` is 422 Invalid.
 //!
-//! - Leases (`coordination.k8s.io/v1`, [`leases`]): get, list, watch, create, update (PUT, 409
-//!   when `metadata.resourceVersion` is not current), delete, with label selectors.
+//! - Leases (`coordination.k8s.io/v1`, [`leases`]): get, list, watch, create, update, patch,
+//!   delete, refused as the API server refuses them (see [`leases`]);
+//! - label selectors are parsed and matched with their keys (`=`, `==`, `!=`, `in`, `notin`,
+//!   exists, `!key`), a malformed one answered 400.
+//!
+//! The rules that say what the real server refuses live in one place, `prepuller::apirules`
+//! (compiled with the `test-util` feature; `fleet::fake` follows them too), each citing the
+//! kube-apiserver source it follows. Over TLS ([`tls`]) the agent's requests are also
+//! authorized with the RBAC of `deploy/` (403 with the real message, logged).
 //!
 //! Every request is logged with its client (the TLS server's per-client token, else the user
 //! agent), so tests can count writes per node. [`FakeApi::set_down`] makes it unreachable. `tls` serves the same API over TLS with a
