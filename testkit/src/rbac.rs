@@ -25,7 +25,14 @@ pub fn deploy_rbac() -> &'static str {
     static RENDERED: OnceLock<String> = OnceLock::new();
     RENDERED.get_or_init(|| {
         let dir = deploy_dir();
-        let out = Command::new("kubectl")
+        // The machine's kubectl, else the one `make setup` put in .tools/bin (as the Makefile).
+        let local = dir.with_file_name(".tools/bin/kubectl");
+        let kubectl = if local.is_file() && which_kubectl().is_none() {
+            local
+        } else {
+            PathBuf::from("kubectl")
+        };
+        let out = Command::new(&kubectl)
             .arg("kustomize")
             .arg(&dir)
             .output()
@@ -43,6 +50,12 @@ pub fn deploy_rbac() -> &'static str {
         );
         String::from_utf8(out.stdout).expect("kubectl kustomize printed UTF-8")
     })
+}
+
+fn which_kubectl() -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join("kubectl"))
+        .find(|p| p.is_file())
 }
 
 /// [`deploy_rbac`] in a file (once per process), for `examples/fake_apiserver --rbac`.
