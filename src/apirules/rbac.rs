@@ -466,8 +466,11 @@ subjects: [{kind: ServiceAccount, name: prepuller, namespace: prepuller}]
             .unwrap_err(),
             "nodes \"node-a\" is forbidden: User \"system:serviceaccount:prepuller:prepuller\" cannot list resource \"nodes\" in API group \"\" at the cluster scope"
         );
-        // `nodes` does not grant `nodes/status`.
-        assert!(allowed("PUT", "/api/v1/nodes/node-a/status", "").is_err());
+        // `nodes` (get) does not grant `nodes/status`.
+        assert_eq!(
+            allowed("GET", "/api/v1/nodes/node-a/status", "").unwrap_err(),
+            "nodes \"node-a\" is forbidden: User \"system:serviceaccount:prepuller:prepuller\" cannot get resource \"nodes/status\" in API group \"\" at the cluster scope"
+        );
         // resourceNames.
         assert_eq!(
             allowed("GET", "/api/v1/namespaces/prepuller/secrets/other", "").unwrap_err(),
