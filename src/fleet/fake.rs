@@ -9,7 +9,9 @@
 //! Lease is 422. Its watches behave as the apiserver's watch cache: they end by themselves
 //! after [`Shared::set_watch_timeout`] (default [`WATCH_TIMEOUT`]), send a BOOKMARK every
 //! [`BOOKMARK_EVERY`] and before they end, report DELETED ([`Shared::delete`]), and answer a
-//! resourceVersion older than the last [`Shared::compact`] with `Expired` (410).
+//! resourceVersion older than the last [`Shared::compact`] with `Expired` (410), as
+//! staging/src/k8s.io/apiserver/pkg/storage/cacher/ does (cacher.go: the watch's deadline from
+//! its timeout; cache_watcher.go: bookmarks; watch_cache.go: "too old resource version", 410).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
