@@ -1,11 +1,15 @@
 //! The stateful fake Kubernetes API (`tests/fake_api`) as its own process, over TLS: what the
 //! acceptance tests (`tests/acceptance.rs`) run the shipped binary against.
 //!
-//!   cargo run --example fake_apiserver -- --dir DIR
+//!   cargo run --example fake_apiserver -- --dir DIR [--rbac FILE]
 //!
 //! Serves the API on `https://127.0.0.1:<free port>` and writes `DIR/kubeconfig` (the CA as
-//! `certificate-authority-data`, a bearer token). A plain-HTTP control listener on another free
-//! loopback port seeds and reads the state:
+//! `certificate-authority-data`, the agent's bearer token) and `DIR/kubeconfig-operator` (the
+//! operator's). With `--rbac FILE` (manifests, e.g. `kubectl kustomize deploy/`), every request
+//! of the agent's tokens is authorized by their Roles and bindings as the ServiceAccount
+//! `prepuller:prepuller` (a denial: 403 with the real message, in the log and on stderr); the
+//! operator's token is not checked. A plain-HTTP control listener on another free loopback
+//! port seeds and reads the state:
 //!
 //!   PUT /nodes              body: a Node (JSON), added or replaced
 //!   PUT /secrets            body: a Secret (JSON)
@@ -18,9 +22,12 @@
 //!                           answers {"kubeconfig": path}
 //!   POST /down, POST /up    the API refuses everything (503, new connections closed) / serves
 //!                           again, state kept: an API server outage
+//!   POST /compact           history compacted: open watches end, and one resuming from an
+//!                           older resourceVersion gets 410 Expired (as after etcd's compaction)
+//!   POST /watch-timeout/{s} every watch ends after `s` seconds at most, whatever it asked
 //!
-//! Once both listen it prints one JSON line on stdout, `{"server", "control", "kubeconfig"}`, and
-//! serves until killed.
+//! Once both listen it prints one JSON line on stdout, `{"server", "control", "kubeconfig",
+//! "operatorKubeconfig"}`, and serves until killed.
 
 #[path = "../tests/fake_api/mod.rs"]
 mod fake_api;
@@ -37,13 +44,25 @@ use fake_api::FakeApi;
 use fake_api::tls::TlsFakeApi;
 use serde_json::{Value, json};
 
-const USAGE: &str = "usage: fake_apiserver --dir DIR";
+const USAGE: &str = "usage: fake_apiserver --dir DIR [--rbac FILE]";
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let dir = match args.as_slice() {
-        [flag, dir] if flag == "--dir" => PathBuf::from(dir),
+    let (dir, rbac) = match args.as_slice() {
+        [flag, dir] if flag == "--dir" => (PathBuf::from(dir), None),
+        [flag, dir, rbac, file] if flag == "--dir" && rbac == "--rbac" => {
+            let rules = std::fs::read_to_string(file)
+                .map_err(|e| e.to_string())
+                .and_then(|text| prepuller::apirules::rbac::Rbac::from_yaml(&text));
+            match rules {
+                Ok(r) => (PathBuf::from(dir), Some(r)),
+                Err(e) => {
+                    eprintln!("fake_apiserver: --rbac {file}: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
         [flag] if flag == "-h" || flag == "--help" => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -67,8 +86,9 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let tls = TlsFakeApi::serve(api_listener);
+    let tls = TlsFakeApi::serve_with(api_listener, rbac);
     let kubeconfig = tls.kubeconfig(&dir);
+    let operator_kubeconfig = tls.operator_kubeconfig(&dir);
     let control = format!("http://{}", control_listener.local_addr().unwrap());
 
     let router = Router::new()
@@ -80,6 +100,8 @@ async fn main() -> ExitCode {
         .route("/leases", get(leases))
         .route("/down", post(down))
         .route("/up", post(up))
+        .route("/compact", post(compact))
+        .route("/watch-timeout/{seconds}", post(watch_timeout))
         .with_state(tls.api.clone());
     let tls = std::sync::Arc::new(tls);
     let kubeconfigs = Router::new()
@@ -88,7 +110,10 @@ async fn main() -> ExitCode {
     let router = router.merge(kubeconfigs);
     println!(
         "{}",
-        json!({"server": tls.api.url, "control": control, "kubeconfig": kubeconfig})
+        json!({
+            "server": tls.api.url, "control": control, "kubeconfig": kubeconfig,
+            "operatorKubeconfig": operator_kubeconfig,
+        })
     );
     if let Err(e) = axum::serve(control_listener, router).await {
         eprintln!("fake_apiserver: control listener failed: {e}");
@@ -134,17 +159,7 @@ async fn events(State(api): State<FakeApi>) -> Response {
 }
 
 async fn requests(State(api): State<FakeApi>) -> Response {
-    let log: Vec<Value> = api
-        .requests()
-        .into_iter()
-        .map(|r| {
-            json!({
-                "method": r.method, "path": r.path, "query": r.query,
-                "contentType": r.content_type, "body": r.body, "status": r.status,
-                "client": r.client,
-            })
-        })
-        .collect();
+    let log: Vec<Value> = api.requests().iter().map(|r| r.json()).collect();
     axum::Json(log).into_response()
 }
 
@@ -159,6 +174,16 @@ async fn down(State(api): State<FakeApi>) -> Response {
 
 async fn up(State(api): State<FakeApi>) -> Response {
     api.set_down(false);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn compact(State(api): State<FakeApi>) -> Response {
+    api.compact();
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn watch_timeout(State(api): State<FakeApi>, Path(seconds): Path<u64>) -> Response {
+    api.set_watch_timeout(std::time::Duration::from_secs(seconds));
     StatusCode::NO_CONTENT.into_response()
 }
 

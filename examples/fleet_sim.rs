@@ -220,7 +220,7 @@ async fn run(scenario: &Scenario, registry: &Registry, k: usize) -> Row {
     fleet.front.throttle(Some(UPLINK));
     let api_dir = fleet.dir.path().join("fake-api");
     std::fs::create_dir_all(&api_dir).unwrap();
-    let api = FakeApiProc::start(&api_dir).await;
+    let mut api = FakeApiProc::start(&api_dir).await;
     let mut kubeconfigs = Vec::new();
     for node in &fleet.nodes {
         let taints = json!([{"key": STARTUP_TAINT, "effect": "NoSchedule"}]);
@@ -404,8 +404,7 @@ async fn run(scenario: &Scenario, registry: &Registry, k: usize) -> Row {
         ));
     }
     let cpu: Duration = fleet.nodes.iter().filter_map(|n| n.agent_cpu).sum();
-    let mut child = api.server.child;
-    let _ = child.start_kill();
+    let _ = api.server.child.start_kill();
     Row {
         name: scenario.name,
         skipped,

@@ -2,6 +2,8 @@
 //! so that pods with `imagePullPolicy: IfNotPresent` start at once.
 
 pub mod agent;
+#[cfg(any(test, feature = "test-util"))]
+pub mod apirules;
 pub mod cli;
 pub mod config;
 pub mod credentials;

@@ -5,7 +5,10 @@
 //!
 //! Each test runs that binary as a separate process on a real containerd + registry, against
 //! the stateful fake Kubernetes API running as its own process (`examples/fake_apiserver.rs`)
-//! and served over TLS with a bearer token, as a cluster serves it. The tests are `#[ignore]`d
+//! and served over TLS with a bearer token, as a cluster serves it. The agent's token is
+//! authorized with the RBAC of `deploy/` (`kubectl kustomize`, see `testkit::rbac`) and any 403
+//! fails the test; the operator's commands (`prepuller nodes`, `pull` with `secret:`) use the
+//! operator's own kubeconfig, which is not RBAC-checked. The tests are `#[ignore]`d
 //! so that `cargo test` (debug binaries) skips them; run without the variable they fail.
 
 use std::path::{Path, PathBuf};
@@ -307,7 +310,7 @@ async fn the_shipped_agent_makes_a_tainted_node_warm_over_tls_and_prepuller_node
     );
 
     // Started before the agent, `--wait` must wait for the node to turn warm.
-    let kubeconfig = api.server.kubeconfig.clone();
+    let kubeconfig = api.server.operator_kubeconfig.clone();
     let waiter = tokio::spawn(async move {
         run(
             &["nodes", "--wait", "--timeout", "60s"],
@@ -397,7 +400,7 @@ async fn the_shipped_agent_makes_a_tainted_node_warm_over_tls_and_prepuller_node
     assert_eq!(code, 0, "nodes --wait: {out}{err}");
     assert!(out.contains("1/1 nodes warm"), "nodes --wait: {out}{err}");
 
-    let kubeconfig = [("KUBECONFIG", api.server.kubeconfig.as_path())];
+    let kubeconfig = [("KUBECONFIG", api.server.operator_kubeconfig.as_path())];
     let (code, out, err) = run(&["nodes", "-o", "wide"], &kubeconfig).await;
     assert_eq!(code, 0, "{err}");
     assert!(
@@ -562,7 +565,7 @@ async fn the_shipped_pull_reads_a_pull_secret_through_the_api() {
             "-o",
             "json",
         ],
-        &[("KUBECONFIG", api.server.kubeconfig.as_path())],
+        &[("KUBECONFIG", api.server.operator_kubeconfig.as_path())],
     )
     .await;
     assert_eq!(code, 0, "pull: {out}\n{err}");

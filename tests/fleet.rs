@@ -346,15 +346,90 @@ async fn fake_api_leases_have_resource_version_preconditions_and_watches() {
     );
 }
 
-/// A fleet of `k` nodes behind the front, its API (TLS, one token per node) with the Nodes, and
-/// every agent started with `extra` config (a `fleet:` block, say) and two 2 MiB images.
+/// The fake API refuses Lease writes the real server refuses (rules: `prepuller::apirules`):
+/// a PUT without resourceVersion is 422 with the real message, not an unconditional update;
+/// an invalid spec is 422; a PUT to a missing name creates it; selectors match by key.
+#[tokio::test]
+async fn fake_api_refuses_lease_writes_the_api_server_refuses() {
+    let api = FakeApi::start().await;
+    let (code, _) = api_call(&api, "POST", LEASES, "a", Some(lease("slot-0", "a"))).await;
+    assert_eq!(code, 201);
+    let (code, body) = api_call(
+        &api,
+        "PUT",
+        &format!("{LEASES}/slot-0"),
+        "b",
+        Some(lease("slot-0", "b")),
+    )
+    .await;
+    assert_eq!(
+        (code, body["reason"].as_str()),
+        (422, Some("Invalid")),
+        "{body}"
+    );
+    assert_eq!(
+        body["message"],
+        "leases.coordination.k8s.io \"slot-0\" is invalid: metadata.resourceVersion: Invalid value: 0x0: must be specified for an update"
+    );
+    assert_eq!(
+        api.leases()[0]["spec"]["holderIdentity"],
+        "a",
+        "applied anyway"
+    );
+    let mut bad = lease("slot-1", "a");
+    bad["spec"]["leaseDurationSeconds"] = 0.into();
+    let (code, body) = api_call(&api, "POST", LEASES, "a", Some(bad)).await;
+    assert_eq!(code, 422, "{body}");
+    let (code, _) = api_call(
+        &api,
+        "PUT",
+        &format!("{LEASES}/slot-2"),
+        "a",
+        Some(lease("slot-2", "a")),
+    )
+    .await;
+    assert_eq!(
+        code, 201,
+        "a PUT to a missing Lease creates it (AllowCreateOnUpdate)"
+    );
+    let names = |body: &Value| -> usize { body["items"].as_array().map_or(0, Vec::len) };
+    let selector = |s: &str| format!("{LEASES}?labelSelector={s}");
+    let (_, body) = api_call(
+        &api,
+        "GET",
+        &selector("app.kubernetes.io/name%3Dprepuller"),
+        "a",
+        None,
+    )
+    .await;
+    assert_eq!(names(&body), 2);
+    let (_, body) = api_call(&api, "GET", &selector("other%3Dprepuller"), "a", None).await;
+    assert_eq!(names(&body), 0, "the value alone selected: {body}");
+    let (code, _) = api_call(&api, "GET", &selector("a%20in%20()"), "a", None).await;
+    assert_eq!(code, 400);
+}
+
+/// A fleet of `k` nodes behind the front, its API (TLS, one token per node, every request
+/// authorized with the RBAC of `deploy/`) with the Nodes, and every agent started with `extra`
+/// config (a `fleet:` block, say) and two 2 MiB images. Dropped, it fails the test on any
+/// request the API refused 403 (unless `forbidden_expected`).
 struct Warmup {
     // Field order is drop order: agents and containerds before the registry and the dir.
     fleet: Fleet,
     api: TlsFakeApi,
     repos: [&'static str; 2],
+    forbidden_expected: bool,
     _registry: Registry,
     _dir: tempfile::TempDir,
+}
+
+impl Drop for Warmup {
+    fn drop(&mut self) {
+        if !std::thread::panicking() && !self.forbidden_expected {
+            let log: Vec<Value> = self.api.api.requests().iter().map(|r| r.json()).collect();
+            testkit::assert_no_forbidden(&log);
+        }
+    }
 }
 
 // The warm-up test now throttles its start; kept for scenarios that want the link unlimited.
@@ -375,7 +450,19 @@ async fn start_warmup_with(
     bytes_per_s: Option<u64>,
     api_down: bool,
 ) -> Warmup {
-    let mut w = warmup_unstarted(k, extra, bytes_per_s, api_down).await;
+    start_warmup_rbac(k, extra, bytes_per_s, api_down, testkit::deploy_rbac()).await
+}
+
+/// [`start_warmup_with`], the API authorizing the agents with the RBAC objects of `rbac`
+/// (rendered manifests).
+async fn start_warmup_rbac(
+    k: usize,
+    extra: &str,
+    bytes_per_s: Option<u64>,
+    api_down: bool,
+    rbac: &str,
+) -> Warmup {
+    let mut w = warmup_unstarted(k, extra, bytes_per_s, api_down, rbac).await;
     let dir = w._dir.path().to_path_buf();
     let api = &w.api;
     w.fleet.start_agents(
@@ -386,12 +473,13 @@ async fn start_warmup_with(
     w
 }
 
-/// [`start_warmup_with`] but no agent started yet: [`Warmup::start_agent`] starts each.
+/// [`start_warmup_rbac`] but no agent started yet: [`Warmup::start_agent`] starts each.
 async fn warmup_unstarted(
     k: usize,
     extra: &str,
     bytes_per_s: Option<u64>,
     api_down: bool,
+    rbac: &str,
 ) -> Warmup {
     let dir = tempfile::tempdir().unwrap();
     let registry = Registry::start(&dir.path().join("registry"));
@@ -401,7 +489,8 @@ async fn warmup_unstarted(
         push_image(&registry.host(), repo, tag, 100 + i as u64, 2 * MB).await;
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = TlsFakeApi::serve(listener);
+    let rbac = prepuller::apirules::rbac::Rbac::from_yaml(rbac).expect("RBAC manifests");
+    let api = TlsFakeApi::serve_with(listener, Some(rbac));
     api.api.set_down(api_down);
     let fleet = Fleet::start(&registry.host(), k);
     fleet.front.throttle(bytes_per_s);
@@ -420,6 +509,7 @@ async fn warmup_unstarted(
         fleet,
         api,
         repos,
+        forbidden_expected: false,
         _registry: registry,
         _dir: dir,
     }
@@ -740,6 +830,7 @@ async fn a_429_met_by_one_node_keeps_the_others_from_pulling_until_the_window_en
         "fleet: {maxConcurrentNodes: 2, leaseDuration: 10s}\n",
         None,
         false,
+        testkit::deploy_rbac(),
     )
     .await;
     // Long enough for node-1's first manifest GET, over before its own retry (after the window).
@@ -885,4 +976,121 @@ async fn sigterm_gives_the_slot_back_within_300ms_and_the_waiting_node_pulls_at_
     w.fleet.nodes.remove(i);
     w.assert_warm(Duration::from_secs(90)).await;
     assert_eq!(w.fleet.front.stats().peak_pulling_nodes, 1);
+}
+
+/// The budget through the API server's own churn (issue 19): `maxConcurrentNodes: 1`, three
+/// nodes pulling slowly (512 KiB/s through the front: about 8 s each), while the API ends
+/// every watch after 3 s and compacts its history four times, each 1.5 s after a waiter opened a
+/// watch. Waiters resume closed watches where they stood, list again after each 410, and the
+/// registry still never sees two nodes pulling at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_holds_through_compactions_and_watches_the_server_closes() {
+    let mut w = start_warmup_throttled(
+        3,
+        "fleet: {maxConcurrentNodes: 1, leaseDuration: 10s}\n",
+        Some(MB as u64 / 2),
+    )
+    .await;
+    // Above the 1 s under which the agent takes a closed watch for a failing server.
+    w.api.api.set_watch_timeout(Duration::from_secs(3));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let lease_watches = |api: &FakeApi| {
+        (api.requests().iter())
+            .filter(|r| r.path.ends_with("/leases") && r.query.contains("watch=true"))
+            .count()
+    };
+    // Four compactions, each 1.5 s after a waiter opened a watch (a watch closed sooner than
+    // 1 s after it opened is taken for a failing server); then the watches only time out.
+    let (mut compactions, mut seen, mut opened) = (0, 0, None::<Instant>);
+    while !w.fleet.poll_warm().await {
+        assert!(
+            Instant::now() < deadline,
+            "not every node warm after {compactions} compactions: {:?}\n{}",
+            w.fleet.front.stats(),
+            w.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = lease_watches(&w.api.api);
+        if now > seen {
+            (seen, opened) = (now, Some(Instant::now()));
+        }
+        if compactions < 4 && opened.is_some_and(|t| t.elapsed() >= Duration::from_millis(1500)) {
+            w.api.api.compact();
+            compactions += 1;
+            opened = None;
+        }
+    }
+    assert!(
+        compactions >= 3,
+        "{compactions} compactions while nodes waited"
+    );
+    let stats = w.fleet.front.stats();
+    assert_eq!(stats.peak_pulling_nodes, 1, "{stats:?}");
+    let mut spans: Vec<(Instant, Instant)> = stats.pull_spans.values().copied().collect();
+    spans.sort();
+    assert_eq!(spans.len(), 3, "{stats:?}");
+    for pair in spans.windows(2) {
+        assert!(pair[0].1 <= pair[1].0, "pull spans overlap: {spans:?}");
+    }
+    let requests = w.api.api.requests();
+    let leases: Vec<_> = (requests.iter())
+        .filter(|r| r.method == "GET" && r.path.ends_with("/leases"))
+        .collect();
+    let is_watch = |q: &str| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1");
+    let expired = (leases.iter())
+        .filter(|r| is_watch(&r.query) && r.status == 410)
+        .count();
+    let watches = (leases.iter())
+        .filter(|r| is_watch(&r.query) && r.status == 200)
+        .count();
+    let lists = leases.iter().filter(|r| !is_watch(&r.query)).count();
+    // Waiters met the 410 of a compaction at least three times, and listed again after each.
+    assert!(
+        expired >= 3,
+        "{expired} watches answered 410 ({compactions} compactions)"
+    );
+    assert!(lists > expired, "{lists} lists for {expired} 410s");
+    // More watches than lists: some were reopened where they stood after the server closed
+    // them (the 3 s timeout), without listing again.
+    assert!(watches > lists, "{watches} watches, {lists} lists");
+    w.assert_nodes_warm_in_api(Duration::from_secs(30)).await;
+}
+
+/// RBAC can fail the fleet scenario (issue 19): `deploy/` rendered without `update` on Leases
+/// (a copy of `kubectl kustomize deploy/`, one verb taken out) and the budget e2e's set-up. The
+/// first renewal or release of a slot is refused 403 with the API server's message, the agent
+/// says it lost the slot, and the shared assertion reports the refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbac_without_update_on_leases_is_refused_403_and_reported() {
+    let rbac = testkit::rbac::without_verb(testkit::deploy_rbac(), "prepuller-fleet", "update");
+    let mut w = start_warmup_rbac(
+        2,
+        "fleet: {maxConcurrentNodes: 1, leaseDuration: 10s}\n",
+        Some(E2E_THROTTLE),
+        false,
+        &rbac,
+    )
+    .await;
+    w.forbidden_expected = true;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let log = loop {
+        let log: Vec<Value> = w.api.api.requests().iter().map(|r| r.json()).collect();
+        if !testkit::forbidden(&log).is_empty() {
+            break log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no 403 within 60 s\n{}",
+            w.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let refused = testkit::forbidden(&log);
+    assert!(
+        refused.iter().any(|r| r.starts_with("PUT /apis/coordination.k8s.io/v1/namespaces/prepuller/leases/prepuller-")
+            && r.contains("is forbidden: User \"system:serviceaccount:prepuller:prepuller\" cannot update resource \"leases\" in API group \"coordination.k8s.io\" in the namespace \"prepuller\"")),
+        "{refused:#?}"
+    );
+    let reported = std::panic::catch_unwind(|| testkit::assert_no_forbidden(&log));
+    assert!(reported.is_err(), "the shared assertion let a 403 through");
 }

@@ -1,6 +1,17 @@
 //! A stateful Lease API in memory (resourceVersions, 409s, watches fed from a change log), for
 //! the unit tests and the fleet bench, and the simulation the README's 5,000-node figures come
 //! from. Compiled for this crate's tests and with the `test-util` feature: never shipped.
+//!
+//! It refuses what kube-apiserver refuses, by the rules of [`crate::apirules`] (shared with
+//! the fake API server of `tests/fake_api`): label selectors parsed with their keys; a create
+//! of an existing name is a conflict; an update without `metadata.resourceVersion` is 422
+//! (here `Unavailable`, as `KubeLeases` classifies a 422), a stale one a conflict; an invalid
+//! Lease is 422. Its watches behave as the apiserver's watch cache: they end by themselves
+//! after [`Shared::set_watch_timeout`] (default [`WATCH_TIMEOUT`]), send a BOOKMARK every
+//! [`BOOKMARK_EVERY`] and before they end, report DELETED ([`Shared::delete`]), and answer a
+//! resourceVersion older than the last [`Shared::compact`] with `Expired` (410), as
+//! staging/src/k8s.io/apiserver/pkg/storage/cacher/ does (cacher.go: the watch's deadline from
+//! its timeout; cache_watcher.go: bookmarks; watch_cache.go: "too old resource version", 410).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,17 +23,29 @@ use k8s_openapi::api::coordination::v1::Lease;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::REGISTRY_LABEL;
 use super::lease::{ApiError, LeaseApi, LeaseEvent, LeaseEvents, released};
 use super::slots::{Clock, Coordinator, Grant};
+use crate::apirules::lease::{Put, update_precondition, validate};
+use crate::apirules::selector::Selector;
 use crate::config::{FleetSettings, OnUnavailable};
+
+/// How long a watch lasts unless [`Shared::set_watch_timeout`] says otherwise: kube's
+/// `WatchParams` default `timeoutSeconds` (290), which the real server honours.
+pub const WATCH_TIMEOUT: Duration = Duration::from_secs(290);
+/// How often an open watch gets a BOOKMARK (the apiserver's watch cache: about a minute).
+pub const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 pub struct Store {
     pub leases: BTreeMap<String, Lease>,
     pub rv: u64,
-    /// Every write in order, with its resourceVersion: what watches replay and follow.
-    log: Vec<(u64, Arc<Lease>)>,
+    /// Every change in order since the last compaction, with its resourceVersion and whether
+    /// it was a delete: what watches replay and follow.
+    log: Vec<(u64, bool, Arc<Lease>)>,
+    /// A watch from a resourceVersion below this is answered `Expired` (410).
+    compacted: u64,
+    /// Bumped by [`Shared::compact`]: open watches end.
+    epoch: u64,
 }
 
 /// The API server: its Leases and what was asked of it.
@@ -39,6 +62,8 @@ pub struct Shared {
     pub watches: AtomicUsize,
     /// Every call fails: `Some(true)` 403, `Some(false)` unreachable.
     down: Mutex<Option<bool>>,
+    /// The longest a watch lasts; `None`: [`WATCH_TIMEOUT`].
+    watch_timeout: Mutex<Option<Duration>>,
     /// Writes from these nodes fail as unreachable.
     pub cut_off: Mutex<Vec<String>>,
     /// Before the next write, this holder takes the Lease written to: the write then conflicts.
@@ -68,10 +93,40 @@ impl Shared {
     fn put(&self, store: &mut Store, name: String, mut lease: Lease) -> Lease {
         store.rv += 1;
         lease.metadata.resource_version = Some(store.rv.to_string());
-        store.log.push((store.rv, Arc::new(lease.clone())));
+        store.log.push((store.rv, false, Arc::new(lease.clone())));
         store.leases.insert(name, lease.clone());
         self.changes.notify_waiters();
         lease
+    }
+
+    /// Another client deletes the Lease `name` (watchers get DELETED); false if there is none.
+    pub fn delete(&self, name: &str) -> bool {
+        let mut store = self.store.lock().unwrap();
+        let Some(mut lease) = store.leases.remove(name) else {
+            return false;
+        };
+        store.rv += 1;
+        lease.metadata.resource_version = Some(store.rv.to_string());
+        let rv = store.rv;
+        store.log.push((rv, true, Arc::new(lease)));
+        self.changes.notify_waiters();
+        true
+    }
+
+    /// As etcd's compaction and the watch cache's window do: the history before the current
+    /// resourceVersion is gone and open watches end; a watch resuming from an older version
+    /// gets `Expired` (410), one from the current version (a bookmark's, say) goes on.
+    pub fn compact(&self) {
+        let mut store = self.store.lock().unwrap();
+        store.compacted = store.rv;
+        store.log.clear();
+        store.epoch += 1;
+        self.changes.notify_waiters();
+    }
+
+    /// Watches end after `d` at most (the real server ends them after their timeout).
+    pub fn set_watch_timeout(&self, d: Duration) {
+        *self.watch_timeout.lock().unwrap() = Some(d);
     }
 }
 
@@ -118,10 +173,30 @@ impl Fake {
             stolen.spec.as_mut().unwrap().holder_identity = Some(thief);
             self.shared.put(&mut store, name.clone(), stolen);
         }
-        let conflict = match (store.leases.get(&name), create) {
-            (Some(_), true) | (None, false) => true,
-            (Some(old), false) => old.metadata.resource_version != lease.metadata.resource_version,
-            (None, true) => false,
+        let refused = |e: crate::apirules::Refusal| ApiError::Unavailable {
+            verb: if create { "create" } else { "update" },
+            message: format!("{} ({} {})", e.message, e.code, e.reason),
+        };
+        let json = serde_json::to_value(lease).unwrap_or_default();
+        validate(&json).map_err(refused)?;
+        let stored = store
+            .leases
+            .get(&name)
+            .map(|l| l.metadata.resource_version.clone());
+        let conflict = if create {
+            // store.go `Store.Create` of a name that exists: 409 AlreadyExists.
+            stored.is_some()
+        } else {
+            let given = lease.metadata.resource_version.as_deref();
+            match update_precondition(
+                &name,
+                stored.as_ref().map(|rv| rv.as_deref().unwrap_or("")),
+                given,
+            ) {
+                Ok(Put::Create | Put::Update) => false,
+                Err(e) if e.code == 409 => true,
+                Err(e) => return Err(refused(e)),
+            }
         };
         if conflict {
             self.shared.conflicts.fetch_add(1, Ordering::Relaxed);
@@ -131,14 +206,15 @@ impl Fake {
     }
 }
 
-fn selects(selector: &str, lease: &Lease) -> bool {
-    let key = selector.rsplit('=').next().unwrap_or_default();
-    lease
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(REGISTRY_LABEL))
-        .is_some_and(|k| k == key)
+fn parse(verb: &'static str, selector: &str) -> Result<Selector, ApiError> {
+    Selector::parse(selector).map_err(|e| ApiError::Unavailable {
+        verb,
+        message: format!("{} ({} {})", e.message, e.code, e.reason),
+    })
+}
+
+fn selects(selector: &Selector, lease: &Lease) -> bool {
+    selector.matches(&lease.metadata.labels.clone().unwrap_or_default())
 }
 
 impl LeaseApi for Fake {
@@ -147,11 +223,12 @@ impl LeaseApi for Fake {
         tokio::task::yield_now().await;
         self.fail("list", false)?;
         self.shared.reads.fetch_add(1, Ordering::Relaxed);
+        let selector = parse("list", selector)?;
         let store = self.shared.store.lock().unwrap();
         let items = store
             .leases
             .values()
-            .filter(|l| selects(selector, l))
+            .filter(|l| selects(&selector, l))
             .cloned()
             .collect();
         Ok((items, store.rv.to_string()))
@@ -177,15 +254,36 @@ impl LeaseApi for Fake {
         tokio::task::yield_now().await;
         self.fail("watch", false)?;
         self.shared.watches.fetch_add(1, Ordering::Relaxed);
-        let rv: u64 = rv.parse().unwrap();
-        let next = {
+        let selector = parse("watch", selector)?;
+        let rv: u64 = rv.parse().unwrap_or(0);
+        let timeout = self
+            .shared
+            .watch_timeout
+            .lock()
+            .unwrap()
+            .unwrap_or(WATCH_TIMEOUT);
+        let (next, epoch, expired) = {
             let store = self.shared.store.lock().unwrap();
-            store.log.partition_point(|(r, _)| *r <= rv)
+            let next = store.log.partition_point(|(r, _, _)| *r <= rv);
+            (next, store.epoch, rv < store.compacted)
         };
-        let (shared, selector) = (self.shared.clone(), selector.to_string());
-        let events = futures::stream::unfold(next, move |mut next| {
+        if expired {
+            // The apiserver answers with one ERROR event (410 Expired) and ends the watch.
+            return Ok(futures::stream::iter([Ok(LeaseEvent::Expired)]).boxed());
+        }
+        let end = Instant::now() + timeout;
+        let state = Watching {
+            next,
+            bookmark: Instant::now() + BOOKMARK_EVERY,
+            done: false,
+        };
+        let shared = self.shared.clone();
+        let events = futures::stream::unfold(state, move |mut w| {
             let (shared, selector) = (shared.clone(), selector.clone());
             async move {
+                if w.done {
+                    return None;
+                }
                 loop {
                     let notified = shared.changes.notified();
                     if shared.down.lock().unwrap().is_some() {
@@ -193,19 +291,45 @@ impl LeaseApi for Fake {
                     }
                     {
                         let store = shared.store.lock().unwrap();
-                        while let Some((_, lease)) = store.log.get(next) {
-                            next += 1;
+                        if store.epoch != epoch {
+                            return None; // compacted: the watch ends; resuming gets 410
+                        }
+                        while let Some((_, deleted, lease)) = store.log.get(w.next) {
+                            w.next += 1;
                             if selects(&selector, lease) {
-                                return Some((Ok(LeaseEvent::Put(lease.clone())), next));
+                                let event = if *deleted {
+                                    LeaseEvent::Deleted(lease.clone())
+                                } else {
+                                    LeaseEvent::Put(lease.clone())
+                                };
+                                return Some((Ok(event), w));
                             }
                         }
+                        let now = Instant::now();
+                        if now >= end || now >= w.bookmark {
+                            // A bookmark before the watch ends too, as the watch cache sends.
+                            w.done = now >= end;
+                            w.bookmark = now + BOOKMARK_EVERY;
+                            let bookmark = LeaseEvent::Bookmark(store.rv.to_string());
+                            return Some((Ok(bookmark), w));
+                        }
                     }
-                    notified.await;
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = tokio::time::sleep_until(end.min(w.bookmark)) => {}
+                    }
                 }
             }
         });
         Ok(events.boxed())
     }
+}
+
+/// Where a watch stands in the change log.
+struct Watching {
+    next: usize,
+    bookmark: Instant,
+    done: bool,
 }
 
 pub fn settings(n: u32, on_unavailable: OnUnavailable) -> FleetSettings {

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::fake::{Fake, Shared, node, settings};
 use super::*;
-use crate::config::OnUnavailable;
+use crate::config::{FleetSettings, OnUnavailable};
 
 const R: &str = "registry.example.com";
 
@@ -641,4 +641,187 @@ async fn a_failing_renewal_is_retried_while_the_lease_lasts_and_given_up_before_
             "{what}: lost at {lost} s, node-b took it at {b_at} s"
         );
     }
+}
+
+/// Another registry's slot taken and given back: the API's resourceVersion moves on without
+/// an event for `R`'s watchers.
+async fn move_rv_elsewhere(shared: &Arc<Shared>, s: &FleetSettings) {
+    let other = node(shared, "node-x", s, Clock::new());
+    match other.acquire("other.example.com").await.unwrap() {
+        Grant::Slot(x) => other.release(x).await,
+        Grant::Uncoordinated => panic!("uncoordinated"),
+    }
+}
+
+/// The 410 path: a waiter whose watch resumes from a compacted resourceVersion lists again
+/// (once per compaction), keeps waiting, and the budget holds: one holder throughout.
+#[tokio::test(start_paused = true)]
+async fn a_waiter_lists_again_after_each_compaction_and_the_budget_holds() {
+    let shared = Arc::new(Shared::default());
+    let s = settings(1, OnUnavailable::Proceed);
+    let a = node(&shared, "node-a", &s, Clock::new());
+    let b = node(&shared, "node-b", &s, Clock::new());
+    let held = slot(&a).await;
+    let b2 = b.clone();
+    let waiting = tokio::spawn(async move { slot(&b2).await });
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for round in 0..3 {
+        move_rv_elsewhere(&shared, &s).await;
+        let reads = shared.reads.load(Ordering::Relaxed);
+        shared.compact();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(
+            shared.reads.load(Ordering::Relaxed),
+            reads + 1,
+            "compaction {round}: one list after the 410"
+        );
+        assert!(!waiting.is_finished(), "node-b took a held slot");
+        assert_eq!(shared.holders(), ["node-a"]);
+    }
+    let start = Instant::now();
+    a.release(held).await;
+    let got = tokio::time::timeout(Duration::from_secs(60), waiting)
+        .await
+        .expect("node-b still waits a minute after the release")
+        .unwrap();
+    // Handed over on release (the watch opened after the last list), not on expiry.
+    assert!(
+        start.elapsed() <= Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(shared.holders(), ["node-b"]);
+    b.release(got).await;
+}
+
+/// The BOOKMARK arm: a waiter whose watch saw no event of its registry for a while resumes
+/// from the bookmark's resourceVersion, so a compaction of everything before it costs no list.
+#[tokio::test(start_paused = true)]
+async fn a_bookmark_spares_a_waiter_the_list_after_a_compaction() {
+    let shared = Arc::new(Shared::default());
+    let mut s = settings(1, OnUnavailable::Proceed);
+    // Renewals (a third of this) rarer than bookmarks: only a bookmark moves node-b's version.
+    s.lease_duration = Duration::from_secs(600);
+    let a = node(&shared, "node-a", &s, Clock::new());
+    let b = node(&shared, "node-b", &s, Clock::new());
+    let held = slot(&a).await;
+    let b2 = b.clone();
+    let waiting = tokio::spawn(async move { slot(&b2).await });
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    move_rv_elsewhere(&shared, &s).await;
+    // Past the first bookmark (60 s after the watch opened), before a renewal (200 s).
+    tokio::time::sleep(Duration::from_secs(70)).await;
+    let reads = shared.reads.load(Ordering::Relaxed);
+    shared.compact();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(shared.reads.load(Ordering::Relaxed), reads, "listed again");
+    assert!(!waiting.is_finished());
+    a.release(held).await;
+    let got = tokio::time::timeout(Duration::from_secs(60), waiting)
+        .await
+        .expect("node-b still waits a minute after the release")
+        .unwrap();
+    assert_eq!(shared.holders(), ["node-b"]);
+    b.release(got).await;
+}
+
+/// The DELETED arm: a held slot's Lease deleted by someone else (`kubectl delete`) wakes a
+/// waiter at once (not after the Lease duration); the holder learns it lost the slot at its
+/// next renewal (a 409 against the waiter's new Lease), so one node holds it afterwards.
+#[tokio::test(start_paused = true)]
+async fn a_deleted_slot_wakes_a_waiter_and_the_old_holder_loses_it_at_its_next_renewal() {
+    let shared = Arc::new(Shared::default());
+    let s = settings(1, OnUnavailable::Proceed);
+    let a = node(&shared, "node-a", &s, Clock::new());
+    let b = node(&shared, "node-b", &s, Clock::new());
+    let held = slot(&a).await;
+    let b2 = b.clone();
+    let waiting = tokio::spawn(async move { slot(&b2).await });
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(shared.delete(&slot_name(R, 0)));
+    let start = Instant::now();
+    let got = tokio::time::timeout(Duration::from_secs(60), waiting)
+        .await
+        .expect("node-b still waits a minute after the delete")
+        .unwrap();
+    assert!(
+        start.elapsed() <= Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(shared.holders(), ["node-b"]);
+    // Renewals every 20 s: node-a's next one meets node-b's Lease.
+    tokio::time::sleep(Duration::from_secs(21)).await;
+    assert!(!held.held(), "node-a still believes it holds the slot");
+    assert!(got.held());
+    assert_eq!(shared.holders(), ["node-b"]);
+}
+
+/// The fake refuses what the API server refuses: an update without resourceVersion is 422
+/// (not applied), a stale one 409, a create of an existing name 409, an invalid spec 422.
+#[tokio::test(start_paused = true)]
+async fn the_fake_refuses_what_the_api_server_refuses() {
+    let shared = Arc::new(Shared::default());
+    let api = Fake {
+        shared: shared.clone(),
+        node: "node-a".into(),
+    };
+    let mut lease = k8s_openapi::api::coordination::v1::Lease::default();
+    lease.metadata.name = Some("slot-0".into());
+    lease.spec = Some(Default::default());
+    let created = api.create(&lease).await.unwrap();
+    assert_eq!(api.create(&lease).await, Err(ApiError::Conflict));
+    let mut unconditional = created.clone();
+    unconditional.metadata.resource_version = None;
+    let e = api.replace(&unconditional).await.unwrap_err();
+    assert!(
+        e.to_string().contains("must be specified for an update"),
+        "{e}"
+    );
+    let mut stale = created.clone();
+    stale.metadata.resource_version = Some("999".into());
+    assert_eq!(api.replace(&stale).await, Err(ApiError::Conflict));
+    let updated = api.replace(&created).await.unwrap();
+    assert_eq!(api.replace(&created).await, Err(ApiError::Conflict));
+    let mut invalid = updated.clone();
+    invalid.spec.as_mut().unwrap().lease_duration_seconds = Some(0);
+    let e = api.replace(&invalid).await.unwrap_err();
+    assert!(e.to_string().contains("must be greater than 0"), "{e}");
+    // Selectors match by key: the value alone is not enough.
+    let mut labelled = lease.clone();
+    labelled.metadata.name = Some("slot-1".into());
+    labelled.metadata.labels = Some([("a".to_string(), "x".to_string())].into());
+    api.create(&labelled).await.unwrap();
+    assert_eq!(api.list("b=x").await.unwrap().0.len(), 0);
+    assert_eq!(api.list("a=x").await.unwrap().0.len(), 1);
+    assert_eq!(api.list("!a").await.unwrap().0.len(), 1);
+}
+
+/// Watches the server closes (after their timeout, a BOOKMARK just before) are reopened where
+/// they stood: a waiter lists once however many it waits through, and counts no failure.
+#[tokio::test(start_paused = true)]
+async fn a_waiter_reopens_the_watches_the_server_closes_without_listing_again() {
+    let shared = Arc::new(Shared::default());
+    shared.set_watch_timeout(Duration::from_secs(30));
+    let s = settings(1, OnUnavailable::Proceed);
+    let a = node(&shared, "node-a", &s, Clock::new());
+    let b = node(&shared, "node-b", &s, Clock::new());
+    let held = slot(&a).await;
+    let b2 = b.clone();
+    let waiting = tokio::spawn(async move { slot(&b2).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (reads, watches) = (
+        shared.reads.load(Ordering::Relaxed),
+        shared.watches.load(Ordering::Relaxed),
+    );
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    assert_eq!(shared.reads.load(Ordering::Relaxed), reads, "listed again");
+    assert!(shared.watches.load(Ordering::Relaxed) >= watches + 9);
+    assert!(!waiting.is_finished());
+    a.release(held).await;
+    let got = tokio::time::timeout(Duration::from_secs(60), waiting)
+        .await
+        .expect("node-b still waits a minute after the release")
+        .unwrap();
+    b.release(got).await;
 }

@@ -1,5 +1,7 @@
 //! `examples/fake_apiserver` started as its own process, as the acceptance tests and the fleet
-//! simulation run it: the listeners its ready line names, and its log.
+//! simulation run it: the listeners its ready line names, and its log. It authorizes the
+//! agent's requests with the RBAC of `deploy/` ([`crate::rbac`]); dropping it fails the test
+//! (unless it is failing already) if any request was refused 403.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -15,8 +17,10 @@ pub struct FakeApiServer {
     pub child: tokio::process::Child,
     /// The control listener's base URL (`http://127.0.0.1:<port>`).
     pub control: String,
-    /// A kubeconfig for the API (over TLS).
+    /// The agent's kubeconfig for the API (over TLS): RBAC-checked as the ServiceAccount.
     pub kubeconfig: PathBuf,
+    /// The operator's (`prepuller nodes`, `pull` with `secret:`): not RBAC-checked.
+    pub operator_kubeconfig: PathBuf,
     /// Its stderr.
     pub log: PathBuf,
 }
@@ -28,6 +32,8 @@ impl FakeApiServer {
         let mut child = tokio::process::Command::new(bin)
             .arg("--dir")
             .arg(dir)
+            .arg("--rbac")
+            .arg(crate::rbac::deploy_rbac_file())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
             .kill_on_drop(true)
@@ -44,7 +50,32 @@ impl FakeApiServer {
             child,
             control: ready["control"].as_str().unwrap().to_string(),
             kubeconfig: PathBuf::from(ready["kubeconfig"].as_str().unwrap()),
+            operator_kubeconfig: PathBuf::from(ready["operatorKubeconfig"].as_str().unwrap()),
             log,
+        }
+    }
+
+    /// The request log (`GET /requests`), read without a runtime (for `Drop`); `None` when
+    /// the server does not answer (killed by the test).
+    pub fn requests_blocking(&self) -> Option<Vec<Value>> {
+        use std::io::{Read, Write};
+        let addr = self.control.trim_start_matches("http://");
+        let mut conn = std::net::TcpStream::connect(addr).ok()?;
+        conn.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        write!(conn, "GET /requests HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).ok()?;
+        let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        Some(serde_json::from_str(body).expect("GET /requests answers JSON"))
+    }
+}
+
+impl Drop for FakeApiServer {
+    fn drop(&mut self) {
+        if !std::thread::panicking()
+            && let Some(log) = self.requests_blocking()
+        {
+            crate::rbac::assert_no_forbidden(&log);
         }
     }
 }

@@ -25,6 +25,7 @@ mod http;
 mod images;
 mod process;
 mod pulled;
+pub mod rbac;
 mod registry;
 mod sandbox;
 mod secure_registry;
@@ -42,6 +43,7 @@ pub use images::{
 };
 pub use process::{Lifetime, free_port, log_tail, rss_kib, status_kib};
 pub use pulled::Pulled;
+pub use rbac::{assert_no_forbidden, deploy_rbac, deploy_rbac_file, forbidden};
 pub use registry::Registry;
 pub use sandbox::Sandbox;
 pub use secure_registry::{SECURE_REGISTRY_IP, SecureRegistry};

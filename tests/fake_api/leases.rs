@@ -1,9 +1,13 @@
-//! `coordination.k8s.io/v1` Leases, namespaced, with the semantics a coordination protocol
-//! relies on: a create of an existing name is 409 AlreadyExists; an update (PUT) or patch whose
-//! `metadata.resourceVersion` is not current is 409 Conflict (none: unconditional, as the real
-//! server does for a patch, and for an update without one); every change gets a new
-//! resourceVersion and goes to watchers (ADDED, MODIFIED, DELETED), in the same history and
-//! with the same 410 and bookmark behaviour as Nodes.
+//! `coordination.k8s.io/v1` Leases, namespaced, refused as kube-apiserver refuses them (the
+//! rules, with the source each follows, are `prepuller::apirules::lease`, shared with
+//! `fleet::fake`): an invalid Lease (`leaseDurationSeconds` <= 0, `leaseTransitions` < 0, a bad
+//! name or label) is 422 Invalid; a create of an existing name is 409 AlreadyExists; an update
+//! (PUT) without `metadata.resourceVersion` is 422 Invalid ("must be specified for an update":
+//! the Lease strategy does not allow unconditional updates), with a stale one 409 Conflict, and
+//! to a name that does not exist creates it (`AllowCreateOnUpdate`); a merge patch is
+//! unconditional unless it carries a resourceVersion. Every change gets a new resourceVersion
+//! and goes to watchers (ADDED, MODIFIED, DELETED), in the same history and with the same 410
+//! and bookmark behaviour as Nodes; label selectors are parsed with their keys.
 
 use std::collections::BTreeMap;
 
@@ -12,7 +16,9 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::{FakeApi, label_selector_matches, merge, record, status, watch};
+use prepuller::apirules::lease::{self as rules, Put};
+
+use super::{FakeApi, label_selector, merge, record, refused, status, watch};
 
 fn key(ns: &str, name: &str) -> String {
     format!("{ns}/{name}")
@@ -66,7 +72,13 @@ pub(super) async fn list_or_watch(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let labels = q.get("labelSelector").cloned().unwrap_or_default();
+    let labels = match label_selector(&q) {
+        Ok(l) => l,
+        Err(e) => {
+            api.log(&method, &uri, &headers, &Value::Null, 400);
+            return refused(&e);
+        }
+    };
     let name = q
         .get("fieldSelector")
         .and_then(|f| f.strip_prefix("metadata.name="))
@@ -76,7 +88,7 @@ pub(super) async fn list_or_watch(
             && name
                 .as_ref()
                 .is_none_or(|n| l["metadata"]["name"] == n.as_str())
-            && label_selector_matches(&labels, &l["metadata"]["labels"])
+            && labels.matches_json(&l["metadata"]["labels"])
     };
     if matches!(q.get("watch").map(String::as_str), Some("true" | "1")) {
         return watch(api, &q, &uri, &headers, "Lease", selected);
@@ -127,53 +139,66 @@ pub(super) async fn create(
     headers: HeaderMap,
     axum::Json(body): axum::Json<Value>,
 ) -> Response {
-    let r = {
-        let mut inner = api.inner.lock().unwrap();
-        match body["metadata"]["name"].as_str() {
-            None => status(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "Invalid",
-                "Lease.coordination.k8s.io is invalid: metadata.name: Required value".into(),
-            ),
-            Some(name) if inner.leases.contains_key(&key(&ns, name)) => status(
-                StatusCode::CONFLICT,
-                "AlreadyExists",
-                format!("leases.coordination.k8s.io \"{name}\" already exists"),
-            ),
-            Some(name) => {
-                inner.rv += 1;
-                let mut lease = body.clone();
-                lease["apiVersion"] = "coordination.k8s.io/v1".into();
-                lease["kind"] = "Lease".into();
-                let m = &mut lease["metadata"];
-                m["namespace"] = ns.clone().into();
-                m["resourceVersion"] = inner.rv.to_string().into();
-                m["uid"] = format!("uid-lease-{ns}-{name}-{}", inner.rv).into();
-                m["creationTimestamp"] =
-                    humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-                        .to_string()
-                        .into();
-                inner.leases.insert(key(&ns, name), lease.clone());
-                record(&mut inner, &api.changes, "ADDED", lease.clone());
-                (StatusCode::CREATED, axum::Json(lease)).into_response()
-            }
-        }
-    };
+    let name = body["metadata"]["name"].as_str().unwrap_or("").to_string();
+    let r = create_named(&api, &ns, &name, &body);
     api.log(&method, &uri, &headers, &body, r.status().as_u16());
     r
+}
+
+/// A create (POST, or a PUT to a name that does not exist) of `body` as `ns/name`.
+fn create_named(api: &FakeApi, ns: &str, name: &str, body: &Value) -> Response {
+    // Validation (strategy.go `Validate`) comes before the store's AlreadyExists.
+    if let Err(e) = rules::validate(body) {
+        return refused(&e);
+    }
+    let mut inner = api.inner.lock().unwrap();
+    if inner.leases.contains_key(&key(ns, name)) {
+        return refused(&rules::already_exists(name));
+    }
+    inner.rv += 1;
+    let mut lease = body.clone();
+    lease["apiVersion"] = "coordination.k8s.io/v1".into();
+    lease["kind"] = "Lease".into();
+    let m = &mut lease["metadata"];
+    m["namespace"] = ns.into();
+    m["resourceVersion"] = inner.rv.to_string().into();
+    m["uid"] = format!("uid-lease-{ns}-{name}-{}", inner.rv).into();
+    m["creationTimestamp"] = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .into();
+    inner.leases.insert(key(ns, name), lease.clone());
+    record(&mut inner, &api.changes, "ADDED", lease.clone());
+    (StatusCode::CREATED, axum::Json(lease)).into_response()
 }
 
 /// Replaces (PUT) or merge-patches (PATCH) a Lease, with the resourceVersion precondition.
 fn change(api: &FakeApi, ns: &str, name: &str, body: &Value, replace: bool) -> Response {
     let mut inner = api.inner.lock().unwrap();
-    let Some(current) = inner.leases.get(&key(ns, name)).cloned() else {
-        return not_found(name);
+    let given = body["metadata"]["resourceVersion"].as_str();
+    let stored = inner.leases.get(&key(ns, name)).cloned();
+    let current = match (replace, stored) {
+        (true, stored) => {
+            let stored_rv = stored
+                .as_ref()
+                .map(|l| l["metadata"]["resourceVersion"].as_str().unwrap_or(""));
+            match rules::update_precondition(name, stored_rv, given) {
+                Err(e) => return refused(&e),
+                Ok(Put::Create) => {
+                    drop(inner);
+                    return create_named(api, ns, name, body);
+                }
+                Ok(Put::Update) => stored.unwrap(),
+            }
+        }
+        (false, None) => return not_found(name),
+        (false, Some(current)) => {
+            // A patch is unconditional unless it carries a resourceVersion.
+            if given.is_some_and(|rv| current["metadata"]["resourceVersion"].as_str() != Some(rv)) {
+                return conflict(name);
+            }
+            current
+        }
     };
-    if let Some(rv) = body["metadata"]["resourceVersion"].as_str()
-        && current["metadata"]["resourceVersion"].as_str() != Some(rv)
-    {
-        return conflict(name);
-    }
     let mut lease = if replace {
         body.clone()
     } else {
@@ -187,6 +212,9 @@ fn change(api: &FakeApi, ns: &str, name: &str, body: &Value, replace: bool) -> R
         lease["metadata"][field] = current["metadata"][field].clone();
     }
     lease["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+    if let Err(e) = rules::validate(&lease) {
+        return refused(&e);
+    }
     if lease == current {
         return axum::Json(current).into_response();
     }

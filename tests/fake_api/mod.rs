@@ -19,8 +19,15 @@
 //!   `reportingInstance`, the `deprecated*` fields) or sets a `series` with a count below 2
 //!   or no `lastObservedTime` is 422 Invalid.
 //!
-//! - Leases (`coordination.k8s.io/v1`, [`leases`]): get, list, watch, create, update (PUT, 409
-//!   when `metadata.resourceVersion` is not current), delete, with label selectors.
+//! - Leases (`coordination.k8s.io/v1`, [`leases`]): get, list, watch, create, update, patch,
+//!   delete, refused as the API server refuses them (see [`leases`]);
+//! - label selectors are parsed and matched with their keys (`=`, `==`, `!=`, `in`, `notin`,
+//!   exists, `!key`), a malformed one answered 400.
+//!
+//! The rules that say what the real server refuses live in one place, `prepuller::apirules`
+//! (compiled with the `test-util` feature; `fleet::fake` follows them too), each citing the
+//! kube-apiserver source it follows. Over TLS ([`tls`]) the agent's requests are also
+//! authorized with the RBAC of `deploy/` (403 with the real message, logged).
 //!
 //! Every request is logged with its client (the TLS server's per-client token, else the user
 //! agent), so tests can count writes per node. [`FakeApi::set_down`] makes it unreachable. `tls` serves the same API over TLS with a
@@ -41,6 +48,8 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use futures::StreamExt;
+use prepuller::apirules::Refusal;
+use prepuller::apirules::selector::Selector;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
@@ -57,6 +66,8 @@ pub struct Request {
     pub status: u16,
     /// Who asked: [`CLIENT_HEADER`] (set by the TLS server from the token), else the user agent.
     pub client: String,
+    /// Why it was refused, when it was (the Status message: a 403's names what RBAC lacks).
+    pub message: String,
 }
 
 /// Set on a request by the TLS server when its token names a client (`<token>.<client>`).
@@ -65,6 +76,15 @@ pub const CLIENT_HEADER: &str = "x-fake-api-client";
 impl Request {
     pub fn is_write(&self) -> bool {
         self.method != "GET"
+    }
+
+    /// As the control listener's `GET /requests` lists it (what `testkit::forbidden` reads).
+    pub fn json(&self) -> Value {
+        json!({
+            "method": self.method, "path": self.path, "query": self.query,
+            "contentType": self.content_type, "body": self.body, "status": self.status,
+            "client": self.client, "message": self.message,
+        })
     }
 }
 
@@ -281,7 +301,16 @@ impl FakeApi {
             body: body.clone(),
             status,
             client: client_of(headers),
+            message: String::new(),
         });
+    }
+
+    /// Logs a request refused before any handler ran (401, the RBAC check's 403).
+    fn log_refused(&self, method: &Method, uri: &Uri, headers: &HeaderMap, e: &Refusal) {
+        self.log(method, uri, headers, &Value::Null, e.code);
+        if let Some(last) = self.inner.lock().unwrap().requests.last_mut() {
+            last.message.clone_from(&e.message);
+        }
     }
 }
 
@@ -327,16 +356,16 @@ fn status(code: StatusCode, reason: &str, message: String) -> Response {
         .into_response()
 }
 
-fn label_selector_matches(selector: &str, labels: &Value) -> bool {
-    selector
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .all(|term| match term.split_once('=') {
-            Some((k, v)) => {
-                labels[k.trim_end_matches('=')].as_str() == Some(v.trim_start_matches('='))
-            }
-            None => !labels[term].is_null(),
-        })
+/// The request's `labelSelector`, parsed as the API server does (`prepuller::apirules`:
+/// labels/selector.go); a malformed one is answered 400.
+fn label_selector(q: &BTreeMap<String, String>) -> Result<Selector, Refusal> {
+    Selector::parse(q.get("labelSelector").map_or("", String::as_str))
+}
+
+/// The API server's answer for a refusal of `prepuller::apirules`.
+fn refused(e: &Refusal) -> Response {
+    let code = StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (code, axum::Json(e.status())).into_response()
 }
 
 async fn list_or_watch(
@@ -347,6 +376,13 @@ async fn list_or_watch(
     headers: HeaderMap,
 ) -> Response {
     let is_watch = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
+    let labels = match label_selector(&q) {
+        Ok(l) => l,
+        Err(e) => {
+            api.log(&method, &uri, &headers, &Value::Null, 400);
+            return refused(&e);
+        }
+    };
     if !is_watch {
         api.log(&method, &uri, &headers, &Value::Null, 200);
     }
@@ -357,6 +393,7 @@ async fn list_or_watch(
     let selected = move |n: &Value| {
         name.as_ref()
             .is_none_or(|name| n["metadata"]["name"] == name.as_str())
+            && labels.matches_json(&n["metadata"]["labels"])
     };
     if matches!(q.get("watch").map(String::as_str), Some("true" | "1")) {
         return watch(api, &q, &uri, &headers, "Node", selected);
@@ -366,10 +403,6 @@ async fn list_or_watch(
         .nodes
         .values()
         .filter(|n| selected(n))
-        .filter(|n| {
-            q.get("labelSelector")
-                .is_none_or(|s| label_selector_matches(s, &n["metadata"]["labels"]))
-        })
         .cloned()
         .collect();
     axum::Json(json!({
@@ -438,6 +471,7 @@ fn watch(
             body: Value::Null,
             status: if expired { 410 } else { 200 },
             client: client_of(headers),
+            message: String::new(),
         });
         (first, changes, timeout, expired)
     };

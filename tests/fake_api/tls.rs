@@ -4,6 +4,15 @@
 //! (`certificate-authority-data`, `token`), so a client must do real TLS to get in: the
 //! acceptance tests check that the shipped binary can. A token `<token>.<client>` (see
 //! [`TlsFakeApi::kubeconfig_for`]) names the client in the request log: one per simulated node.
+//!
+//! RBAC from below ([`TlsFakeApi::serve_with`] given the rendered manifests): the agent's
+//! tokens (`kubeconfig`, `kubeconfig_for`) authenticate as the ServiceAccount of `deploy/`
+//! (`system:serviceaccount:prepuller:prepuller`, its kubeconfig's namespace `prepuller` as
+//! in-cluster), and every request they make is authorized as kube-apiserver's RBAC authorizer
+//! does (`prepuller::apirules::rbac`); a denied one is answered 403 with the real message,
+//! logged (status 403, `message`) and written to stderr. The operator's token
+//! ([`TlsFakeApi::operator_kubeconfig`]: `prepuller nodes`, `prepuller pull` with `secret:`)
+//! stands for a person's own credentials and is not RBAC-checked.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -16,6 +25,7 @@ use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
 use base64::Engine;
+use prepuller::apirules::rbac::{Rbac, User, request_info};
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -24,7 +34,12 @@ use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_rustls::server::TlsStream;
 
-use super::{FakeApi, status};
+use super::{FakeApi, refused, status};
+
+/// The ServiceAccount of `deploy/base/serviceaccount.yaml`, as which the agent's tokens
+/// authenticate, and its namespace (the Leases' namespace, as POD_NAMESPACE in the DaemonSet).
+pub const AGENT_NAMESPACE: &str = "prepuller";
+pub const AGENT_SERVICE_ACCOUNT: &str = "prepuller";
 
 /// A client that connects and never finishes its handshake is dropped after this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,15 +49,27 @@ pub struct TlsFakeApi {
     pub api: FakeApi,
     ca_pem: String,
     token: String,
+    /// The operator's: not RBAC-checked.
+    operator_token: String,
 }
 
 impl TlsFakeApi {
     /// Serves a new, empty API on `listener` (bound to 127.0.0.1 or localhost, the names the
     /// certificate is for) until the runtime ends.
     pub fn serve(listener: TcpListener) -> TlsFakeApi {
+        TlsFakeApi::serve_with(listener, None)
+    }
+
+    /// [`Self::serve`], every request of the agent's tokens authorized by `rbac` (none: all
+    /// allowed).
+    pub fn serve_with(listener: TcpListener, rbac: Option<Rbac>) -> TlsFakeApi {
         let addr = listener.local_addr().expect("listener address");
         let (ca_pem, cert, key) = certificates();
         let token = format!("fake-api-token-{:016x}", rand::random::<u64>());
+        let operator_token = format!("fake-api-operator-{:016x}", rand::random::<u64>());
+        let operator = format!("Bearer {operator_token}");
+        let rbac = rbac.map(Arc::new);
+        let agent = User::service_account(AGENT_NAMESPACE, AGENT_SERVICE_ACCOUNT);
         let api = FakeApi::new(format!("https://{addr}"));
 
         // ring, the provider the shipped binary uses, named explicitly: no process default needed.
@@ -63,6 +90,7 @@ impl TlsFakeApi {
                 .layer(middleware::from_fn(move |req: HttpRequest, next: Next| {
                     let expected = expected.clone();
                     let api = logger.clone();
+                    let (operator, rbac, agent) = (operator.clone(), rbac.clone(), agent.clone());
                     async move {
                         let mut req = req;
                         let header = req
@@ -70,6 +98,11 @@ impl TlsFakeApi {
                             .get(AUTHORIZATION)
                             .and_then(|v| v.to_str().ok())
                             .unwrap_or("");
+                        if header == operator {
+                            req.headers_mut()
+                                .insert(super::CLIENT_HEADER, "operator".parse().unwrap());
+                            return next.run(req).await;
+                        }
                         let client = match header.strip_prefix(expected.as_str()) {
                             Some("") => Some(None),
                             Some(rest) => rest.strip_prefix('.').map(|c| Some(c.to_string())),
@@ -78,6 +111,19 @@ impl TlsFakeApi {
                         if let Some(client) = client {
                             if let Some(c) = client.and_then(|c| c.parse().ok()) {
                                 req.headers_mut().insert(super::CLIENT_HEADER, c);
+                            }
+                            if let Some(rbac) = &rbac {
+                                let (method, uri) = (req.method(), req.uri());
+                                let asked = request_info(
+                                    method.as_str(),
+                                    uri.path(),
+                                    uri.query().unwrap_or(""),
+                                );
+                                if let Err(e) = rbac.check(&agent, &asked) {
+                                    eprintln!("fake API: 403 {method} {uri}: {}", e.message);
+                                    api.log_refused(method, uri, req.headers(), &e);
+                                    return refused(&e);
+                                }
                             }
                             return next.run(req).await;
                         }
@@ -119,27 +165,41 @@ impl TlsFakeApi {
         tokio::spawn(async move {
             axum::serve(TlsListener { rx, addr }, router).await.unwrap();
         });
-        TlsFakeApi { api, ca_pem, token }
+        TlsFakeApi {
+            api,
+            ca_pem,
+            token,
+            operator_token,
+        }
     }
 
-    /// A kubeconfig for this server (mode 0600: it holds the token), for `KUBECONFIG`.
+    /// The agent's kubeconfig for this server (mode 0600: it holds the token), for `KUBECONFIG`.
     pub fn kubeconfig(&self, dir: &Path) -> PathBuf {
-        self.write_kubeconfig(&dir.join("kubeconfig"), &self.token)
+        self.write_kubeconfig(&dir.join("kubeconfig"), &self.token, AGENT_NAMESPACE)
     }
 
-    /// A kubeconfig whose token names `client` in the request log: `<dir>/kubeconfig-<client>`.
+    /// An agent's kubeconfig whose token names `client` in the request log:
+    /// `<dir>/kubeconfig-<client>`.
     pub fn kubeconfig_for(&self, dir: &Path, client: &str) -> PathBuf {
         let token = format!("{}.{client}", self.token);
-        self.write_kubeconfig(&dir.join(format!("kubeconfig-{client}")), &token)
+        let path = dir.join(format!("kubeconfig-{client}"));
+        self.write_kubeconfig(&path, &token, AGENT_NAMESPACE)
     }
 
-    fn write_kubeconfig(&self, path: &Path, token: &str) -> PathBuf {
+    /// The operator's kubeconfig (`<dir>/kubeconfig-operator`): client `operator` in the log,
+    /// never RBAC-checked.
+    pub fn operator_kubeconfig(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("kubeconfig-operator");
+        self.write_kubeconfig(&path, &self.operator_token, "default")
+    }
+
+    fn write_kubeconfig(&self, path: &Path, token: &str, namespace: &str) -> PathBuf {
         let path = path.to_path_buf();
         let ca = base64::engine::general_purpose::STANDARD.encode(&self.ca_pem);
         std::fs::write(
             &path,
             format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\nusers:\n- name: fake\n  user:\n    token: {}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\n",
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\nusers:\n- name: fake\n  user:\n    token: {}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: {namespace}\ncurrent-context: fake\n",
                 self.api.url, token
             ),
         )
