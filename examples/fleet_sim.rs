@@ -51,61 +51,74 @@ struct Scenario {
     /// The agent's `fleet:` block, if any.
     fleet: Option<&'static str>,
     events: Vec<(Duration, Action)>,
+    /// Every node warm within this (the run fails above it): the README's figure for the
+    /// scenario with half again as much margin (and 10 s) for a 2-core machine.
+    warm_within: Duration,
 }
 
 fn scenarios() -> Vec<Scenario> {
     let at = Duration::from_secs;
-    let s = |name, fleet, events| Scenario {
+    let s = |name, fleet, events, warm_within: u64| Scenario {
         name,
         fleet,
         events,
+        warm_within: Duration::from_secs(warm_within),
     };
     vec![
-        s("uncoordinated", None, vec![]),
+        s("uncoordinated", None, vec![], 30),
         s(
             "429 window 20 s (Docker Hub)",
             None,
             vec![(at(3), Action::RateLimit(RateLimitStyle::DockerHub, 20))],
+            60,
         ),
         s(
             "429 window 20 s (GHCR, retry-after)",
             None,
             vec![(at(3), Action::RateLimit(RateLimitStyle::Ghcr, 20))],
+            55,
         ),
         s(
             "API server down 30 s",
             None,
             vec![(at(1), Action::ApiDown), (at(31), Action::ApiUp)],
+            30,
         ),
         s(
             "SIGKILL of an agent (restarted 2 s later)",
             None,
             vec![(at(3), Action::Kill(0)), (at(5), Action::Restart(0))],
+            30,
         ),
         s(
             "maxConcurrentNodes 1",
             Some("{maxConcurrentNodes: 1}"),
             vec![],
+            46,
         ),
         s(
             "maxConcurrentNodes 2",
             Some("{maxConcurrentNodes: 2}"),
             vec![],
+            36,
         ),
         s(
             "maxConcurrentNodes 4",
             Some("{maxConcurrentNodes: 4}"),
             vec![],
+            34,
         ),
         s(
             "maxConcurrentNodes 2, 429 window 20 s (Docker Hub)",
             Some("{maxConcurrentNodes: 2}"),
             vec![(at(3), Action::RateLimit(RateLimitStyle::DockerHub, 20))],
+            125,
         ),
         s(
             "maxConcurrentNodes 2, 429 window 20 s (GHCR, retry-after)",
             Some("{maxConcurrentNodes: 2}"),
             vec![(at(3), Action::RateLimit(RateLimitStyle::Ghcr, 20))],
+            125,
         ),
         // `onUnavailable: proceed` (the default): the nodes that find no API pull
         // uncoordinated, so the peak may pass the budget here.
@@ -113,6 +126,7 @@ fn scenarios() -> Vec<Scenario> {
             "maxConcurrentNodes 2, API server down 30 s",
             Some("{maxConcurrentNodes: 2}"),
             vec![(at(1), Action::ApiDown), (at(31), Action::ApiUp)],
+            60,
         ),
         // Restarted only after its Lease (60 s) has expired: the same node name would take its
         // own slot back at once, which is not what is measured.
@@ -123,6 +137,7 @@ fn scenarios() -> Vec<Scenario> {
                 (at(1), Action::KillPulling),
                 (at(78), Action::RestartKilled),
             ],
+            140,
         ),
     ]
 }
@@ -522,6 +537,12 @@ async fn main() {
         rows.push(row);
     }
     print_table(&rows, k);
+    let scenarios = scenarios();
+    let mut goals = testkit::goals::Goals::new();
+    for r in rows.iter().filter(|r| r.skipped.is_none()) {
+        let scenario = scenarios.iter().find(|s| s.name == r.name).unwrap();
+        check_row(&mut goals, r, scenario, k);
+    }
     let failed: Vec<&str> = rows
         .iter()
         .filter(|r| match &r.skipped {
@@ -530,11 +551,74 @@ async fn main() {
         })
         .map(|r| r.name)
         .collect();
-    if !failed.is_empty() {
-        eprintln!("fleet-sim: failed: {}", failed.join("; "));
+    if !failed.is_empty() || goals.missed() > 0 {
+        if !failed.is_empty() {
+            eprintln!("fleet-sim: failed: {}", failed.join("; "));
+        }
         // exit() runs no destructors: stop the registry and remove the directory first.
         drop(registry);
         drop(dir);
+        goals.finish(); // lists the missed goals and exits 1 if there are any
         std::process::exit(1);
+    }
+}
+
+/// The bounds every figure of the README's table is held to (`make fleet-sim` fails above
+/// them), each with room for a loaded 2-core machine: warm-up within the scenario's
+/// `warm_within`; one manifest GET per node·image (two where an agent is killed mid-pull: its
+/// containerd drops the pull under way); at most 16 API writes per node (the table: 7 to 13.3)
+/// and at most 4 Lease writes (2 to 3.5); at most 12 answered 429s (what containerd asks inside
+/// one `PullImage`) per image and pulling node; 1.5 CPU-s per agent (0.2 to 0.8); a killed
+/// holder's slot back within its 60 s Lease and 15 s.
+fn check_row(goals: &mut testkit::goals::Goals, r: &Row, s: &Scenario, k: usize) {
+    let name = r.name;
+    goals.check(
+        r.warm_max.is_some_and(|m| m <= s.warm_within),
+        format!(
+            "{name}: warm max {} <= {} s",
+            secs(r.warm_max),
+            s.warm_within.as_secs()
+        ),
+    );
+    let killed = (s.events.iter()).any(|(_, a)| matches!(a, Action::Kill(_) | Action::KillPulling));
+    let (gets_mean, gets_max) = r.gets_per_node_image;
+    let most = if killed { 2 } else { 1 };
+    goals.check(
+        gets_max <= most && gets_mean <= 1.25,
+        format!(
+            "{name}: manifest GETs per node·image {gets_mean:.2} / {gets_max} <= 1.25 / {most}"
+        ),
+    );
+    goals.check(
+        r.writes_per_node <= 16.0 && r.lease_writes_per_node <= 4.0,
+        format!(
+            "{name}: API writes per node {:.1} ({:.1} Lease) <= 16 (4)",
+            r.writes_per_node, r.lease_writes_per_node
+        ),
+    );
+    let pulling = s.fleet.and_then(budget_of).unwrap_or(k);
+    let most_429 = 12 * IMAGES.len() as u64 * pulling as u64;
+    goals.check(
+        r.answered_429.iter().all(|n| *n <= most_429),
+        format!(
+            "{name}: 429s answered per window {:?} <= {most_429}",
+            r.answered_429
+        ),
+    );
+    goals.check(
+        r.cpu_per_agent <= Duration::from_millis(1500),
+        format!(
+            "{name}: agent CPU {:.2} s <= 1.5 s",
+            r.cpu_per_agent.as_secs_f64()
+        ),
+    );
+    if (s.events.iter()).any(|(_, a)| matches!(a, Action::KillPulling)) {
+        goals.check(
+            r.recovery.is_some_and(|d| d <= Duration::from_secs(75)),
+            format!(
+                "{name}: slot recovery after SIGKILL {} <= 75 s",
+                secs(r.recovery)
+            ),
+        );
     }
 }

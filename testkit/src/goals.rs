@@ -25,6 +25,11 @@ impl Goals {
         }
     }
 
+    /// How many goals were missed so far.
+    pub fn missed(&self) -> usize {
+        self.missed.len()
+    }
+
     /// Exits the process with status 1 when a goal was missed.
     pub fn finish(self) {
         if self.missed.is_empty() {
