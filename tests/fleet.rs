@@ -409,6 +409,30 @@ async fn fake_api_refuses_lease_writes_the_api_server_refuses() {
     assert_eq!(code, 400);
 }
 
+/// The fake API validates a patched Node as the server does (`prepuller::apirules::node`): a
+/// taint duplicated by key and effect, or one without an effect, is 422 and changes nothing.
+#[tokio::test]
+async fn fake_api_refuses_node_patches_the_api_server_refuses() {
+    let api = FakeApi::start().await;
+    api.put_node(json!({"metadata": {"name": "n1", "labels": {}}, "spec": {}, "status": {}}));
+    let taint = json!({"key": "example.com/t", "effect": "NoSchedule"});
+    let path = "/api/v1/nodes/n1";
+    let patch = |taints: Value| Some(json!({"spec": {"taints": taints}}));
+    let (code, body) = api_call(&api, "PATCH", path, "a", patch(json!([taint, taint]))).await;
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("taints must be unique by key and effect pair")),
+        "{body}"
+    );
+    let (code, _) = api_call(&api, "PATCH", path, "a", patch(json!([{"key": "k"}]))).await;
+    assert_eq!(code, 422, "a taint needs an effect");
+    assert!(api.node("n1")["spec"]["taints"].is_null(), "applied anyway");
+    let (code, _) = api_call(&api, "PATCH", path, "a", patch(json!([taint]))).await;
+    assert_eq!(code, 200);
+}
+
 /// A fleet of `k` nodes behind the front, its API (TLS, one token per node, every request
 /// authorized with the RBAC of `deploy/`) with the Nodes, and every agent started with `extra`
 /// config (a `fleet:` block, say) and two 2 MiB images. Dropped, it fails the test on any
@@ -1050,9 +1074,11 @@ async fn budget_holds_through_compactions_and_watches_the_server_closes() {
         "{expired} watches answered 410 ({compactions} compactions)"
     );
     assert!(lists > expired, "{lists} lists for {expired} 410s");
-    // More watches than lists: some were reopened where they stood after the server closed
-    // them (the 3 s timeout), without listing again.
-    assert!(watches > lists, "{watches} watches, {lists} lists");
+    // Each waiter watched between its lists. Whether a watch the 3 s timeout closed was
+    // reopened without a list depends on how long a node waits after the last compaction (a
+    // CI run saw 11 watches for 11 lists): the paused-time unit test
+    // `a_waiter_reopens_the_watches_the_server_closes_without_listing_again` holds that.
+    assert!(watches > 0, "no waiter watched the Leases ({lists} lists)");
     w.assert_nodes_warm_in_api(Duration::from_secs(30)).await;
 }
 

@@ -8,11 +8,13 @@
 //!   `notin`, exists, `!key`), as `labels.Parse` does;
 //! - [`lease`]: Lease validation and the update preconditions of the generic registry store
 //!   (resourceVersion required on update: 422; stale: 409; create of an existing name: 409);
+//! - [`node`]: a Node as the agent patches it (labels, annotations, taints: `ValidateNode`);
 //! - [`rbac`]: the RBAC authorizer over Roles, ClusterRoles and bindings (as `kubectl
 //!   kustomize deploy/` renders them), with the request attributes read from the URL as the
 //!   apiserver's `RequestInfoFactory` reads them, and its 403 message.
 
 pub mod lease;
+pub mod node;
 pub mod rbac;
 pub mod selector;
 

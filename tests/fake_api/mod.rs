@@ -8,7 +8,9 @@
 //!   BOOKMARK when `allowWatchBookmarks` asks (every [`BOOKMARK_EVERY`] and before it ends),
 //!   and answers a resourceVersion older than its history (see [`FakeApi::compact`]) with an
 //!   ERROR event carrying a 410 Expired Status, as the real server does;
-//! - a patch carrying `metadata.resourceVersion` that is not current is answered 409;
+//! - a patch carrying `metadata.resourceVersion` that is not current is answered 409; the
+//!   patched Node is validated as the server validates it (`prepuller::apirules::node`: labels,
+//!   annotations, taints), 422 when invalid;
 //! - merge patches (RFC 7386) replace lists; strategic-merge patches merge `status.conditions`
 //!   by `type` (other lists are replaced, as `spec.taints`, which has no merge key);
 //! - `PATCH nodes/{name}/status` changes only `status`, `PATCH nodes/{name}` everything else;
@@ -655,6 +657,10 @@ fn apply_patch(
         }
     }
     merge(&mut node, &effective, strategic, "");
+    // The merged Node is validated as the registry validates an update (apirules::node).
+    if let Err(e) = prepuller::apirules::node::validate(&node) {
+        return refused(&e);
+    }
     if node == before {
         // A patch that changes nothing: no new resourceVersion, no watch event.
         return axum::Json(node).into_response();
