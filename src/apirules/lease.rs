@@ -145,21 +145,7 @@ pub fn validate(lease: &Value) -> Result<(), Refusal> {
                 .into(),
         );
     }
-    if errors.is_empty() {
-        return Ok(());
-    }
-    Err(Refusal {
-        code: 422,
-        reason: "Invalid",
-        message: format!(
-            "Lease.coordination.k8s.io \"{name}\" is invalid: {}",
-            if errors.len() == 1 {
-                errors[0].clone()
-            } else {
-                format!("[{}]", errors.join(", "))
-            }
-        ),
-    })
+    Refusal::invalid("Lease.coordination.k8s.io", name, &errors).map_or(Ok(()), Err)
 }
 
 #[cfg(test)]

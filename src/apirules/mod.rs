@@ -28,6 +28,22 @@ pub struct Refusal {
 }
 
 impl Refusal {
+    /// 422 Invalid listing every error, as `apierrors.NewInvalid` words it: `<Kind.group>
+    /// "<name>" is invalid: <error>`, the errors in brackets when there are several. `None`
+    /// when there is none.
+    pub fn invalid(kind: &str, name: &str, errors: &[String]) -> Option<Refusal> {
+        let listed = match errors {
+            [] => return None,
+            [one] => one.clone(),
+            many => format!("[{}]", many.join(", ")),
+        };
+        Some(Refusal {
+            code: 422,
+            reason: "Invalid",
+            message: format!("{kind} \"{name}\" is invalid: {listed}"),
+        })
+    }
+
     /// The `Status` object the server answers with.
     pub fn status(&self) -> serde_json::Value {
         serde_json::json!({

@@ -82,22 +82,8 @@ pub fn validate(node: &Value) -> Result<(), Refusal> {
             ));
         }
     }
-    if errors.is_empty() {
-        return Ok(());
-    }
     let name = meta["name"].as_str().unwrap_or("");
-    Err(Refusal {
-        code: 422,
-        reason: "Invalid",
-        message: format!(
-            "Node \"{name}\" is invalid: {}",
-            if errors.len() == 1 {
-                errors[0].clone()
-            } else {
-                format!("[{}]", errors.join(", "))
-            }
-        ),
-    })
+    Refusal::invalid("Node", name, &errors).map_or(Ok(()), Err)
 }
 
 #[cfg(test)]
