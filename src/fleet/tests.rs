@@ -26,6 +26,29 @@ async fn slot(c: &Coordinator<Fake>) -> Slot {
     }
 }
 
+type Node = Arc<Coordinator<Fake>>;
+
+/// node-a holds the only slot of `R`; node-b waits for it in a task of its own.
+async fn a_holds_b_waits(
+    shared: &Arc<Shared>,
+    s: &FleetSettings,
+) -> (Node, Node, Slot, tokio::task::JoinHandle<Slot>) {
+    let a = node(shared, "node-a", s, Clock::new());
+    let b = node(shared, "node-b", s, Clock::new());
+    let held = slot(&a).await;
+    let b2 = b.clone();
+    let waiting = tokio::spawn(async move { slot(&b2).await });
+    (a, b, held, waiting)
+}
+
+/// node-b's slot from [`a_holds_b_waits`], taken within a minute of `what` let it go.
+async fn taken_within_a_minute(waiting: tokio::task::JoinHandle<Slot>, what: &str) -> Slot {
+    tokio::time::timeout(Duration::from_secs(60), waiting)
+        .await
+        .unwrap_or_else(|_| panic!("node-b still waits a minute after the {what}"))
+        .unwrap()
+}
+
 #[tokio::test(start_paused = true)]
 async fn never_more_than_n_nodes_pull_and_every_node_gets_its_turn() {
     let shared = Arc::new(Shared::default());
@@ -275,12 +298,8 @@ async fn a_waiting_node_proceeds_soon_after_the_api_goes_away() {
 async fn an_idle_fleet_makes_no_api_calls_and_a_waiter_writes_nothing() {
     let shared = Arc::new(Shared::default());
     let s = settings(1, OnUnavailable::Proceed);
-    let a = node(&shared, "node-a", &s, Clock::new());
-    let b = node(&shared, "node-b", &s, Clock::new());
     // Warm-up: node-a pulls for 10 minutes while node-b waits for it.
-    let held = slot(&a).await;
-    let b2 = b.clone();
-    let waiting = tokio::spawn(async move { slot(&b2).await });
+    let (a, b, held, waiting) = a_holds_b_waits(&shared, &s).await;
     tokio::time::sleep(Duration::from_secs(590)).await;
     let writes = shared.writes.load(Ordering::Relaxed);
     // 1 create + 29 renewals (every 20 s): node-b wrote nothing while it waited.
@@ -659,11 +678,7 @@ async fn move_rv_elsewhere(shared: &Arc<Shared>, s: &FleetSettings) {
 async fn a_waiter_lists_again_after_each_compaction_and_the_budget_holds() {
     let shared = Arc::new(Shared::default());
     let s = settings(1, OnUnavailable::Proceed);
-    let a = node(&shared, "node-a", &s, Clock::new());
-    let b = node(&shared, "node-b", &s, Clock::new());
-    let held = slot(&a).await;
-    let b2 = b.clone();
-    let waiting = tokio::spawn(async move { slot(&b2).await });
+    let (a, b, held, waiting) = a_holds_b_waits(&shared, &s).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     for round in 0..3 {
         move_rv_elsewhere(&shared, &s).await;
@@ -680,10 +695,7 @@ async fn a_waiter_lists_again_after_each_compaction_and_the_budget_holds() {
     }
     let start = Instant::now();
     a.release(held).await;
-    let got = tokio::time::timeout(Duration::from_secs(60), waiting)
-        .await
-        .expect("node-b still waits a minute after the release")
-        .unwrap();
+    let got = taken_within_a_minute(waiting, "release").await;
     // Handed over on release (the watch opened after the last list), not on expiry.
     assert!(
         start.elapsed() <= Duration::from_secs(5),
@@ -702,11 +714,7 @@ async fn a_bookmark_spares_a_waiter_the_list_after_a_compaction() {
     let mut s = settings(1, OnUnavailable::Proceed);
     // Renewals (a third of this) rarer than bookmarks: only a bookmark moves node-b's version.
     s.lease_duration = Duration::from_secs(600);
-    let a = node(&shared, "node-a", &s, Clock::new());
-    let b = node(&shared, "node-b", &s, Clock::new());
-    let held = slot(&a).await;
-    let b2 = b.clone();
-    let waiting = tokio::spawn(async move { slot(&b2).await });
+    let (a, b, held, waiting) = a_holds_b_waits(&shared, &s).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     move_rv_elsewhere(&shared, &s).await;
     // Past the first bookmark (60 s after the watch opened), before a renewal (200 s).
@@ -717,10 +725,7 @@ async fn a_bookmark_spares_a_waiter_the_list_after_a_compaction() {
     assert_eq!(shared.reads.load(Ordering::Relaxed), reads, "listed again");
     assert!(!waiting.is_finished());
     a.release(held).await;
-    let got = tokio::time::timeout(Duration::from_secs(60), waiting)
-        .await
-        .expect("node-b still waits a minute after the release")
-        .unwrap();
+    let got = taken_within_a_minute(waiting, "release").await;
     assert_eq!(shared.holders(), ["node-b"]);
     b.release(got).await;
 }
@@ -732,18 +737,11 @@ async fn a_bookmark_spares_a_waiter_the_list_after_a_compaction() {
 async fn a_deleted_slot_wakes_a_waiter_and_the_old_holder_loses_it_at_its_next_renewal() {
     let shared = Arc::new(Shared::default());
     let s = settings(1, OnUnavailable::Proceed);
-    let a = node(&shared, "node-a", &s, Clock::new());
-    let b = node(&shared, "node-b", &s, Clock::new());
-    let held = slot(&a).await;
-    let b2 = b.clone();
-    let waiting = tokio::spawn(async move { slot(&b2).await });
+    let (_a, _b, held, waiting) = a_holds_b_waits(&shared, &s).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(shared.delete(&slot_name(R, 0)));
     let start = Instant::now();
-    let got = tokio::time::timeout(Duration::from_secs(60), waiting)
-        .await
-        .expect("node-b still waits a minute after the delete")
-        .unwrap();
+    let got = taken_within_a_minute(waiting, "delete").await;
     assert!(
         start.elapsed() <= Duration::from_secs(5),
         "{:?}",
@@ -804,11 +802,7 @@ async fn a_waiter_reopens_the_watches_the_server_closes_without_listing_again() 
     let shared = Arc::new(Shared::default());
     shared.set_watch_timeout(Duration::from_secs(30));
     let s = settings(1, OnUnavailable::Proceed);
-    let a = node(&shared, "node-a", &s, Clock::new());
-    let b = node(&shared, "node-b", &s, Clock::new());
-    let held = slot(&a).await;
-    let b2 = b.clone();
-    let waiting = tokio::spawn(async move { slot(&b2).await });
+    let (a, b, held, waiting) = a_holds_b_waits(&shared, &s).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (reads, watches) = (
         shared.reads.load(Ordering::Relaxed),
@@ -819,9 +813,6 @@ async fn a_waiter_reopens_the_watches_the_server_closes_without_listing_again() 
     assert!(shared.watches.load(Ordering::Relaxed) >= watches + 9);
     assert!(!waiting.is_finished());
     a.release(held).await;
-    let got = tokio::time::timeout(Duration::from_secs(60), waiting)
-        .await
-        .expect("node-b still waits a minute after the release")
-        .unwrap();
+    let got = taken_within_a_minute(waiting, "release").await;
     b.release(got).await;
 }
